@@ -1,0 +1,435 @@
+//! The billing rules: what a measurement costs, given what came before.
+//!
+//! Per key (project, site, metric) the state is the last billed measurement.
+//! Points are applied in arrival order ([`decide`]):
+//! - the first point of a key is a baseline: nothing is charged;
+//! - a point not newer than the state is ignored (stale);
+//! - a point with the same value changes nothing (the state keeps its
+//!   timestamp, so the next step spans from the last change);
+//! - a lower value (the exporter's start date changed) re-baselines without
+//!   a charge;
+//! - otherwise the policy prices (previous, current) and the **exact**
+//!   charge is added to the key's and the project's totals.
+//!
+//! A step the policy cannot price (error, trap, timeout) leaves the state as
+//! it was: the next point prices the whole span, so nothing is lost.
+//! Totals stay exact; [`round`] applies the precision only when a total is
+//! shown or written. This module knows nothing of HTTP, storage or Perun.
+
+use std::hash::{Hash, Hasher};
+
+use hashbrown::{Equivalent, HashMap};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::ingest::Measurement;
+use crate::policy::{CallError, Policy, Usage};
+
+/// What prices steps: a loaded [`Policy`], or a native formula in tests and
+/// benchmarks.
+pub trait Pricer {
+    /// Whether points of `metric` are billed at all.
+    fn prices(&self, metric: &str) -> bool;
+    /// The exact charge for one step.
+    fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError>;
+}
+
+impl Pricer for Policy {
+    fn prices(&self, metric: &str) -> bool {
+        self.info().metric(metric).is_some()
+    }
+
+    fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+        Policy::bill(self, usage)
+    }
+}
+
+/// The last billed measurement of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Unix time in ns.
+    pub timestamp: i64,
+    /// The value, exact.
+    pub value: Decimal,
+    /// The value's text as it arrived (what the policy sees).
+    pub text: Box<str>,
+}
+
+impl State {
+    /// The state a measurement leaves.
+    pub fn of(measurement: &Measurement<'_>) -> Self {
+        State {
+            timestamp: measurement.timestamp,
+            value: measurement.value,
+            text: measurement.text.into(),
+        }
+    }
+}
+
+/// What the rules say about a point, before any pricing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// First point of its key: remember it, charge nothing.
+    Baseline,
+    /// Not newer than the state: ignore.
+    Stale,
+    /// Same value as the state: nothing changes.
+    Unchanged,
+    /// Lower value: remember it, charge nothing.
+    Reset,
+    /// Higher value: price the step from the state to this point.
+    Bill,
+}
+
+/// Applies the rules to a point at `timestamp` with `value`.
+pub fn decide(state: Option<&State>, timestamp: i64, value: Decimal) -> Decision {
+    match state {
+        None => Decision::Baseline,
+        Some(state) if timestamp <= state.timestamp => Decision::Stale,
+        Some(state) if value == state.value => Decision::Unchanged,
+        Some(state) if value < state.value => Decision::Reset,
+        Some(_) => Decision::Bill,
+    }
+}
+
+/// Rounds an exact total half-even to `precision` places, always showing
+/// that many places (`5` -> `5.00`).
+pub fn round(total: Decimal, precision: u32) -> Decimal {
+    let mut rounded =
+        total.round_dp_with_strategy(precision, RoundingStrategy::MidpointNearestEven);
+    rounded.rescale(precision);
+    rounded
+}
+
+/// The reason counted for points of a metric the policy does not price.
+pub const UNKNOWN_METRIC: &str = "unknown metric";
+
+/// What applying one measurement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The step was priced; the exact charge.
+    Charged(Decimal),
+    /// The policy does not price this metric.
+    UnknownMetric,
+    /// Nothing charged; see [`Decision`].
+    Decided(Decision),
+    /// The policy failed on this step; the state is unchanged.
+    PolicyFailed(CallError),
+}
+
+impl Outcome {
+    /// Why nothing was charged, as a short reason; `None` for a charge.
+    pub fn ignored_reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Outcome::Charged(_) => return None,
+            Outcome::UnknownMetric => UNKNOWN_METRIC,
+            Outcome::Decided(Decision::Baseline) => "baseline",
+            Outcome::Decided(Decision::Stale) => "not newer",
+            Outcome::Decided(Decision::Unchanged) => "unchanged",
+            Outcome::Decided(Decision::Reset) => "counter reset",
+            Outcome::Decided(Decision::Bill) => "not billed",
+            Outcome::PolicyFailed(_) => "policy error",
+        })
+    }
+}
+
+/// A key: project, site, metric.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The project.
+    pub project: Box<str>,
+    /// The site (`location_id`).
+    pub location_id: Box<str>,
+    /// The metric.
+    pub metric: Box<str>,
+}
+
+/// A borrowed key for lookups without allocating.
+struct KeyRef<'a>(&'a str, &'a str, &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash exactly as the derived `Hash` of `Key`.
+        self.0.hash(state);
+        self.1.hash(state);
+        self.2.hash(state);
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *key.project == *self.0 && *key.location_id == *self.1 && *key.metric == *self.2
+    }
+}
+
+/// A key's state and what it has been charged so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The last billed measurement.
+    pub state: State,
+    /// The exact sum of this key's charges.
+    pub charged: Decimal,
+}
+
+/// The in-memory book of all keys: states and exact totals.
+#[derive(Debug, Default)]
+pub struct Book {
+    accounts: HashMap<Key, Account>,
+    projects: HashMap<Box<str>, Decimal>,
+}
+
+impl Book {
+    /// An empty book.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one measurement, pricing it with `pricer` when the rules say so.
+    pub fn apply(&mut self, m: &Measurement<'_>, pricer: &impl Pricer) -> Outcome {
+        if !pricer.prices(m.metric) {
+            return Outcome::UnknownMetric;
+        }
+        let key = KeyRef(m.project, m.location_id, m.metric);
+        let Some(account) = self.accounts.get_mut(&key) else {
+            let key = Key {
+                project: m.project.into(),
+                location_id: m.location_id.into(),
+                metric: m.metric.into(),
+            };
+            self.accounts.insert(
+                key,
+                Account {
+                    state: State::of(m),
+                    charged: Decimal::ZERO,
+                },
+            );
+            return Outcome::Decided(Decision::Baseline);
+        };
+        match decide(Some(&account.state), m.timestamp, m.value) {
+            Decision::Bill => {}
+            Decision::Reset => {
+                account.state = State::of(m);
+                return Outcome::Decided(Decision::Reset);
+            }
+            other => return Outcome::Decided(other),
+        }
+        let usage = Usage {
+            metric: m.metric,
+            project: m.project,
+            location_id: m.location_id,
+            tags: m.tags,
+            previous: (account.state.timestamp, &account.state.text),
+            current: (m.timestamp, m.text),
+        };
+        match pricer.bill(&usage) {
+            Ok(charge) => {
+                account.state = State::of(m);
+                account.charged += charge;
+                match self.projects.get_mut(m.project) {
+                    Some(total) => *total += charge,
+                    None => {
+                        self.projects.insert(m.project.into(), charge);
+                    }
+                }
+                Outcome::Charged(charge)
+            }
+            Err(e) => Outcome::PolicyFailed(e),
+        }
+    }
+
+    /// Every key with its account, in no particular order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&Key, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// The exact credits a project was charged (zero if never).
+    pub fn project_total(&self, project: &str) -> Decimal {
+        self.projects.get(project).copied().unwrap_or_default()
+    }
+
+    /// Every project that has a key, with its exact total, in no particular order.
+    pub fn projects(&self) -> impl Iterator<Item = (&str, Decimal)> {
+        let mut seen: Vec<&str> = self.accounts.keys().map(|k| &*k.project).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.into_iter().map(|p| (p, self.project_total(p)))
+    }
+
+    /// The exact sum over all projects.
+    pub fn total(&self) -> Decimal {
+        self.projects.values().sum()
+    }
+
+    /// How many keys the book holds.
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Whether the book holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{Precision, parse_lines};
+    use std::cell::Cell;
+
+    /// Bills `price × (current - previous)` natively, counting calls.
+    struct Native {
+        price: Decimal,
+        calls: Cell<usize>,
+        fail: bool,
+    }
+
+    impl Native {
+        fn at(price: &str) -> Self {
+            Native {
+                price: price.parse().unwrap(),
+                calls: Cell::new(0),
+                fail: false,
+            }
+        }
+    }
+
+    impl Pricer for Native {
+        fn prices(&self, metric: &str) -> bool {
+            metric == "project_vcpu_usage"
+        }
+        fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+            self.calls.set(self.calls.get() + 1);
+            if self.fail {
+                return Err(CallError::Refused("down".into()));
+            }
+            let current: Decimal = usage.current.1.parse().unwrap();
+            let previous: Decimal = usage.previous.1.parse().unwrap();
+            Ok((current - previous) * self.price)
+        }
+    }
+
+    fn run(book: &mut Book, pricer: &Native, body: &str) -> Vec<Outcome> {
+        parse_lines(body.as_bytes())
+            .map(|(_, point)| {
+                let point = point.unwrap();
+                let m = Measurement::from_point(&point, Precision::Seconds, 0).unwrap();
+                book.apply(&m, pricer)
+            })
+            .collect()
+    }
+
+    fn line(project: &str, value: &str, ts: i64) -> String {
+        format!("project_vcpu_usage,location_id=8676,project_name={project} value={value} {ts}\n")
+    }
+
+    #[test]
+    fn original_service_cases() {
+        let pricer = Native::at("1");
+        let mut book = Book::new();
+        let week = 7 * 24 * 3600;
+        // first write: nothing billed
+        let outcomes = run(&mut book, &pricer, &line("p", "100", 1));
+        assert_eq!(outcomes, vec![Outcome::Decided(Decision::Baseline)]);
+        // +5 seven days later: 5 credits
+        let outcomes = run(&mut book, &pricer, &line("p", "105", 1 + week));
+        assert_eq!(outcomes, vec![Outcome::Charged(Decimal::from(5))]);
+        // same timestamp, higher value: ignored
+        let outcomes = run(&mut book, &pricer, &line("p", "200", 1 + week));
+        assert_eq!(outcomes, vec![Outcome::Decided(Decision::Stale)]);
+        // same value seven days later: nothing, state unchanged
+        let outcomes = run(&mut book, &pricer, &line("p", "105", 1 + 2 * week));
+        assert_eq!(outcomes, vec![Outcome::Decided(Decision::Unchanged)]);
+        let account = book.accounts().next().unwrap().1;
+        assert_eq!(account.state.timestamp, (1 + week) * 1_000_000_000);
+        assert_eq!(book.project_total("p"), Decimal::from(5));
+        assert_eq!(pricer.calls.get(), 1);
+    }
+
+    #[test]
+    fn small_steps_accumulate_exactly_and_round_only_when_shown() {
+        let pricer = Native::at("0.001");
+        let mut book = Book::new();
+        let body: String = (0..=6).map(|i| line("p", &i.to_string(), 10 + i)).collect();
+        let outcomes = run(&mut book, &pricer, &body);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Charged(_)))
+                .count(),
+            6
+        );
+        // after five +1 steps: 0.005 exact, 0.00 rounded half-even
+        let mut five = Book::new();
+        let body: String = (0..=5).map(|i| line("p", &i.to_string(), 10 + i)).collect();
+        run(&mut five, &pricer, &body);
+        assert_eq!(five.project_total("p").to_string(), "0.005");
+        assert_eq!(round(five.project_total("p"), 2).to_string(), "0.00");
+        // the sixth: 0.006 exact, 0.01 rounded
+        assert_eq!(book.project_total("p").to_string(), "0.006");
+        assert_eq!(round(book.project_total("p"), 2).to_string(), "0.01");
+    }
+
+    #[test]
+    fn a_drop_rebaselines_and_later_growth_bills_again() {
+        let pricer = Native::at("1");
+        let mut book = Book::new();
+        let body = [
+            line("p", "50", 1),
+            line("p", "60", 2),
+            line("p", "3", 3),
+            line("p", "8", 4),
+        ]
+        .concat();
+        let outcomes = run(&mut book, &pricer, &body);
+        assert_eq!(outcomes[2], Outcome::Decided(Decision::Reset));
+        assert_eq!(outcomes[3], Outcome::Charged(Decimal::from(5)));
+        assert_eq!(book.project_total("p"), Decimal::from(15));
+    }
+
+    #[test]
+    fn a_policy_failure_keeps_the_state_so_the_next_point_bills_the_whole_span() {
+        let mut failing = Native::at("1");
+        failing.fail = true;
+        let mut book = Book::new();
+        let outcomes = run(
+            &mut book,
+            &failing,
+            &[line("p", "1", 1), line("p", "4", 2)].concat(),
+        );
+        assert!(matches!(outcomes[1], Outcome::PolicyFailed(_)));
+        let pricer = Native::at("1");
+        let outcomes = run(&mut book, &pricer, &line("p", "10", 3));
+        assert_eq!(outcomes, vec![Outcome::Charged(Decimal::from(9))]);
+    }
+
+    #[test]
+    fn keys_are_separate_per_project_site_and_metric() {
+        let pricer = Native::at("1");
+        let mut book = Book::new();
+        let body = "project_vcpu_usage,location_id=1,project_name=a value=1 1\n\
+                    project_vcpu_usage,location_id=2,project_name=a value=100 1\n\
+                    project_vcpu_usage,location_id=1,project_name=b value=50 1\n\
+                    go_goroutines,location_id=1,project_name=a value=7 1\n\
+                    project_vcpu_usage,location_id=1,project_name=a value=3 2\n\
+                    project_vcpu_usage,location_id=2,project_name=a value=104 2\n\
+                    project_vcpu_usage,location_id=1,project_name=b value=51 2\n";
+        let outcomes = run(&mut book, &pricer, body);
+        assert_eq!(outcomes[3], Outcome::UnknownMetric);
+        assert_eq!(book.len(), 3);
+        assert_eq!(book.project_total("a"), Decimal::from(6));
+        assert_eq!(book.project_total("b"), Decimal::from(1));
+        assert_eq!(book.total(), Decimal::from(7));
+        let projects: Vec<_> = book.projects().collect();
+        assert_eq!(
+            projects,
+            vec![("a", Decimal::from(6)), ("b", Decimal::from(1))]
+        );
+    }
+
+    #[test]
+    fn rounding_is_half_even_with_fixed_places() {
+        assert_eq!(round("0.125".parse().unwrap(), 2).to_string(), "0.12");
+        assert_eq!(round("0.135".parse().unwrap(), 2).to_string(), "0.14");
+        assert_eq!(round(Decimal::from(5), 2).to_string(), "5.00");
+    }
+}

@@ -1,0 +1,135 @@
+//! Command-line interface: argument parsing and dispatch.
+
+mod policy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use os_credits::policy::{Limits, PolicyRuntime};
+
+/// Credits engine for OpenStack clouds, with pricing policies in WebAssembly.
+#[derive(Debug, Parser)]
+#[command(name = "os-credits", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing EnvFilter directives), e.g. `os_credits=debug`.
+    #[arg(long, global = true, env = "OS_CREDITS_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with pricing policies (Wasm modules built with pricing-sdk).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Load a module, validate it (contract, configuration, self-test) and print its info.
+    Check {
+        /// The policy module (`.wasm` component).
+        module: PathBuf,
+        #[command(flatten)]
+        options: PolicyOptions,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Replay measurements (line protocol) through a policy and print the credits billed.
+    Run {
+        /// The policy module (`.wasm` component).
+        module: PathBuf,
+        /// Measurements in InfluxDB line protocol, as `/write` receives them (`-` for stdin).
+        measurements: PathBuf,
+        #[command(flatten)]
+        options: PolicyOptions,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Unit of the timestamps in the file: n, u, ms, s, m or h.
+        #[arg(long, default_value = "n")]
+        precision: String,
+        /// Decimal places of rounded totals (half-even).
+        #[arg(long, env = "OS_CREDITS_PRECISION", default_value_t = 2)]
+        decimals: u32,
+    },
+}
+
+/// How a policy is loaded and limited.
+#[derive(Debug, Args)]
+struct PolicyOptions {
+    /// Site configuration for the policy (TOML or JSON).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Wall-clock limit of one policy call, in milliseconds.
+    #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
+    policy_timeout_ms: u64,
+    /// Memory limit of one policy instance, in MiB.
+    #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
+    policy_memory_mb: usize,
+}
+
+impl PolicyOptions {
+    fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
+        PolicyRuntime::new(Limits {
+            call_timeout: Duration::from_millis(self.policy_timeout_ms),
+            memory_bytes: self.policy_memory_mb << 20,
+        })
+    }
+
+    fn config_text(&self) -> anyhow::Result<String> {
+        match &self.config {
+            None => Ok(String::new()),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read policy config {}: {e}", path.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object for programs.
+    Json,
+}
+
+/// Logs go to stderr so that command output on stdout stays clean.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check {
+            module,
+            options,
+            format,
+        }) => policy::check(&module, &options, format),
+        Command::Policy(PolicyCommand::Run {
+            module,
+            measurements,
+            options,
+            format,
+            precision,
+            decimals,
+        }) => policy::run(
+            &module,
+            &measurements,
+            &options,
+            format,
+            &precision,
+            decimals,
+        ),
+    }
+}

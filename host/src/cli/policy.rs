@@ -1,0 +1,231 @@
+//! `os-credits policy check|run`: the policy author's tools.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use os_credits::ingest::Precision;
+use os_credits::policy::{Policy, PolicyInfo};
+use os_credits::replay::{Replay, Report};
+use serde::Serialize;
+
+use super::{Format, PolicyOptions};
+
+/// How many line warnings go to stderr.
+const SHOWN_WARNINGS: usize = 10;
+
+/// Files larger than this get a progress bar (when stderr is a terminal).
+const PROGRESS_MIN_BYTES: usize = 4 << 20;
+
+fn load(module: &Path, options: &PolicyOptions) -> anyhow::Result<Policy> {
+    let runtime = options.runtime()?;
+    let config = options.config_text()?;
+    runtime
+        .load(module, &config)
+        .with_context(|| format!("policy {} is not usable", module.display()))
+}
+
+/// `policy check`: load, validate and describe a module.
+pub fn check(module: &Path, options: &PolicyOptions, format: Format) -> anyhow::Result<ExitCode> {
+    let policy = load(module, options)?;
+    let info = policy.info();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(info)?),
+        Format::Table => {
+            println!("policy    {} {}", info.name, info.version);
+            println!("about     {}", info.description);
+            println!("contract  os-credits:pricing@{}", info.contract);
+            println!("sha256    {}", info.sha256);
+            println!("config    sha256 {}", info.config_sha256);
+            println!("self-test passed");
+            println!();
+            let rows = info
+                .metrics
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.name.clone(),
+                        m.friendly_name.clone(),
+                        m.unit.clone(),
+                        m.amount_type.clone(),
+                        m.description.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["METRIC", "FRIENDLY", "UNIT", "AMOUNT", "DESCRIPTION"],
+                    rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON `policy run` prints.
+#[derive(Serialize)]
+struct RunOutput<'a> {
+    policy: PolicySummary<'a>,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+#[derive(Serialize)]
+struct PolicySummary<'a> {
+    name: &'a str,
+    version: &'a str,
+    sha256: &'a str,
+    config_sha256: &'a str,
+}
+
+impl<'a> From<&'a PolicyInfo> for PolicySummary<'a> {
+    fn from(info: &'a PolicyInfo) -> Self {
+        PolicySummary {
+            name: &info.name,
+            version: &info.version,
+            sha256: &info.sha256,
+            config_sha256: &info.config_sha256,
+        }
+    }
+}
+
+fn read_measurements(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::stdin().read_to_end(&mut body)?;
+        return Ok(body);
+    }
+    std::fs::read(path).with_context(|| format!("cannot read measurements {}", path.display()))
+}
+
+/// `policy run`: replay measurements through a policy.
+pub fn run(
+    module: &Path,
+    measurements: &Path,
+    options: &PolicyOptions,
+    format: Format,
+    precision: &str,
+    decimals: u32,
+) -> anyhow::Result<ExitCode> {
+    let precision = Precision::parse(precision)
+        .with_context(|| format!("unknown precision {precision:?} (n, u, ms, s, m or h)"))?;
+    let policy = load(module, options)?;
+    let body = read_measurements(measurements)?;
+    let received = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+
+    let bar = if body.len() >= PROGRESS_MIN_BYTES {
+        let bar = ProgressBar::new(body.len() as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut replay = Replay::new(&policy);
+    replay.feed(&body, precision, received, |done| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+
+    let report = replay.report(decimals);
+    for issue in report.errors.iter().take(SHOWN_WARNINGS) {
+        eprintln!("warning: line {}: {}", issue.line, issue.error);
+    }
+    if report.errors.len() > SHOWN_WARNINGS {
+        eprintln!("warning: … and more (see --format json)");
+    }
+    match format {
+        Format::Json => {
+            let output = RunOutput {
+                policy: policy.info().into(),
+                report: &report,
+            };
+            println!("{}", serde_json::to_string_pretty(&output)?);
+        }
+        Format::Table => print_report(policy.info(), &report),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(info: &PolicyInfo, report: &Report) {
+    println!(
+        "policy {} {} (sha256 {})",
+        info.name, info.version, info.sha256
+    );
+    let reasons: Vec<String> = report
+        .ignored_by_reason
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!(
+        "lines {}: billed {}, ignored {} ({})",
+        report.lines,
+        report.billed,
+        report.ignored,
+        reasons.join(", ")
+    );
+    println!();
+    let rows = report
+        .charges
+        .iter()
+        .map(|c| {
+            vec![
+                c.project.clone(),
+                c.location_id.clone(),
+                c.metric.clone(),
+                c.credits.to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["PROJECT", "SITE", "METRIC", "CREDITS"], rows));
+    println!();
+    let mut rows: Vec<Vec<String>> = report
+        .projects
+        .iter()
+        .map(|p| {
+            vec![
+                p.project.clone(),
+                p.credits.to_string(),
+                p.rounded.to_string(),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "TOTAL".into(),
+        report.total.to_string(),
+        report.total_rounded.to_string(),
+    ]);
+    print!("{}", table(&["PROJECT", "CREDITS", "ROUNDED"], rows));
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header = headers.iter().map(|h| (*h).to_owned()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

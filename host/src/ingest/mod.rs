@@ -1,0 +1,223 @@
+//! From line protocol to [`Measurement`]s: the first stage of the flow
+//! `ingest -> billing -> ledger`.
+//!
+//! [`parse_lines`] parses InfluxDB line protocol (see [`line_protocol`]);
+//! [`Measurement::from_point`] picks what billing needs from a point: the
+//! metric (measurement name), project (`project_name` tag), site
+//! (`location_id` tag), timestamp and the exact text of the `value` field.
+
+pub mod line_protocol;
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+
+pub use line_protocol::{FieldValue, LineError, Lines, Point, Tag, parse_lines};
+
+/// The tag naming the project (the Perun group).
+pub const PROJECT_TAG: &str = "project_name";
+/// The tag naming the site (the Perun resource id).
+pub const LOCATION_TAG: &str = "location_id";
+/// The field holding the counter's value.
+pub const VALUE_FIELD: &str = "value";
+
+/// The unit of timestamps in a write (`?precision=` of InfluxDB's `/write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// `n`, `ns` (the default).
+    #[default]
+    Nanoseconds,
+    /// `u`, `us`, `µ`.
+    Microseconds,
+    /// `ms`.
+    Milliseconds,
+    /// `s`.
+    Seconds,
+    /// `m`.
+    Minutes,
+    /// `h`.
+    Hours,
+}
+
+impl Precision {
+    /// Parses InfluxDB's precision names; empty means nanoseconds.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "" | "n" | "ns" => Precision::Nanoseconds,
+            "u" | "us" | "µ" => Precision::Microseconds,
+            "ms" => Precision::Milliseconds,
+            "s" => Precision::Seconds,
+            "m" => Precision::Minutes,
+            "h" => Precision::Hours,
+            _ => return None,
+        })
+    }
+
+    /// A timestamp in this unit as nanoseconds, `None` on overflow.
+    pub fn to_nanos(self, timestamp: i64) -> Option<i64> {
+        let factor: i64 = match self {
+            Precision::Nanoseconds => 1,
+            Precision::Microseconds => 1_000,
+            Precision::Milliseconds => 1_000_000,
+            Precision::Seconds => 1_000_000_000,
+            Precision::Minutes => 60_000_000_000,
+            Precision::Hours => 3_600_000_000_000,
+        };
+        timestamp.checked_mul(factor)
+    }
+}
+
+/// Why a well-formed point is not a measurement billing can use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// No `value` field.
+    NoValue,
+    /// The `value` field is a string or boolean, or not a decimal.
+    BadValue(String),
+    /// A required tag is missing.
+    MissingTag(&'static str),
+    /// The timestamp overflows nanoseconds.
+    BadTimestamp,
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unusable::NoValue => write!(f, "no field `{VALUE_FIELD}`"),
+            Unusable::BadValue(why) => write!(f, "field `{VALUE_FIELD}` {why}"),
+            Unusable::MissingTag(tag) => write!(f, "missing tag `{tag}`"),
+            Unusable::BadTimestamp => f.write_str("timestamp out of range"),
+        }
+    }
+}
+
+/// One usage measurement: a cumulative counter of a project at a site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement<'a> {
+    /// Measurement name, e.g. `project_vcpu_usage`.
+    pub metric: &'a str,
+    /// The project (`project_name` tag).
+    pub project: &'a str,
+    /// The site (`location_id` tag).
+    pub location_id: &'a str,
+    /// Unix time in ns.
+    pub timestamp: i64,
+    /// The value, exact.
+    pub value: Decimal,
+    /// The value's text as it arrived.
+    pub text: &'a str,
+    /// All tags of the point.
+    pub tags: &'a [Tag<'a>],
+}
+
+impl<'a> Measurement<'a> {
+    /// Picks the measurement out of `point`, whose timestamp is in
+    /// `precision`; a point without one gets `received` (ns).
+    pub fn from_point(
+        point: &'a Point<'a>,
+        precision: Precision,
+        received: i64,
+    ) -> Result<Self, Unusable> {
+        let field = point.field(VALUE_FIELD).ok_or(Unusable::NoValue)?;
+        let text = field
+            .numeric_text()
+            .ok_or_else(|| Unusable::BadValue("is not a number".into()))?;
+        let value = pricing_sdk::parse_decimal(text)
+            .map_err(|e| Unusable::BadValue(e.message().to_owned()))?;
+        let project = point
+            .tag(PROJECT_TAG)
+            .ok_or(Unusable::MissingTag(PROJECT_TAG))?;
+        let location_id = point
+            .tag(LOCATION_TAG)
+            .ok_or(Unusable::MissingTag(LOCATION_TAG))?;
+        let timestamp = match point.timestamp {
+            Some(ts) => precision.to_nanos(ts).ok_or(Unusable::BadTimestamp)?,
+            None => received,
+        };
+        Ok(Measurement {
+            metric: point.measurement.as_ref(),
+            project,
+            location_id,
+            timestamp,
+            value,
+            text,
+            tags: &point.tags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(line: &str) -> Point<'_> {
+        parse_lines(line.as_bytes())
+            .next()
+            .and_then(|(_, r)| r.ok())
+            .expect("a valid line")
+    }
+
+    #[test]
+    fn measurement_from_a_stack_point() {
+        let p = point(
+            r"project_mb_usage,location_id=8676,project_name=Genome\ Lab value=1847808 1556813561",
+        );
+        let m = Measurement::from_point(&p, Precision::Seconds, 0).unwrap();
+        assert_eq!(m.metric, "project_mb_usage");
+        assert_eq!(m.project, "Genome Lab");
+        assert_eq!(m.location_id, "8676");
+        assert_eq!(m.timestamp, 1_556_813_561_000_000_000);
+        assert_eq!(m.value, Decimal::from(1_847_808));
+        assert_eq!(m.text, "1847808");
+        assert_eq!(m.tags.len(), 2);
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let cases = [
+            (
+                "m,location_id=1,project_name=p other=1 1",
+                Unusable::NoValue,
+            ),
+            (
+                "m,location_id=1 value=1 1",
+                Unusable::MissingTag(PROJECT_TAG),
+            ),
+            (
+                "m,project_name=p value=1 1",
+                Unusable::MissingTag(LOCATION_TAG),
+            ),
+        ];
+        for (line, expected) in cases {
+            let p = point(line);
+            assert_eq!(
+                Measurement::from_point(&p, Precision::default(), 0),
+                Err(expected)
+            );
+        }
+        let p = point("m,location_id=1,project_name=p value=\"x\" 1");
+        let err = Measurement::from_point(&p, Precision::default(), 0).unwrap_err();
+        assert_eq!(err.to_string(), "field `value` is not a number");
+        let p = point("m,location_id=1,project_name=p value=1 9223372036854775807");
+        assert_eq!(
+            Measurement::from_point(&p, Precision::Hours, 0),
+            Err(Unusable::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn a_point_without_timestamp_gets_the_receive_time() {
+        let p = point("m,location_id=1,project_name=p value=5i");
+        let m = Measurement::from_point(&p, Precision::Seconds, 42).unwrap();
+        assert_eq!(m.timestamp, 42);
+        assert_eq!(m.text, "5");
+    }
+
+    #[test]
+    fn precision_names() {
+        assert_eq!(Precision::parse(""), Some(Precision::Nanoseconds));
+        assert_eq!(Precision::parse("ms"), Some(Precision::Milliseconds));
+        assert_eq!(Precision::parse("weeks"), None);
+        assert_eq!(Precision::Microseconds.to_nanos(3), Some(3000));
+    }
+}

@@ -1,0 +1,21 @@
+//! # os-credits: the host service
+//!
+//! Bills OpenStack projects in credits from the cumulative usage the
+//! project usage exporter publishes. Data flows one way:
+//!
+//! ```text
+//! ingest (line protocol) -> billing (rules, exact decimals) -> ledger -> perun / notify
+//!                              |
+//!                            policy (Wasm pricing modules)
+//! ```
+//!
+//! - [`ingest`]: InfluxDB line protocol to [`ingest::Measurement`]s;
+//! - [`billing`]: the per-key rules and the exact [`billing::Book`];
+//! - [`policy`]: the wasmtime host for pricing policies;
+//! - [`replay`]: a file of measurements through the same parser and rules,
+//!   as `os-credits policy run` shows it.
+
+pub mod billing;
+pub mod ingest;
+pub mod policy;
+pub mod replay;

@@ -1,0 +1,352 @@
+//! The Wasm host for pricing policies.
+//!
+//! A [`PolicyRuntime`] owns the wasmtime engine (component model, epoch
+//! interruption) and a linker with WASI on an empty context: a policy gets
+//! no files, no environment, no network and no stdio. [`PolicyRuntime::load`]
+//! compiles a module once, checks its contract version, configures it,
+//! reads its [`describe`](Policy::info) and runs its self-test examples;
+//! the result is a [`Policy`] that prices usage through a pool of ready
+//! instances.
+//!
+//! Every call runs under two limits ([`Limits`]): a wall-clock deadline
+//! (epoch interruption, checked by a ticker thread) and a memory cap. A trap,
+//! a timeout or a result that is not a decimal is a [`CallError`] for that
+//! one call; an instance that trapped is dropped, never reused.
+
+mod instance;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use instance::Usage;
+use instance::{HostState, Pool};
+
+/// The contract version this host speaks (`os-credits:pricing@…`).
+pub const CONTRACT_VERSION: &str = pricing_sdk::CONTRACT_VERSION;
+/// The interface a policy exports, without its version.
+const POLICY_INTERFACE: &str = "os-credits:pricing/policy";
+
+/// How often the ticker advances the engine's epoch.
+const TICK: Duration = Duration::from_millis(2);
+
+/// Limits on each call into a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time a single call may take.
+    pub call_timeout: Duration,
+    /// Linear memory an instance may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_timeout: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A metric a policy prices, from its `describe`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MetricInfo {
+    /// Measurement name, e.g. `project_vcpu_usage`.
+    pub name: String,
+    /// Short name for the APIs, e.g. `cpu`.
+    pub friendly_name: String,
+    /// Unit of the cumulative value.
+    pub unit: String,
+    /// What it measures.
+    pub description: String,
+    /// `int` or `decimal`: what quote amounts may be.
+    pub amount_type: String,
+}
+
+/// What a loaded policy is: its own description plus the module's identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyInfo {
+    /// The policy's name, e.g. `denbi`.
+    pub name: String,
+    /// The policy's version.
+    pub version: String,
+    /// One line on what it charges.
+    pub description: String,
+    /// The metrics it prices.
+    pub metrics: Vec<MetricInfo>,
+    /// The contract version the module was built against.
+    pub contract: String,
+    /// Hex SHA-256 of the module file's bytes.
+    pub sha256: String,
+    /// Hex SHA-256 of the configuration text.
+    pub config_sha256: String,
+}
+
+impl PolicyInfo {
+    /// The metric with measurement name `name`.
+    pub fn metric(&self, name: &str) -> Option<&MetricInfo> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+}
+
+/// Why a module could not become a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid Wasm component.
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(wasmtime::Error),
+    /// The component exports no pricing interface.
+    #[error(
+        "the component exports no `{POLICY_INTERFACE}` interface (exports: {exports}); build it with pricing-sdk's export_policy!"
+    )]
+    NotAPolicy {
+        /// What it does export.
+        exports: String,
+    },
+    /// Built against a contract version this host does not speak.
+    #[error(
+        "policy built for contract os-credits:pricing@{found}, this host speaks @{CONTRACT_VERSION}: rebuild it with a matching pricing-sdk"
+    )]
+    Contract {
+        /// The version the module exports.
+        found: String,
+    },
+    /// Instantiation failed (for example an import the host does not give).
+    #[error("cannot instantiate the policy: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// The policy refused its configuration.
+    #[error("the policy refused its configuration: {0}")]
+    Configure(String),
+    /// A call during loading failed.
+    #[error("{call} failed while loading: {source}")]
+    Call {
+        /// Which call.
+        call: &'static str,
+        /// Why.
+        source: CallError,
+    },
+    /// A self-test example billed something else than it declares.
+    #[error("self-test example {name:?} failed: {reason}")]
+    Example {
+        /// The example's name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Why one call into a policy failed. Only this call is affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its deadline and was interrupted.
+    #[error("policy call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The instance tried to grow its memory past the cap.
+    #[error("policy exceeded its memory limit of {0} bytes")]
+    MemoryLimit(usize),
+    /// The instance trapped (a panic, an `unreachable`, a stack overflow).
+    #[error("policy trapped: {0}")]
+    Trap(String),
+    /// The policy returned an error for this input.
+    #[error("policy refused: {0}")]
+    Refused(String),
+    /// The policy returned something that is not a valid charge.
+    #[error("policy returned an invalid charge {0:?}")]
+    BadResult(String),
+    /// No instance could be created.
+    #[error("cannot instantiate policy: {0}")]
+    Instantiate(String),
+}
+
+/// Compiles and runs policies; one per process.
+pub struct PolicyRuntime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    limits: Limits,
+}
+
+impl PolicyRuntime {
+    /// An engine with the component model and epoch interruption, a ticker
+    /// thread that advances the epoch, and a linker with empty WASI.
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })?;
+        Ok(PolicyRuntime {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+        })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Loads the module at `path` with configuration `config`.
+    pub fn load(&self, path: &Path, config: &str) -> Result<Policy, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_bytes(&bytes, config)
+    }
+
+    /// Loads a module from its bytes: compile, check the contract, configure,
+    /// describe, run the self-test examples.
+    pub fn load_bytes(&self, bytes: &[u8], config: &str) -> Result<Policy, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        let contract = contract_version(&self.engine, &component)?;
+        let pool = Pool::new(&self.engine, &self.linker, &component, config, self.limits)?;
+        let info = pool.describe().map_err(|source| LoadError::Call {
+            call: "describe",
+            source,
+        })?;
+        let policy = Policy {
+            info: PolicyInfo {
+                name: info.name,
+                version: info.version,
+                description: info.description,
+                metrics: info.metrics,
+                contract,
+                sha256: hex::encode(Sha256::digest(bytes)),
+                config_sha256: hex::encode(Sha256::digest(config.as_bytes())),
+            },
+            config: config.to_owned(),
+            pool,
+        };
+        policy.self_test()?;
+        Ok(policy)
+    }
+}
+
+/// Finds the version of the pricing interface the component exports and
+/// checks that this host speaks it (same major, minor not newer).
+fn contract_version(engine: &Engine, component: &Component) -> Result<String, LoadError> {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let Some(found) = names
+        .iter()
+        .find_map(|name| name.strip_prefix(POLICY_INTERFACE))
+    else {
+        return Err(LoadError::NotAPolicy {
+            exports: if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            },
+        });
+    };
+    let found = found.strip_prefix('@').unwrap_or(found).to_owned();
+    let ours = semver_parts(CONTRACT_VERSION);
+    match semver_parts(&found) {
+        Some((major, minor))
+            if Some(major) == ours.map(|v| v.0) && ours.is_some_and(|v| minor <= v.1) =>
+        {
+            Ok(found)
+        }
+        _ => Err(LoadError::Contract { found }),
+    }
+}
+
+fn semver_parts(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// A loaded, validated policy. Cheap to share (`Arc<Policy>`); calls from
+/// several threads each take their own instance from the pool.
+pub struct Policy {
+    info: PolicyInfo,
+    config: String,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("info", &self.info).finish()
+    }
+}
+
+impl Policy {
+    /// Name, version, metrics, sha256 of the module and of its config.
+    pub fn info(&self) -> &PolicyInfo {
+        &self.info
+    }
+
+    /// The configuration text the policy was loaded with.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// The exact credits for one step of usage.
+    pub fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+        self.pool.bill(usage)
+    }
+
+    /// The credits one hour of `amount` units of `metric` costs at `at_ns`.
+    pub fn cost_per_hour(
+        &self,
+        metric: &str,
+        amount: Decimal,
+        at_ns: i64,
+    ) -> Result<Decimal, CallError> {
+        self.pool.cost_per_hour(metric, amount, at_ns)
+    }
+
+    /// How many ready instances the pool holds.
+    pub fn idle_instances(&self) -> usize {
+        self.pool.idle()
+    }
+
+    fn self_test(&self) -> Result<(), LoadError> {
+        let examples = self.pool.examples().map_err(|source| LoadError::Call {
+            call: "examples",
+            source,
+        })?;
+        for example in examples {
+            let fail = |reason: String| LoadError::Example {
+                name: example.name.clone(),
+                reason,
+            };
+            let expected =
+                pricing_sdk::parse_decimal(&example.expected).map_err(|e| fail(e.to_string()))?;
+            let charge = self
+                .pool
+                .bill_wit(&example.usage)
+                .map_err(|e| fail(e.to_string()))?;
+            if charge != expected {
+                return Err(fail(format!("billed {charge}, declares {expected}")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! The de.NBI pricing policy: `project_vcpu_usage` at 1 credit per
+//! vCPU-hour, `project_mb_usage` at 0.3 credits per GiB-hour.
+//!
+//! Configuration (all optional): `cpu_price`, `ram_price` (credits per unit
+//! hour) and `ram_unit` (`"GiB"`, or `"MiB"` for the 2019 exporter, which
+//! divides the RAM price by 1024).
+
+use pricing_sdk::{Decimal, Error, Example, MetricInfo, Policy, PolicyInfo, Timestamp, Usage};
+use pricing_sdk::{export_policy, parse_config, testing::step};
+use serde::Deserialize;
+
+const CPU: &str = "project_vcpu_usage";
+const RAM: &str = "project_mb_usage";
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Denbi {
+    cpu_price: Decimal,
+    ram_price: Decimal,
+    ram_unit: RamUnit,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+enum RamUnit {
+    GiB,
+    MiB,
+}
+
+impl Default for Denbi {
+    fn default() -> Self {
+        Denbi {
+            cpu_price: Decimal::ONE,
+            ram_price: Decimal::new(3, 1),
+            ram_unit: RamUnit::GiB,
+        }
+    }
+}
+
+impl Denbi {
+    fn price(&self, metric: &str) -> Result<Decimal, Error> {
+        match (metric, self.ram_unit) {
+            (CPU, _) => Ok(self.cpu_price),
+            (RAM, RamUnit::GiB) => Ok(self.ram_price),
+            (RAM, RamUnit::MiB) => Ok(self.ram_price / Decimal::from(1024)),
+            _ => Err(Error::new(format!("de.NBI policy does not price {metric}"))),
+        }
+    }
+}
+
+impl Policy for Denbi {
+    fn configure(config: &str) -> Result<Self, Error> {
+        parse_config(config)
+    }
+
+    fn describe(&self) -> PolicyInfo {
+        let ram_unit = match self.ram_unit {
+            RamUnit::GiB => "GiB-hours",
+            RamUnit::MiB => "MiB-hours",
+        };
+        PolicyInfo::new(
+            "denbi",
+            env!("CARGO_PKG_VERSION"),
+            "de.NBI: credits per vCPU-hour and per RAM-hour",
+        )
+        .metric(MetricInfo::new(
+            CPU,
+            "cpu",
+            "vCPU-hours",
+            "Amount of vCPUs.",
+        ))
+        .metric(MetricInfo::new(RAM, "ram", ram_unit, "Amount of RAM.").decimal_amounts())
+    }
+
+    fn bill(&self, usage: &Usage) -> Result<Decimal, Error> {
+        Ok(usage.delta()? * self.price(&usage.metric)?)
+    }
+
+    fn cost_per_hour(
+        &self,
+        metric: &str,
+        amount: Decimal,
+        _at: Timestamp,
+    ) -> Result<Decimal, Error> {
+        Ok(amount * self.price(metric)?)
+    }
+
+    fn examples(&self) -> Vec<Example> {
+        let cpu = Example::new(
+            "+5 vCPU-hours",
+            step(CPU, "10", "15"),
+            &(self.cpu_price * Decimal::from(5)).to_string(),
+        );
+        cpu.into_iter().collect()
+    }
+}
+
+export_policy!(Denbi);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pricing_sdk::testing::check_examples;
+
+    fn bill(config: &str, metric: &str, from: &str, to: &str) -> Decimal {
+        Denbi::configure(config)
+            .unwrap()
+            .bill(&step(metric, from, to))
+            .unwrap()
+    }
+
+    #[test]
+    fn five_vcpu_hours_cost_five_credits() {
+        assert_eq!(bill("", CPU, "100", "105"), Decimal::from(5));
+    }
+
+    #[test]
+    fn ram_costs_point_three_per_gib_hour_or_per_1024_mib_hours() {
+        assert_eq!(bill("", RAM, "0", "10").to_string(), "3.0");
+        assert_eq!(
+            bill("ram_unit = \"MiB\"", RAM, "0", "1024"),
+            Decimal::new(3, 1)
+        );
+    }
+
+    #[test]
+    fn quote_for_16_cpus_and_32_gib_is_25_6() {
+        let denbi = Denbi::default();
+        let quote = denbi.cost_per_hour(CPU, 16.into(), 0).unwrap()
+            + denbi.cost_per_hour(RAM, 32.into(), 0).unwrap();
+        assert_eq!(quote, Decimal::new(256, 1));
+    }
+
+    #[test]
+    fn prices_are_configurable_and_unknown_keys_refused() {
+        assert_eq!(
+            bill("cpu_price = \"0.001\"", CPU, "0", "1").to_string(),
+            "0.001"
+        );
+        assert!(Denbi::configure("cpu_prize = 2").is_err());
+        assert!(Denbi::configure("ram_unit = \"TiB\"").is_err());
+        assert!(
+            Denbi::default()
+                .bill(&step("go_goroutines", "1", "2"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn examples_hold_for_default_and_custom_prices() {
+        assert_eq!(check_examples::<Denbi>(""), Ok(1));
+        assert_eq!(check_examples::<Denbi>("cpu_price = \"2.5\""), Ok(1));
+    }
+}

@@ -1,0 +1,137 @@
+//! # pricing-sdk: write an os-credits pricing policy in plain Rust
+//!
+//! A pricing policy turns a step of a cumulative usage counter (for example
+//! vCPU-hours of one project at one site) into credits. The os-credits host
+//! loads policies as sandboxed WebAssembly components, so a site changes its
+//! prices by dropping a new module into the policy folder, without rebuilding
+//! or restarting the service.
+//!
+//! This crate is all a policy author imports:
+//! - the types: [`Usage`], [`Measurement`], [`PolicyInfo`], [`MetricInfo`],
+//!   [`Example`], [`Error`], and [`Decimal`] (re-exported from `rust_decimal`);
+//! - the [`Policy`] trait and the [`export_policy!`] macro that turns an
+//!   implementation into a component exporting the `os-credits:pricing` world
+//!   (`wit/pricing.wit`);
+//! - [`parse_config`] for site parameters (TOML or JSON) and [`parse_decimal`];
+//! - [`testing`]: helpers to unit-test a policy natively with `cargo test`.
+//!
+//! Money never crosses the boundary as a float: decimals travel as text.
+//!
+//! ```
+//! use pricing_sdk::{Decimal, Error, MetricInfo, Policy, PolicyInfo, Timestamp, Usage};
+//!
+//! struct Flat;
+//!
+//! impl Policy for Flat {
+//!     fn configure(_config: &str) -> Result<Self, Error> {
+//!         Ok(Flat)
+//!     }
+//!     fn describe(&self) -> PolicyInfo {
+//!         PolicyInfo::new("flat", "1.0.0", "one credit per vCPU-hour")
+//!             .metric(MetricInfo::new("project_vcpu_usage", "cpu", "vCPU-hours", "vCPUs in use"))
+//!     }
+//!     fn bill(&self, usage: &Usage) -> Result<Decimal, Error> {
+//!         usage.delta()
+//!     }
+//!     fn cost_per_hour(&self, _metric: &str, amount: Decimal, _at: Timestamp) -> Result<Decimal, Error> {
+//!         Ok(amount)
+//!     }
+//! }
+//!
+//! pricing_sdk::export_policy!(Flat);
+//!
+//! let step = pricing_sdk::testing::step("project_vcpu_usage", "10", "15");
+//! assert_eq!(Flat.bill(&step).unwrap(), Decimal::from(5));
+//! ```
+
+#![warn(missing_docs)]
+
+mod types;
+
+pub mod testing;
+
+pub use rust_decimal::Decimal;
+pub use types::{
+    Error, Example, HOUR_NS, Measurement, MetricInfo, PolicyInfo, Timestamp, Usage, parse_config,
+    parse_decimal,
+};
+
+/// The version of the WIT contract (`os-credits:pricing@…`) this SDK builds.
+pub const CONTRACT_VERSION: &str = "1.0.0";
+
+/// A pricing policy: implement this, then call [`export_policy!`] once.
+///
+/// The host creates a policy by [`Policy::configure`] with the site's
+/// configuration text (empty for the defaults), then calls the other methods
+/// any number of times. A policy must be a pure function of its input.
+pub trait Policy: Sized + 'static {
+    /// Builds the policy from the site's configuration (TOML or JSON text,
+    /// empty for the defaults). Reject anything invalid here, with a message
+    /// that tells the operator what to fix: the host refuses to activate a
+    /// policy whose configuration fails.
+    fn configure(config: &str) -> Result<Self, Error>;
+
+    /// Name, version and the metrics this policy prices.
+    fn describe(&self) -> PolicyInfo;
+
+    /// The exact credits for one step of usage. The host guarantees that
+    /// `usage.current` is newer than `usage.previous` and its value higher.
+    /// The result must not be negative.
+    fn bill(&self, usage: &Usage) -> Result<Decimal, Error>;
+
+    /// The credits one hour of `amount` units of `metric` costs at time `at`,
+    /// for price quotes (`/api/costs_per_hour`).
+    fn cost_per_hour(&self, metric: &str, amount: Decimal, at: Timestamp)
+    -> Result<Decimal, Error>;
+
+    /// Example usages with the charges they must give. The host bills each
+    /// of them before it activates the policy and refuses it on a mismatch.
+    fn examples(&self) -> Vec<Example> {
+        Vec::new()
+    }
+}
+
+/// Exports a [`Policy`] implementation as the `os-credits:pricing` component.
+///
+/// On `wasm32` targets this generates the component exports; on any other
+/// target it expands to nothing, so the same crate unit-tests natively.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct OsCreditsPolicyExports;
+
+            impl $crate::__private::Guest for OsCreditsPolicyExports {
+                fn describe() -> $crate::__private::wit::PolicyInfo {
+                    $crate::__private::describe::<$policy>()
+                }
+                fn configure(config: ::std::string::String) -> Result<(), ::std::string::String> {
+                    $crate::__private::configure::<$policy>(&config)
+                }
+                fn bill(
+                    usage: $crate::__private::wit::Usage,
+                ) -> Result<::std::string::String, ::std::string::String> {
+                    $crate::__private::bill::<$policy>(usage)
+                }
+                fn cost_per_hour(
+                    metric: ::std::string::String,
+                    amount: ::std::string::String,
+                    at_ns: i64,
+                ) -> Result<::std::string::String, ::std::string::String> {
+                    $crate::__private::cost_per_hour::<$policy>(&metric, &amount, at_ns)
+                }
+                fn examples() -> ::std::vec::Vec<$crate::__private::wit::Example> {
+                    $crate::__private::examples::<$policy>()
+                }
+            }
+
+            $crate::__private::export!(OsCreditsPolicyExports with_types_in $crate::__private::bindings);
+        };
+    };
+}
+
+/// Glue between the generated bindings and [`Policy`]; not a public API.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __private;
