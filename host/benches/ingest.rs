@@ -1,1 +1,38 @@
-fn main() {}
+//! Line-protocol parsing throughput on stack-shaped lines (one core).
+//!
+//! Run with `make bench` or `cargo bench -p os-credits --bench ingest`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use os_credits::ingest::{Measurement, Precision, parse_lines};
+
+fn bench(c: &mut Criterion) {
+    let body = std::fs::read(common::repo_file("examples/stack-sample.lp")).expect("sample");
+    let lines = parse_lines(&body).count() as u64;
+
+    let mut group = c.benchmark_group("line protocol");
+    group.throughput(Throughput::Elements(lines));
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            parse_lines(black_box(&body))
+                .filter(|(_, p)| p.is_ok())
+                .count()
+        })
+    });
+    group.bench_function("parse + measurement", |b| {
+        b.iter(|| {
+            parse_lines(black_box(&body))
+                .filter_map(|(_, p)| p.ok())
+                .filter(|p| Measurement::from_point(p, Precision::Nanoseconds, 0).is_ok())
+                .count()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -76,6 +76,7 @@ pub fn describe<P: Policy>() -> wit::PolicyInfo {
                 amount_type: m.amount_type,
             })
             .collect(),
+        tags: info.tags,
     }
 }
 

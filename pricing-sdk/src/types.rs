@@ -113,7 +113,8 @@ pub struct Usage {
     pub project: String,
     /// The site (`location_id` tag, the Perun resource id).
     pub location_id: String,
-    /// All tags of the current measurement, sorted by key, unescaped.
+    /// The tags of the current measurement, sorted by key, unescaped:
+    /// all of them, or those the policy declared in [`PolicyInfo::tags`].
     pub tags: Vec<(String, String)>,
     /// The last measurement billed for this project, site and metric.
     pub previous: Measurement,
@@ -142,7 +143,7 @@ impl Usage {
     /// The length of the step in hours (exact to 28 digits).
     pub fn hours(&self) -> Decimal {
         let nanos = Decimal::from(self.current.timestamp) - Decimal::from(self.previous.timestamp);
-        nanos / Decimal::from(HOUR_NS)
+        (nanos / Decimal::from(HOUR_NS)).normalize()
     }
 }
 
@@ -191,6 +192,10 @@ pub struct PolicyInfo {
     pub description: String,
     /// The metrics it prices; points of other metrics are ignored.
     pub metrics: Vec<MetricInfo>,
+    /// The tags [`Policy::bill`](crate::Policy::bill) reads: `None` (the
+    /// default) for all, or only these keys. Each tag costs two strings
+    /// per call across the Wasm boundary: declare what you read.
+    pub tags: Option<Vec<String>>,
 }
 
 impl PolicyInfo {
@@ -201,7 +206,15 @@ impl PolicyInfo {
             version: version.to_owned(),
             description: description.to_owned(),
             metrics: Vec::new(),
+            tags: None,
         }
+    }
+
+    /// Declares the tags `bill` reads; the host passes only these
+    /// (`&[]` for none). Without this, every tag is passed.
+    pub fn reads_tags(mut self, keys: &[&str]) -> Self {
+        self.tags = Some(keys.iter().map(|k| (*k).to_owned()).collect());
+        self
     }
 
     /// Adds a metric.

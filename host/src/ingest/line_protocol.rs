@@ -128,7 +128,7 @@ impl<'a> Iterator for Lines<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         while self.pos < self.body.len() {
             let rest = &self.body[self.pos..];
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
             self.pos += end + 1;
             self.line += 1;
             let mut raw = &rest[..end];
@@ -166,19 +166,42 @@ fn fail<T>(column: usize, message: impl Into<String>) -> Result<T, Failure> {
     Err((column, message.into()))
 }
 
+/// A set of bytes that end a token, as a lookup table.
+struct Stops([bool; 256]);
+
+impl Stops {
+    const fn of(bytes: &[u8]) -> Self {
+        let mut table = [false; 256];
+        table[b'\\' as usize] = true;
+        let mut i = 0;
+        while i < bytes.len() {
+            table[bytes[i] as usize] = true;
+            i += 1;
+        }
+        Stops(table)
+    }
+}
+
+/// Ends of a measurement name.
+const MEASUREMENT_END: Stops = Stops::of(b", ");
+/// Ends of a tag key or field key.
+const KEY_END: Stops = Stops::of(b",= ");
+/// Ends of a tag value (an `=` there is an error).
+const TAG_VALUE_END: Stops = Stops::of(b", =");
+
 /// Scans from `pos` to the first unescaped byte in `stops` (or the end).
 /// Returns the end and whether a backslash was seen.
-fn scan(bytes: &[u8], mut pos: usize, stops: &[u8]) -> (usize, bool) {
+fn scan(bytes: &[u8], mut pos: usize, stops: &Stops) -> (usize, bool) {
     let mut escaped = false;
     while pos < bytes.len() {
         let b = bytes[pos];
-        if b == b'\\' {
+        if !stops.0[b as usize] {
+            pos += 1;
+        } else if b == b'\\' {
             escaped = true;
             pos += 2;
-        } else if stops.contains(&b) {
-            return (pos, escaped);
         } else {
-            pos += 1;
+            return (pos, escaped);
         }
     }
     (bytes.len(), escaped)
@@ -212,17 +235,17 @@ const KEY_SPECIALS: &[u8] = b",= ";
 fn parse_line(line: &str, start: usize) -> Result<Point<'_>, Failure> {
     let bytes = line.as_bytes();
     // measurement
-    let (end, escaped) = scan(bytes, start, b", ");
+    let (end, escaped) = scan(bytes, start, &MEASUREMENT_END);
     if end == start {
         return fail(start, "missing measurement name");
     }
     let measurement = unescape(&line[start..end], escaped, MEASUREMENT_SPECIALS);
     let mut pos = end;
     // tags
-    let mut tags = Vec::new();
+    let mut tags = Vec::with_capacity(8);
     while pos < bytes.len() && bytes[pos] == b',' {
         pos += 1;
-        let (key_end, key_escaped) = scan(bytes, pos, b",= ");
+        let (key_end, key_escaped) = scan(bytes, pos, &KEY_END);
         if key_end == pos {
             return fail(pos, "missing tag key");
         }
@@ -231,7 +254,7 @@ fn parse_line(line: &str, start: usize) -> Result<Point<'_>, Failure> {
         }
         let key = unescape(&line[pos..key_end], key_escaped, KEY_SPECIALS);
         pos = key_end + 1;
-        let (value_end, value_escaped) = scan(bytes, pos, b", =");
+        let (value_end, value_escaped) = scan(bytes, pos, &TAG_VALUE_END);
         if value_end == pos {
             return fail(pos, format!("missing value of tag {key:?}"));
         }
@@ -250,9 +273,9 @@ fn parse_line(line: &str, start: usize) -> Result<Point<'_>, Failure> {
         pos += 1;
     }
     // fields
-    let mut fields = Vec::new();
+    let mut fields = Vec::with_capacity(1);
     loop {
-        let (key_end, key_escaped) = scan(bytes, pos, b",= ");
+        let (key_end, key_escaped) = scan(bytes, pos, &KEY_END);
         if key_end == pos {
             return fail(pos, "missing field key");
         }

@@ -44,7 +44,8 @@ pub struct Usage<'a> {
 }
 
 impl Usage<'_> {
-    fn to_wit(self) -> wit::Usage {
+    /// The WIT record, with only the tags in `read` (all when `None`).
+    pub(super) fn to_wit(self, read: Option<&[String]>) -> wit::Usage {
         let measurement = |(timestamp_ns, value): (i64, &str)| wit_types::Measurement {
             timestamp_ns,
             value: value.to_owned(),
@@ -56,6 +57,7 @@ impl Usage<'_> {
             tags: self
                 .tags
                 .iter()
+                .filter(|(key, _)| read.is_none_or(|keys| keys.iter().any(|k| k == key)))
                 .map(|(key, value)| wit_types::Tag {
                     key: key.to_string(),
                     value: value.to_string(),
@@ -73,6 +75,7 @@ pub(super) struct Described {
     pub version: String,
     pub description: String,
     pub metrics: Vec<MetricInfo>,
+    pub tags: Option<Vec<String>>,
 }
 
 /// A self-test example as the policy declared it.
@@ -267,15 +270,12 @@ impl Pool {
                     amount_type: m.amount_type,
                 })
                 .collect(),
+            tags: info.tags,
         })
     }
 
     pub fn examples(&self) -> Result<Vec<Example>, CallError> {
         self.with_instance(|b, store| b.os_credits_pricing_policy().call_examples(store))
-    }
-
-    pub fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
-        self.bill_wit(&usage.to_wit())
     }
 
     pub fn bill_wit(&self, usage: &wit::Usage) -> Result<Decimal, CallError> {

@@ -79,6 +79,8 @@ pub struct PolicyInfo {
     pub description: String,
     /// The metrics it prices.
     pub metrics: Vec<MetricInfo>,
+    /// The tags `bill` reads; `None` for all.
+    pub tags: Option<Vec<String>>,
     /// The contract version the module was built against.
     pub contract: String,
     /// Hex SHA-256 of the module file's bytes.
@@ -234,6 +236,7 @@ impl PolicyRuntime {
                 version: info.version,
                 description: info.description,
                 metrics: info.metrics,
+                tags: info.tags,
                 contract,
                 sha256: hex::encode(Sha256::digest(bytes)),
                 config_sha256: hex::encode(Sha256::digest(config.as_bytes())),
@@ -309,7 +312,7 @@ impl Policy {
 
     /// The exact credits for one step of usage.
     pub fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
-        self.pool.bill(usage)
+        self.pool.bill_wit(&usage.to_wit(self.info.tags.as_deref()))
     }
 
     /// The credits one hour of `amount` units of `metric` costs at `at_ns`.

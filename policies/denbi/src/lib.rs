@@ -7,12 +7,12 @@
 
 use pricing_sdk::{Decimal, Error, Example, MetricInfo, Policy, PolicyInfo, Timestamp, Usage};
 use pricing_sdk::{export_policy, parse_config, testing::step};
-use serde::Deserialize;
 
 const CPU: &str = "project_vcpu_usage";
 const RAM: &str = "project_mb_usage";
 
-#[derive(Deserialize)]
+/// Prices in credits per unit-hour; `ram_unit = "MiB"` divides the RAM price by 1024.
+#[derive(serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Denbi {
     cpu_price: Decimal,
@@ -20,7 +20,7 @@ pub struct Denbi {
     ram_unit: RamUnit,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(serde::Deserialize, PartialEq)]
 enum RamUnit {
     GiB,
     MiB,
@@ -28,9 +28,10 @@ enum RamUnit {
 
 impl Default for Denbi {
     fn default() -> Self {
+        let ram_price = Decimal::new(3, 1);
         Denbi {
             cpu_price: Decimal::ONE,
-            ram_price: Decimal::new(3, 1),
+            ram_price,
             ram_unit: RamUnit::GiB,
         }
     }
@@ -38,10 +39,10 @@ impl Default for Denbi {
 
 impl Denbi {
     fn price(&self, metric: &str) -> Result<Decimal, Error> {
-        match (metric, self.ram_unit) {
-            (CPU, _) => Ok(self.cpu_price),
-            (RAM, RamUnit::GiB) => Ok(self.ram_price),
-            (RAM, RamUnit::MiB) => Ok(self.ram_price / Decimal::from(1024)),
+        match metric {
+            CPU => Ok(self.cpu_price),
+            RAM if self.ram_unit == RamUnit::MiB => Ok(self.ram_price / Decimal::from(1024)),
+            RAM => Ok(self.ram_price),
             _ => Err(Error::new(format!("de.NBI policy does not price {metric}"))),
         }
     }
@@ -53,14 +54,15 @@ impl Policy for Denbi {
     }
 
     fn describe(&self) -> PolicyInfo {
-        let ram_unit = match self.ram_unit {
-            RamUnit::GiB => "GiB-hours",
-            RamUnit::MiB => "MiB-hours",
+        let ram_unit = if self.ram_unit == RamUnit::MiB {
+            "MiB-hours"
+        } else {
+            "GiB-hours"
         };
         PolicyInfo::new(
             "denbi",
             env!("CARGO_PKG_VERSION"),
-            "de.NBI: credits per vCPU-hour and per RAM-hour",
+            "de.NBI: credits per vCPU-hour and RAM-hour",
         )
         .metric(MetricInfo::new(
             CPU,
@@ -69,6 +71,7 @@ impl Policy for Denbi {
             "Amount of vCPUs.",
         ))
         .metric(MetricInfo::new(RAM, "ram", ram_unit, "Amount of RAM.").decimal_amounts())
+        .reads_tags(&[])
     }
 
     fn bill(&self, usage: &Usage) -> Result<Decimal, Error> {
@@ -85,12 +88,10 @@ impl Policy for Denbi {
     }
 
     fn examples(&self) -> Vec<Example> {
-        let cpu = Example::new(
-            "+5 vCPU-hours",
-            step(CPU, "10", "15"),
-            &(self.cpu_price * Decimal::from(5)).to_string(),
-        );
-        cpu.into_iter().collect()
+        let five_hours = (self.cpu_price * Decimal::from(5)).to_string();
+        Example::new("+5 vCPU-hours", step(CPU, "10", "15"), &five_hours)
+            .into_iter()
+            .collect()
     }
 }
 

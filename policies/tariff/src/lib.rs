@@ -171,7 +171,8 @@ impl Policy for Tariff {
             "tariff",
             env!("CARGO_PKG_VERSION"),
             "dated prices per unit-hour, weighted by size",
-        );
+        )
+        .reads_tags(&[]);
         METRICS
             .iter()
             .fold(info, |info, (name, friendly, unit, description)| {
@@ -301,8 +302,10 @@ mod tests {
     fn large_projects_get_the_weight_of_their_tier() {
         let tariff = Tariff::configure(CONFIG).unwrap();
         let noon = at("2024-05-01T12:00:00Z");
-        let big = step("project_vcpu_usage", "0", "128").at(noon, noon + 2 * HOUR_NS);
-        assert_eq!(tariff.bill(&big).unwrap(), Decimal::from(128));
+        // 126 vCPU-hours in 2 hours: 63 vCPUs on average, below the 64 tier
+        let big = step("project_vcpu_usage", "0", "126").at(noon, noon + 2 * HOUR_NS);
+        assert_eq!(tariff.bill(&big).unwrap(), Decimal::from(126));
+        // 128 vCPU-hours in 1 hour: 128 vCPUs, weight 0.5
         let bigger = step("project_vcpu_usage", "0", "128").at(noon, noon + HOUR_NS);
         assert_eq!(tariff.bill(&bigger).unwrap(), Decimal::from(64));
         let quote = tariff.cost_per_hour(

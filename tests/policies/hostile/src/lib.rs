@@ -29,6 +29,7 @@ impl Guest for Hostile {
                 description: "test".into(),
                 amount_type: "int".into(),
             }],
+            tags: None,
         }
     }
 

@@ -1,0 +1,55 @@
+# os-credits: build, test and run.
+#
+#   make            build everything: the host (target/release/os-credits)
+#                   and every policy (policies/dist/<name>.wasm)
+#   make policies   build the policies only
+#   make host       build the host only
+#   make run        build everything, then run the service with its defaults
+#   make test       the test suite (what CI runs, with `make lint`)
+#   make lint       rustfmt and clippy on every target, native and Wasm
+#   make bench      the criterion benchmarks
+#   make clean      remove build output
+#
+# Tests and the shipped binary share the release profile, so wasmtime is
+# built once. Policies build for wasm32-wasip2 (`rustup target add
+# wasm32-wasip2` once; .ci/run does it).
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+POLICIES := denbi tariff
+DIST := policies/dist
+POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
+FIXTURE_PACKAGES := -p hostile-policy -p contract-v2-policy
+
+.PHONY: all host policies run test lint bench clean
+
+all: policies host
+
+host:
+	$(CARGO) build --release -p os-credits
+
+policies:
+	$(CARGO) build --release --target $(WASM_TARGET) $(POLICY_PACKAGES)
+	mkdir -p $(DIST)
+	for p in $(POLICIES); do \
+		cp target/$(WASM_TARGET)/release/$${p}_policy.wasm $(DIST)/$$p.wasm.tmp && \
+		mv $(DIST)/$$p.wasm.tmp $(DIST)/$$p.wasm; \
+	done
+
+run: all
+	target/release/os-credits serve
+
+test:
+	$(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) -p pricing-sdk $(POLICY_PACKAGES) $(FIXTURE_PACKAGES) -- -D warnings
+
+bench:
+	$(CARGO) bench -p os-credits
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DIST)

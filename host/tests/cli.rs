@@ -1,0 +1,229 @@
+//! `os-credits policy check|run` as a policy author runs them: the real
+//! binary on the example measurements.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use common::{repo_file, wasm};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+fn os_credits(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .expect("os-credits runs")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Replaces the module's sha256 (it depends on the compiler) by a placeholder.
+fn mask_sha256(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let masked = match line.find("sha256 ") {
+            Some(at) if line.len() >= at + 7 + 64 => {
+                format!(
+                    "{}sha256 <sha256 of the module>{}",
+                    &line[..at],
+                    &line[at + 7 + 64..]
+                )
+            }
+            _ => line.to_owned(),
+        };
+        out.push_str(&masked);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn policy_run_prints_the_documented_output() {
+    let denbi = wasm("denbi-policy");
+    let output = os_credits(&["policy", "run", path(&denbi), "examples/stack-sample.lp"]);
+    let printed = mask_sha256(&stdout(&output));
+    let documented = std::fs::read_to_string(repo_file("examples/stack-sample.denbi.txt")).unwrap();
+    assert_eq!(printed, documented);
+    let readme = std::fs::read_to_string(repo_file("README.md")).unwrap();
+    assert!(
+        readme.contains(&documented),
+        "README.md does not show examples/stack-sample.denbi.txt"
+    );
+}
+
+#[test]
+fn policy_run_json_matches_the_expected_credits_of_the_sample() {
+    let denbi = wasm("denbi-policy");
+    let output = os_credits(&[
+        "policy",
+        "run",
+        path(&denbi),
+        "examples/stack-sample.lp",
+        "--format",
+        "json",
+    ]);
+    let json: Value = serde_json::from_str(&stdout(&output)).expect("one JSON object");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let decimal = |v: &Value| -> Decimal { v.as_str().expect("decimal string").parse().unwrap() };
+
+    assert_eq!(json["policy"]["name"], "denbi");
+    assert_eq!(json["policy"]["sha256"].as_str().map(str::len), Some(64));
+    let lines = json["lines"].as_u64().unwrap();
+    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).unwrap();
+    assert_eq!(
+        lines,
+        sample.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    );
+    assert_eq!(
+        json["ignored"].as_u64().unwrap() + json["billed"].as_u64().unwrap(),
+        lines
+    );
+    let by_reason: u64 = json["ignored_by_reason"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_reason, json["ignored"].as_u64().unwrap());
+
+    let projects: BTreeMap<String, Decimal> = json["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["project"].as_str().unwrap().to_owned(),
+                decimal(&p["credits"]),
+            )
+        })
+        .collect();
+    let wanted: BTreeMap<String, Decimal> = expected["projects"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), decimal(v)))
+        .collect();
+    assert_eq!(projects, wanted);
+    assert_eq!(decimal(&json["total"]), decimal(&expected["total"]));
+
+    // Per-key charges add up to the project totals.
+    let mut summed: BTreeMap<String, Decimal> = BTreeMap::new();
+    for charge in json["charges"].as_array().unwrap() {
+        *summed
+            .entry(charge["project"].as_str().unwrap().to_owned())
+            .or_default() += decimal(&charge["credits"]);
+        assert!(charge["location_id"].is_string() && charge["metric"].is_string());
+    }
+    assert_eq!(summed, wanted);
+}
+
+#[test]
+fn policy_run_reports_bad_lines_with_their_numbers_and_bills_the_rest() {
+    let denbi = wasm("denbi-policy");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.lp");
+    std::fs::write(
+        &file,
+        "project_vcpu_usage,location_id=1,project_name=p value=1 1000000000\n\
+         project_vcpu_usage,location_id=1,project_name=p value=oops 2000000000\n\
+         # a comment\n\
+         project_vcpu_usage,location_id=1,project_name=p value=4 3000000000\n",
+    )
+    .unwrap();
+    let output = os_credits(&[
+        "policy",
+        "run",
+        path(&denbi),
+        path(&file),
+        "--format",
+        "json",
+    ]);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["lines"], 3);
+    assert_eq!(json["billed"], 1);
+    assert_eq!(json["total"], "3");
+    assert_eq!(json["errors"][0]["line"], 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn policy_check_describes_a_good_module_and_explains_a_bad_one() {
+    let denbi = wasm("denbi-policy");
+    let text = stdout(&os_credits(&["policy", "check", path(&denbi)]));
+    assert!(text.contains("policy    denbi 1.0.0"), "{text}");
+    assert!(text.contains("project_mb_usage    ram"), "{text}");
+    assert!(text.contains("self-test passed"));
+
+    let bad = os_credits(&["policy", "check", path(&wasm("contract-v2-policy"))]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("os-credits:pricing@2.0.0"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("site.toml");
+    std::fs::write(&config, "ram_unit = \"TiB\"\n").unwrap();
+    let refused = os_credits(&["policy", "check", path(&denbi), "--config", path(&config)]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused its configuration") && stderr.contains("TiB"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tariff_example_config_changes_prices_inside_the_sample_hour() {
+    let tariff = wasm("tariff-policy");
+    let run = |config: Option<&str>| {
+        let mut args = vec![
+            "policy",
+            "run",
+            path(&tariff),
+            "examples/stack-sample.lp",
+            "--format",
+            "json",
+        ];
+        if let Some(config) = config {
+            args.extend(["--config", config]);
+        }
+        let json: Value = serde_json::from_str(&stdout(&os_credits(&args))).unwrap();
+        json["total"].as_str().unwrap().parse::<Decimal>().unwrap()
+    };
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let denbi_total: Decimal = expected["total"].as_str().unwrap().parse().unwrap();
+    // Without configuration the template charges the de.NBI prices.
+    assert_eq!(run(None), denbi_total);
+    // Prices doubled from a date before the sample: exactly twice the credits.
+    let dir = tempfile::tempdir().unwrap();
+    let doubled = dir.path().join("doubled.toml");
+    std::fs::write(
+        &doubled,
+        "[[periods]]\nfrom = \"2020-01-01T00:00:00Z\"\nprices = { cpu = \"1\", ram = \"0.3\" }\n\
+         [[periods]]\nfrom = \"2024-05-01T00:00:00Z\"\nprices = { cpu = \"2\", ram = \"0.6\" }\n",
+    )
+    .unwrap();
+    assert_eq!(run(Some(path(&doubled))), denbi_total * Decimal::from(2));
+    // With the example configuration the prices change inside the sample hour.
+    assert_ne!(run(Some("examples/tariff.toml")), denbi_total);
+}
