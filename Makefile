@@ -35,6 +35,7 @@ policies:
 		cp target/$(WASM_TARGET)/release/$${p}_policy.wasm $(DIST)/$$p.wasm.tmp && \
 		mv $(DIST)/$$p.wasm.tmp $(DIST)/$$p.wasm; \
 	done
+	test -e $(DIST)/policies.toml || cp policies/policies.toml $(DIST)/policies.toml
 
 run: all
 	target/release/os-credits serve

@@ -12,11 +12,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use denbi_policy::Denbi;
-use os_credits::billing::{Book, Pricer};
+use os_credits::billing::{Book, Priced, Pricer};
 use os_credits::ingest::{Measurement, Tag};
 use os_credits::policy::{CallError, Limits, PolicyRuntime, Usage};
 use pricing_sdk::Policy as _;
-use rust_decimal::Decimal;
 
 /// The de.NBI formula natively, behind the same `Pricer` interface: the
 /// host's usage becomes the SDK's `Usage` as the Wasm glue does, with the
@@ -24,11 +23,11 @@ use rust_decimal::Decimal;
 struct Native(Denbi);
 
 impl Pricer for Native {
-    fn prices(&self, metric: &str) -> bool {
+    fn prices(&self, _location_id: &str, metric: &str) -> bool {
         metric == "project_vcpu_usage" || metric == "project_mb_usage"
     }
 
-    fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
         let usage = pricing_sdk::Usage {
             metric: usage.metric.to_owned(),
             project: usage.project.to_owned(),
@@ -41,9 +40,14 @@ impl Pricer for Native {
             previous: pricing_sdk::Measurement::new(usage.previous.0, usage.previous.1),
             current: pricing_sdk::Measurement::new(usage.current.0, usage.current.1),
         };
-        self.0
+        let credits = self
+            .0
             .bill(&usage)
-            .map_err(|e| CallError::Refused(e.to_string()))
+            .map_err(|e| CallError::Refused(e.to_string()))?;
+        Ok(Priced {
+            credits,
+            policy: None,
+        })
     }
 }
 
@@ -121,10 +125,10 @@ fn bench(c: &mut Criterion) {
 struct DynPricer<'a>(&'a dyn Pricer);
 
 impl Pricer for DynPricer<'_> {
-    fn prices(&self, metric: &str) -> bool {
-        self.0.prices(metric)
+    fn prices(&self, location_id: &str, metric: &str) -> bool {
+        self.0.prices(location_id, metric)
     }
-    fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
         self.0.bill(usage)
     }
 }

@@ -15,7 +15,11 @@
 //! - [`replay`]: a file of measurements through the same parser and rules,
 //!   as `os-credits policy run` shows it.
 
+pub mod api;
 pub mod billing;
+pub mod config;
+pub mod engine;
 pub mod ingest;
+pub mod ledger;
 pub mod policy;
 pub mod replay;

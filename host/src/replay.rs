@@ -1,8 +1,12 @@
-//! Replays line protocol through the parser and the billing rules the
-//! service uses, and summarises what it would bill: the engine behind
-//! `os-credits policy run`.
+//! Line protocol through the parser and the billing rules: the one code
+//! path behind `os-credits policy run` and the service's `/write`.
+//!
+//! A [`Replay`] owns a [`Book`] and counts what it saw. [`Replay::feed`]
+//! applies a body of line protocol in order and tells an observer about
+//! every outcome (the service turns them into ledger writes); it returns a
+//! [`FeedReport`] of that body alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -10,29 +14,227 @@ use serde::Serialize;
 use crate::billing::{Book, Outcome, Pricer, UNKNOWN_METRIC, round};
 use crate::ingest::{Measurement, Precision, parse_lines};
 
-/// How many line errors a report lists (all are counted).
-const LISTED_ERRORS: usize = 100;
+/// How many line problems a report lists (all are counted).
+pub const LISTED_ISSUES: usize = 100;
 
 /// Reason counted for lines that could not be parsed.
-const INVALID_LINE: &str = "invalid line";
+pub const INVALID_LINE: &str = "invalid line";
+/// Reason counted for points of a priced metric that lack a value or tag.
+pub const UNUSABLE_POINT: &str = "unusable point";
+/// Reason counted for projects outside the whitelist.
+pub const NOT_WHITELISTED: &str = "not whitelisted";
 
-/// A replay in progress.
-pub struct Replay<'p, P: Pricer> {
-    pricer: &'p P,
-    book: Book,
-    lines: usize,
-    billed: usize,
-    ignored: BTreeMap<&'static str, usize>,
-    errors: Vec<LineIssue>,
-}
-
-/// A line that billed nothing because it is broken or unusable.
+/// A line that billed nothing because something is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LineIssue {
-    /// 1-based line number.
+    /// 1-based line number in its body.
     pub line: usize,
-    /// What is wrong with it.
+    /// What is wrong.
     pub error: String,
+}
+
+/// What one body did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FeedReport {
+    /// Lines read (blank and comment lines not counted).
+    pub lines: usize,
+    /// Lines that were charged.
+    pub billed: usize,
+    /// Lines that charged nothing, by reason.
+    pub ignored: BTreeMap<&'static str, usize>,
+    /// Lines refused as broken or unusable (the first [`LISTED_ISSUES`]).
+    pub rejected: Vec<LineIssue>,
+    /// How many lines were refused in all.
+    pub rejected_count: usize,
+    /// Steps the policy failed to price (the first [`LISTED_ISSUES`]); they
+    /// are billed with the key's next point.
+    pub policy_errors: Vec<LineIssue>,
+}
+
+impl FeedReport {
+    fn ignore(&mut self, reason: &'static str) {
+        *self.ignored.entry(reason).or_default() += 1;
+    }
+
+    fn reject(&mut self, reason: &'static str, line: usize, error: String) {
+        self.ignore(reason);
+        self.rejected_count += 1;
+        if self.rejected.len() < LISTED_ISSUES {
+            self.rejected.push(LineIssue { line, error });
+        }
+    }
+
+    fn add(&mut self, other: &FeedReport) {
+        self.lines += other.lines;
+        self.billed += other.billed;
+        for (reason, n) in &other.ignored {
+            *self.ignored.entry(reason).or_default() += n;
+        }
+        self.rejected_count += other.rejected_count;
+        let room = LISTED_ISSUES.saturating_sub(self.rejected.len());
+        self.rejected
+            .extend(other.rejected.iter().take(room).cloned());
+        let room = LISTED_ISSUES.saturating_sub(self.policy_errors.len());
+        self.policy_errors
+            .extend(other.policy_errors.iter().take(room).cloned());
+    }
+}
+
+/// A replay in progress: the book and what was seen so far.
+#[derive(Default)]
+pub struct Replay {
+    book: Book,
+    whitelist: Option<HashSet<String>>,
+    seen: FeedReport,
+}
+
+impl Replay {
+    /// An empty replay.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A replay that continues from `book` (restored from the ledger).
+    pub fn with_book(book: Book) -> Self {
+        Replay {
+            book,
+            ..Self::default()
+        }
+    }
+
+    /// Bills only these projects; others are counted as not whitelisted.
+    pub fn whitelist(mut self, projects: Option<HashSet<String>>) -> Self {
+        self.whitelist = projects;
+        self
+    }
+
+    /// The book so far.
+    pub fn book(&self) -> &Book {
+        &self.book
+    }
+
+    /// Replaces the book (after the ledger refused a batch, from its truth).
+    pub fn reset_book(&mut self, book: Book) {
+        self.book = book;
+    }
+
+    /// Everything fed so far.
+    pub fn seen(&self) -> &FeedReport {
+        &self.seen
+    }
+
+    /// Applies every line of `body` in order, pricing with `pricer`.
+    /// Timestamps are in `precision`; points without one get `received`
+    /// (ns). `progress` is called now and then with the bytes consumed;
+    /// `observe` with every measurement's outcome and the book after it.
+    pub fn feed(
+        &mut self,
+        pricer: &impl Pricer,
+        body: &[u8],
+        precision: Precision,
+        received: i64,
+        mut progress: impl FnMut(usize),
+        mut observe: impl FnMut(&Measurement<'_>, &Outcome, &Book),
+    ) -> FeedReport {
+        let mut report = FeedReport::default();
+        let mut lines = parse_lines(body);
+        while let Some((number, parsed)) = lines.next() {
+            report.lines += 1;
+            if report.lines.is_multiple_of(4096) {
+                progress(lines.offset());
+            }
+            let point = match parsed {
+                Ok(point) => point,
+                Err(e) => {
+                    report.reject(INVALID_LINE, number, e.to_string());
+                    continue;
+                }
+            };
+            let location = point.tag(crate::ingest::LOCATION_TAG).unwrap_or_default();
+            if !pricer.prices(location, &point.measurement) {
+                report.ignore(UNKNOWN_METRIC);
+                continue;
+            }
+            let measurement = match Measurement::from_point(&point, precision, received) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.reject(UNUSABLE_POINT, number, e.to_string());
+                    continue;
+                }
+            };
+            if let Some(whitelist) = &self.whitelist
+                && !whitelist.contains(measurement.project)
+            {
+                report.ignore(NOT_WHITELISTED);
+                continue;
+            }
+            let outcome = self.book.apply(&measurement, pricer);
+            match outcome.ignored_reason() {
+                None => report.billed += 1,
+                Some(reason) => report.ignore(reason),
+            }
+            if let Outcome::PolicyFailed(e) = &outcome {
+                tracing::warn!(
+                    project = measurement.project,
+                    site = measurement.location_id,
+                    metric = measurement.metric,
+                    line = number,
+                    "step not billed yet: {e}"
+                );
+                if report.policy_errors.len() < LISTED_ISSUES {
+                    report.policy_errors.push(LineIssue {
+                        line: number,
+                        error: e.to_string(),
+                    });
+                }
+            }
+            observe(&measurement, &outcome, &self.book);
+        }
+        progress(body.len());
+        self.seen.add(&report);
+        report
+    }
+
+    /// What was billed so far, with totals rounded to `precision` places.
+    pub fn report(&self, precision: u32) -> Report {
+        let mut charges: Vec<ChargeRow> = self
+            .book
+            .accounts()
+            .map(|(key, account)| ChargeRow {
+                project: key.project.to_string(),
+                location_id: key.location_id.to_string(),
+                metric: key.metric.to_string(),
+                credits: account.charged,
+            })
+            .collect();
+        charges.sort_by(|a, b| {
+            (&a.project, &a.location_id, &a.metric).cmp(&(&b.project, &b.location_id, &b.metric))
+        });
+        let projects = self
+            .book
+            .projects()
+            .map(|(project, credits)| ProjectRow {
+                project: project.to_owned(),
+                credits,
+                rounded: round(credits, precision),
+            })
+            .collect();
+        let total = self.book.total();
+        let seen = &self.seen;
+        Report {
+            lines: seen.lines,
+            billed: seen.billed,
+            ignored: seen.lines - seen.billed,
+            ignored_by_reason: seen.ignored.clone(),
+            errors: seen.rejected.clone(),
+            policy_errors: seen.policy_errors.clone(),
+            charges,
+            projects,
+            total,
+            total_rounded: round(total, precision),
+            precision,
+        }
+    }
 }
 
 /// One key's exact charges.
@@ -70,8 +272,10 @@ pub struct Report {
     pub ignored: usize,
     /// `ignored` by reason.
     pub ignored_by_reason: BTreeMap<&'static str, usize>,
-    /// The first broken or unusable lines (up to 100).
+    /// The first broken or unusable lines.
     pub errors: Vec<LineIssue>,
+    /// The first steps the policy failed to price.
+    pub policy_errors: Vec<LineIssue>,
     /// Per project, site and metric, sorted.
     pub charges: Vec<ChargeRow>,
     /// Per project, sorted.
@@ -82,125 +286,4 @@ pub struct Report {
     pub total_rounded: Decimal,
     /// Decimal places of the rounded figures.
     pub precision: u32,
-}
-
-impl<'p, P: Pricer> Replay<'p, P> {
-    /// An empty replay pricing with `pricer`.
-    pub fn new(pricer: &'p P) -> Self {
-        Replay {
-            pricer,
-            book: Book::new(),
-            lines: 0,
-            billed: 0,
-            ignored: BTreeMap::new(),
-            errors: Vec::new(),
-        }
-    }
-
-    /// Applies every line of `body`, whose timestamps are in `precision`;
-    /// points without a timestamp get `received` (ns). `progress` is called
-    /// now and then with the number of bytes consumed.
-    pub fn feed(
-        &mut self,
-        body: &[u8],
-        precision: Precision,
-        received: i64,
-        mut progress: impl FnMut(usize),
-    ) {
-        let mut lines = parse_lines(body);
-        while let Some((number, parsed)) = lines.next() {
-            self.lines += 1;
-            if self.lines.is_multiple_of(4096) {
-                progress(lines.offset());
-            }
-            let point = match parsed {
-                Ok(point) => point,
-                Err(e) => {
-                    self.ignore(INVALID_LINE, number, e.message);
-                    continue;
-                }
-            };
-            if !self.pricer.prices(&point.measurement) {
-                self.count(UNKNOWN_METRIC);
-                continue;
-            }
-            let measurement = match Measurement::from_point(&point, precision, received) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.ignore("unusable point", number, e.to_string());
-                    continue;
-                }
-            };
-            let outcome = self.book.apply(&measurement, self.pricer);
-            match outcome.ignored_reason() {
-                None => self.billed += 1,
-                Some(reason) => {
-                    self.count(reason);
-                    if let Outcome::PolicyFailed(e) = outcome {
-                        self.note(number, e.to_string());
-                    }
-                }
-            }
-        }
-        progress(body.len());
-    }
-
-    fn count(&mut self, reason: &'static str) {
-        *self.ignored.entry(reason).or_default() += 1;
-    }
-
-    fn ignore(&mut self, reason: &'static str, line: usize, error: String) {
-        self.count(reason);
-        self.note(line, error);
-    }
-
-    fn note(&mut self, line: usize, error: String) {
-        if self.errors.len() < LISTED_ERRORS {
-            self.errors.push(LineIssue { line, error });
-        }
-    }
-
-    /// The book so far.
-    pub fn book(&self) -> &Book {
-        &self.book
-    }
-
-    /// What was billed, with totals rounded to `precision` places.
-    pub fn report(&self, precision: u32) -> Report {
-        let mut charges: Vec<ChargeRow> = self
-            .book
-            .accounts()
-            .map(|(key, account)| ChargeRow {
-                project: key.project.to_string(),
-                location_id: key.location_id.to_string(),
-                metric: key.metric.to_string(),
-                credits: account.charged,
-            })
-            .collect();
-        charges.sort_by(|a, b| {
-            (&a.project, &a.location_id, &a.metric).cmp(&(&b.project, &b.location_id, &b.metric))
-        });
-        let projects = self
-            .book
-            .projects()
-            .map(|(project, credits)| ProjectRow {
-                project: project.to_owned(),
-                credits,
-                rounded: round(credits, precision),
-            })
-            .collect();
-        let total = self.book.total();
-        Report {
-            lines: self.lines,
-            billed: self.billed,
-            ignored: self.lines - self.billed,
-            ignored_by_reason: self.ignored.clone(),
-            errors: self.errors.clone(),
-            charges,
-            projects,
-            total,
-            total_rounded: round(total, precision),
-            precision,
-        }
-    }
 }

@@ -94,20 +94,24 @@ fn small_steps_accumulate_exactly_through_the_wasm_policy() {
     let line = |value: u32| {
         format!("project_vcpu_usage,location_id=8676,project_name=p value={value} {value}\n")
     };
-    let mut replay = Replay::new(&policy);
-    let five: String = (0..=5).map(line).collect();
-    replay.feed(five.as_bytes(), Precision::Seconds, 0, |_| {});
-    assert_eq!(replay.book().project_total("p").to_string(), "0.005");
-    assert_eq!(
-        round(replay.book().project_total("p"), 2).to_string(),
-        "0.00"
-    );
-    replay.feed(line(6).as_bytes(), Precision::Seconds, 0, |_| {});
-    assert_eq!(replay.book().project_total("p").to_string(), "0.006");
-    assert_eq!(
-        round(replay.book().project_total("p"), 2).to_string(),
-        "0.01"
-    );
+    let mut replay = Replay::new();
+    let mut feed = |replay: &mut Replay, body: String| {
+        replay.feed(
+            &policy,
+            body.as_bytes(),
+            Precision::Seconds,
+            0,
+            |_| {},
+            |_, _, _| {},
+        );
+        replay.book().project_total("p")
+    };
+    let five = feed(&mut replay, (0..=5).map(line).collect());
+    assert_eq!(five.to_string(), "0.005");
+    assert_eq!(round(five, 2).to_string(), "0.00");
+    let six = feed(&mut replay, line(6));
+    assert_eq!(six.to_string(), "0.006");
+    assert_eq!(round(six, 2).to_string(), "0.01");
 }
 
 #[test]

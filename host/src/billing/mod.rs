@@ -17,29 +17,42 @@
 //! shown or written. This module knows nothing of HTTP, storage or Perun.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use hashbrown::{Equivalent, HashMap};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::ingest::Measurement;
-use crate::policy::{CallError, Policy, Usage};
+use crate::policy::{CallError, Policy, PolicyInfo, Usage};
 
-/// What prices steps: a loaded [`Policy`], or a native formula in tests and
-/// benchmarks.
+/// A priced step: the exact credits and the policy that priced them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    /// The exact charge.
+    pub credits: Decimal,
+    /// The policy that priced it (`None` for native formulas in tests).
+    pub policy: Option<Arc<PolicyInfo>>,
+}
+
+/// What prices steps: a loaded [`Policy`], a set of them mapped to sites,
+/// or a native formula in tests and benchmarks.
 pub trait Pricer {
-    /// Whether points of `metric` are billed at all.
-    fn prices(&self, metric: &str) -> bool;
+    /// Whether points of `metric` at site `location_id` are billed at all.
+    fn prices(&self, location_id: &str, metric: &str) -> bool;
     /// The exact charge for one step.
-    fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError>;
+    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError>;
 }
 
 impl Pricer for Policy {
-    fn prices(&self, metric: &str) -> bool {
+    fn prices(&self, _location_id: &str, metric: &str) -> bool {
         self.info().metric(metric).is_some()
     }
 
-    fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
-        Policy::bill(self, usage)
+    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
+        Ok(Priced {
+            credits: Policy::bill(self, usage)?,
+            policy: Some(Arc::clone(self.info())),
+        })
     }
 }
 
@@ -103,11 +116,22 @@ pub fn round(total: Decimal, precision: u32) -> Decimal {
 /// The reason counted for points of a metric the policy does not price.
 pub const UNKNOWN_METRIC: &str = "unknown metric";
 
+/// A charged step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The exact credits.
+    pub credits: Decimal,
+    /// The state before the step (the previous measurement).
+    pub previous: State,
+    /// The policy that priced it.
+    pub policy: Option<Arc<PolicyInfo>>,
+}
+
 /// What applying one measurement did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The step was priced; the exact charge.
-    Charged(Decimal),
+    /// The step was priced.
+    Charged(Charge),
     /// The policy does not price this metric.
     UnknownMetric,
     /// Nothing charged; see [`Decision`].
@@ -117,6 +141,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The exact credits charged, if any.
+    pub fn credits(&self) -> Option<Decimal> {
+        match self {
+            Outcome::Charged(charge) => Some(charge.credits),
+            _ => None,
+        }
+    }
+
+    /// Whether the key's state changed (and must be stored).
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Charged(_) | Outcome::Decided(Decision::Baseline | Decision::Reset)
+        )
+    }
+
     /// Why nothing was charged, as a short reason; `None` for a charge.
     pub fn ignored_reason(&self) -> Option<&'static str> {
         Some(match self {
@@ -183,9 +223,24 @@ impl Book {
         Self::default()
     }
 
+    /// A book holding these accounts (as the ledger stored them).
+    pub fn restore(accounts: impl IntoIterator<Item = (Key, State, Decimal)>) -> Self {
+        let mut book = Book::new();
+        for (key, state, charged) in accounts {
+            *book.projects.entry(key.project.clone()).or_default() += charged;
+            book.accounts.insert(key, Account { state, charged });
+        }
+        book
+    }
+
+    /// The account of a key.
+    pub fn account(&self, project: &str, location_id: &str, metric: &str) -> Option<&Account> {
+        self.accounts.get(&KeyRef(project, location_id, metric))
+    }
+
     /// Applies one measurement, pricing it with `pricer` when the rules say so.
     pub fn apply(&mut self, m: &Measurement<'_>, pricer: &impl Pricer) -> Outcome {
-        if !pricer.prices(m.metric) {
+        if !pricer.prices(m.location_id, m.metric) {
             return Outcome::UnknownMetric;
         }
         let key = KeyRef(m.project, m.location_id, m.metric);
@@ -221,16 +276,20 @@ impl Book {
             current: (m.timestamp, m.text),
         };
         match pricer.bill(&usage) {
-            Ok(charge) => {
-                account.state = State::of(m);
-                account.charged += charge;
+            Ok(Priced { credits, policy }) => {
+                let previous = std::mem::replace(&mut account.state, State::of(m));
+                account.charged += credits;
                 match self.projects.get_mut(m.project) {
-                    Some(total) => *total += charge,
+                    Some(total) => *total += credits,
                     None => {
-                        self.projects.insert(m.project.into(), charge);
+                        self.projects.insert(m.project.into(), credits);
                     }
                 }
-                Outcome::Charged(charge)
+                Outcome::Charged(Charge {
+                    credits,
+                    previous,
+                    policy,
+                })
             }
             Err(e) => Outcome::PolicyFailed(e),
         }
@@ -294,17 +353,20 @@ mod tests {
     }
 
     impl Pricer for Native {
-        fn prices(&self, metric: &str) -> bool {
+        fn prices(&self, _location_id: &str, metric: &str) -> bool {
             metric == "project_vcpu_usage"
         }
-        fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+        fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
             self.calls.set(self.calls.get() + 1);
             if self.fail {
                 return Err(CallError::Refused("down".into()));
             }
             let current: Decimal = usage.current.1.parse().unwrap();
             let previous: Decimal = usage.previous.1.parse().unwrap();
-            Ok((current - previous) * self.price)
+            Ok(Priced {
+                credits: (current - previous) * self.price,
+                policy: None,
+            })
         }
     }
 
@@ -316,6 +378,11 @@ mod tests {
                 book.apply(&m, pricer)
             })
             .collect()
+    }
+
+    /// What each outcome charged (`None` for no charge).
+    fn credits(outcomes: &[Outcome]) -> Vec<Option<Decimal>> {
+        outcomes.iter().map(Outcome::credits).collect()
     }
 
     fn line(project: &str, value: &str, ts: i64) -> String {
@@ -332,7 +399,11 @@ mod tests {
         assert_eq!(outcomes, vec![Outcome::Decided(Decision::Baseline)]);
         // +5 seven days later: 5 credits
         let outcomes = run(&mut book, &pricer, &line("p", "105", 1 + week));
-        assert_eq!(outcomes, vec![Outcome::Charged(Decimal::from(5))]);
+        assert_eq!(credits(&outcomes), vec![Some(Decimal::from(5))]);
+        let Outcome::Charged(charge) = &outcomes[0] else {
+            panic!("not a charge")
+        };
+        assert_eq!(charge.previous.text.as_ref(), "100");
         // same timestamp, higher value: ignored
         let outcomes = run(&mut book, &pricer, &line("p", "200", 1 + week));
         assert_eq!(outcomes, vec![Outcome::Decided(Decision::Stale)]);
@@ -351,13 +422,7 @@ mod tests {
         let mut book = Book::new();
         let body: String = (0..=6).map(|i| line("p", &i.to_string(), 10 + i)).collect();
         let outcomes = run(&mut book, &pricer, &body);
-        assert_eq!(
-            outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Charged(_)))
-                .count(),
-            6
-        );
+        assert_eq!(credits(&outcomes).iter().flatten().count(), 6);
         // after five +1 steps: 0.005 exact, 0.00 rounded half-even
         let mut five = Book::new();
         let body: String = (0..=5).map(|i| line("p", &i.to_string(), 10 + i)).collect();
@@ -382,7 +447,7 @@ mod tests {
         .concat();
         let outcomes = run(&mut book, &pricer, &body);
         assert_eq!(outcomes[2], Outcome::Decided(Decision::Reset));
-        assert_eq!(outcomes[3], Outcome::Charged(Decimal::from(5)));
+        assert_eq!(outcomes[3].credits(), Some(Decimal::from(5)));
         assert_eq!(book.project_total("p"), Decimal::from(15));
     }
 
@@ -399,7 +464,7 @@ mod tests {
         assert!(matches!(outcomes[1], Outcome::PolicyFailed(_)));
         let pricer = Native::at("1");
         let outcomes = run(&mut book, &pricer, &line("p", "10", 3));
-        assert_eq!(outcomes, vec![Outcome::Charged(Decimal::from(9))]);
+        assert_eq!(credits(&outcomes), vec![Some(Decimal::from(9))]);
     }
 
     #[test]
@@ -419,6 +484,17 @@ mod tests {
         assert_eq!(book.project_total("a"), Decimal::from(6));
         assert_eq!(book.project_total("b"), Decimal::from(1));
         assert_eq!(book.total(), Decimal::from(7));
+        let restored = Book::restore(
+            book.accounts()
+                .map(|(k, a)| (k.clone(), a.state.clone(), a.charged)),
+        );
+        assert_eq!(restored.project_total("a"), Decimal::from(6));
+        assert_eq!(
+            restored
+                .account("a", "2", "project_vcpu_usage")
+                .map(|a| a.state.timestamp),
+            Some(2_000_000_000)
+        );
         let projects: Vec<_> = book.projects().collect();
         assert_eq!(
             projects,

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch.
 
 mod policy;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the billing service.
+    Serve(os_credits::config::ServeConfig),
     /// Work with pricing policies (Wasm modules built with pricing-sdk).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -104,6 +107,7 @@ pub fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -111,6 +115,7 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs the command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(config) => serve::serve(config),
         Command::Policy(PolicyCommand::Check {
             module,
             options,

@@ -33,7 +33,7 @@ pub fn check(module: &Path, options: &PolicyOptions, format: Format) -> anyhow::
     let policy = load(module, options)?;
     let info = policy.info();
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(info)?),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&**info)?),
         Format::Table => {
             println!("policy    {} {}", info.name, info.version);
             println!("about     {}", info.description);
@@ -131,23 +131,29 @@ pub fn run(
     } else {
         ProgressBar::hidden()
     };
-    let mut replay = Replay::new(&policy);
-    replay.feed(&body, precision, received, |done| {
-        bar.set_position(done as u64)
-    });
+    let mut replay = Replay::new();
+    replay.feed(
+        &policy,
+        &body,
+        precision,
+        received,
+        |done| bar.set_position(done as u64),
+        |_, _, _| {},
+    );
     bar.finish_and_clear();
 
     let report = replay.report(decimals);
-    for issue in report.errors.iter().take(SHOWN_WARNINGS) {
+    let issues = report.errors.iter().chain(&report.policy_errors);
+    for issue in issues.clone().take(SHOWN_WARNINGS) {
         eprintln!("warning: line {}: {}", issue.line, issue.error);
     }
-    if report.errors.len() > SHOWN_WARNINGS {
+    if issues.count() > SHOWN_WARNINGS {
         eprintln!("warning: … and more (see --format json)");
     }
     match format {
         Format::Json => {
             let output = RunOutput {
-                policy: policy.info().into(),
+                policy: policy.info().as_ref().into(),
                 report: &report,
             };
             println!("{}", serde_json::to_string_pretty(&output)?);

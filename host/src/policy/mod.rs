@@ -14,6 +14,7 @@
 //! one call; an instance that trapped is dropped, never reused.
 
 mod instance;
+pub mod set;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -231,7 +232,7 @@ impl PolicyRuntime {
             source,
         })?;
         let policy = Policy {
-            info: PolicyInfo {
+            info: Arc::new(PolicyInfo {
                 name: info.name,
                 version: info.version,
                 description: info.description,
@@ -240,7 +241,7 @@ impl PolicyRuntime {
                 contract,
                 sha256: hex::encode(Sha256::digest(bytes)),
                 config_sha256: hex::encode(Sha256::digest(config.as_bytes())),
-            },
+            }),
             config: config.to_owned(),
             pool,
         };
@@ -288,7 +289,7 @@ fn semver_parts(version: &str) -> Option<(u64, u64)> {
 /// A loaded, validated policy. Cheap to share (`Arc<Policy>`); calls from
 /// several threads each take their own instance from the pool.
 pub struct Policy {
-    info: PolicyInfo,
+    info: Arc<PolicyInfo>,
     config: String,
     pool: Pool,
 }
@@ -301,7 +302,7 @@ impl std::fmt::Debug for Policy {
 
 impl Policy {
     /// Name, version, metrics, sha256 of the module and of its config.
-    pub fn info(&self) -> &PolicyInfo {
+    pub fn info(&self) -> &Arc<PolicyInfo> {
         &self.info
     }
 

@@ -59,3 +59,104 @@ pub fn wasm(package: &str) -> PathBuf {
     assert!(path.exists(), "{} was not built", path.display());
     path
 }
+
+/// The real `os-credits serve`, on a free port of 127.0.0.1.
+pub struct Service {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Service {
+    /// Starts the service on `data_dir` and `policy_dir` with extra
+    /// environment `env`, and waits until it listens.
+    pub fn start(data_dir: &Path, policy_dir: &Path, env: &[(&str, &str)]) -> Service {
+        use std::io::{BufRead, BufReader};
+        let mut command = Command::new(env!("CARGO_BIN_EXE_os-credits"));
+        command
+            .arg("serve")
+            .env("CREDITS_HOST", "127.0.0.1")
+            .env("CREDITS_PORT", "0")
+            .env("OS_CREDITS_DATA_DIR", data_dir)
+            .env("OS_CREDITS_POLICY_DIR", policy_dir)
+            .env("OS_CREDITS_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("os-credits serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(address) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(address.trim().to_owned());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(address) => Service {
+                child,
+                url: format!("http://{address}"),
+                log,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the service did not start:\n{}", log.lock().unwrap());
+            }
+        }
+    }
+
+    /// What the service logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The URL of `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited
+    /// cleanly and how long it took.
+    pub fn terminate(&mut self) -> (bool, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("exits");
+        (exit.success(), started.elapsed())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A policy folder holding the de.NBI module and `files` (name, content).
+pub fn policy_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(wasm("denbi-policy"), dir.path().join("denbi.wasm")).expect("copy module");
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).expect("write file");
+    }
+    dir
+}

@@ -1,0 +1,289 @@
+//! The portal's API, in the formats of the Python service:
+//! `/api/metrics`, `/api/costs_per_hour`, `/api/credits_history/{project}`,
+//! `/api/current_credits/{project}`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDateTime};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{AppState, blocking, error, number};
+use crate::billing::round;
+use crate::ledger::{HistoryRow, ProjectRecord};
+
+/// The date format of the history API.
+const DATE_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// `GET /api/metrics`: every metric the active policies price, by friendly name.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let policies = app.policies.load();
+    let mut metrics = BTreeMap::new();
+    for active in policies.active() {
+        for m in &active.policy.info().metrics {
+            metrics.entry(m.friendly_name.clone()).or_insert_with(|| {
+                serde_json::json!({
+                    "type": m.amount_type, "description": m.description,
+                    "name": m.name, "friendly_name": m.friendly_name,
+                })
+            });
+        }
+    }
+    Json(metrics).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SiteQuery {
+    location_id: Option<String>,
+}
+
+/// `POST /api/costs_per_hour`: `{"cpu":16,"ram":32}` -> `25.6`. Each
+/// metric's cost is rounded, the sum rounded again. `?location_id=` quotes
+/// with that site's policy.
+pub async fn costs_per_hour(
+    State(app): State<AppState>,
+    Query(site): Query<SiteQuery>,
+    body: Bytes,
+) -> Response {
+    let amounts: BTreeMap<String, Box<RawValue>> = match serde_json::from_slice(&body) {
+        Ok(amounts) => amounts,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected a JSON object of metric amounts, e.g. {{\"cpu\":16,\"ram\":32}}: {e}"
+                ),
+            );
+        }
+    };
+    let policies = app.policies.load_full();
+    let policy = match &site.location_id {
+        Some(location) => policies.for_site(location).clone(),
+        None => policies.default_policy().clone(),
+    };
+    let mut requests = Vec::new();
+    for (friendly, raw) in &amounts {
+        let Some(metric) = policy
+            .info()
+            .metrics
+            .iter()
+            .find(|m| m.friendly_name == *friendly)
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("unknown metric {friendly:?}"),
+            );
+        };
+        let text = raw.get();
+        let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+        let integral = !text.contains(['.', 'e', 'E']);
+        if !is_number || (metric.amount_type == "int" && !integral) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{friendly}: expected {}, got {text}",
+                    if metric.amount_type == "int" {
+                        "an integer"
+                    } else {
+                        "a number"
+                    }
+                ),
+            );
+        }
+        let Ok(amount) = pricing_sdk::parse_decimal(text) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{friendly}: {text} is out of range"),
+            );
+        };
+        requests.push((metric.name.clone(), amount));
+    }
+    let precision = app.precision;
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let quoted = blocking(move || {
+        let mut total = Decimal::ZERO;
+        for (metric, amount) in requests {
+            total += round(policy.cost_per_hour(&metric, amount, now)?, precision);
+        }
+        Ok::<_, crate::policy::CallError>(round(total, precision))
+    })
+    .await;
+    match quoted {
+        Ok(Ok(total)) => Json(number(total)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    start_date: Option<String>,
+    end_date: Option<String>,
+}
+
+fn parse_date(name: &str, text: &Option<String>) -> Result<Option<i64>, String> {
+    let Some(text) = text.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    NaiveDateTime::parse_from_str(text, DATE_FORMAT)
+        .ok()
+        .and_then(|d| d.and_utc().timestamp_nanos_opt())
+        .map(Some)
+        .ok_or_else(|| format!("{name} {text:?} is not a date of the form 2019-01-08 00:00:00"))
+}
+
+/// The history's JSON: lists headed by their names (the Python format).
+/// Raw values, so that credits are written exactly.
+#[derive(serde::Serialize)]
+struct History {
+    timestamps: Vec<Box<RawValue>>,
+    credits: Vec<Box<RawValue>>,
+    metrics: Vec<Box<RawValue>>,
+}
+
+/// `/api/current_credits`' JSON.
+#[derive(serde::Serialize)]
+struct CurrentCredits {
+    current_credits: Box<RawValue>,
+    granted_credits: Option<Box<RawValue>>,
+    /// Exact credits used, as a decimal string.
+    current_credits_exact: Decimal,
+}
+
+/// One shown history entry.
+struct Entry {
+    timestamp: i64,
+    credits: Decimal,
+    metric: String,
+}
+
+/// The entries a history shows: one per charge that changed the rounded
+/// credits used (so small steps appear when they add up, as in the Python
+/// service); credits left when granted credits are known, else credits used.
+fn entries(rows: Vec<HistoryRow>, record: &ProjectRecord, precision: u32) -> Vec<Entry> {
+    let mut shown = Vec::new();
+    let mut last = round(record.adopted, precision);
+    for row in rows {
+        let used = round(record.adopted + row.charged_after, precision);
+        if used == last {
+            continue;
+        }
+        last = used;
+        let credits = match record.granted {
+            Some(granted) => round(granted - (record.adopted + row.charged_after), precision),
+            None => used,
+        };
+        shown.push(Entry {
+            timestamp: row.timestamp,
+            credits,
+            metric: row.metric,
+        });
+    }
+    shown
+}
+
+/// `GET /api/credits_history/{project}?start_date=&end_date=`.
+pub async fn credits_history(
+    State(app): State<AppState>,
+    Path(project): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    if project.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "project name is blank");
+    }
+    let (start, end) = match (
+        parse_date("start_date", &query.start_date),
+        parse_date("end_date", &query.end_date),
+    ) {
+        (Ok(start), Ok(end)) => (start, end),
+        (Err(message), _) | (_, Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    if let (Some(start), Some(end)) = (start, end)
+        && end <= start
+    {
+        return error(StatusCode::BAD_REQUEST, "end_date must be after start_date");
+    }
+    let ledger = app.ledger.clone();
+    let name = project.clone();
+    let read = blocking(move || {
+        Ok::<_, crate::ledger::LedgerError>((ledger.project(&name)?, ledger.history(&name)?))
+    })
+    .await;
+    let (record, rows) = match read {
+        Ok(Ok((Some(record), rows))) => (record, rows),
+        Ok(Ok((None, _))) => {
+            return error(StatusCode::NOT_FOUND, format!("no history for {project}"));
+        }
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => return response,
+    };
+    let all = entries(rows, &record, app.precision);
+    if all.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("no history for {project}"));
+    }
+    let friendly = friendly_names(&app);
+    let in_range: Vec<&Entry> = all
+        .iter()
+        .rev()
+        .filter(|e| start.is_none_or(|s| e.timestamp >= s) && end.is_none_or(|t| e.timestamp <= t))
+        .collect();
+    if in_range.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let text =
+        |s: &str| RawValue::from_string(serde_json::Value::from(s).to_string()).unwrap_or_default();
+    let mut timestamps = vec![text("timestamps")];
+    let mut credits = vec![text("credits")];
+    let mut metrics = vec![text("metrics")];
+    for entry in in_range {
+        let date = DateTime::from_timestamp_nanos(entry.timestamp)
+            .format(DATE_FORMAT)
+            .to_string();
+        timestamps.push(text(&date));
+        credits.push(number(entry.credits));
+        let metric = friendly.get(&entry.metric).unwrap_or(&entry.metric);
+        metrics.push(text(metric));
+    }
+    Json(History {
+        timestamps,
+        credits,
+        metrics,
+    })
+    .into_response()
+}
+
+/// Metric name -> friendly name, from the active policies.
+fn friendly_names(app: &AppState) -> BTreeMap<String, String> {
+    let policies = app.policies.load();
+    policies
+        .active()
+        .flat_map(|a| a.policy.info().metrics.clone())
+        .map(|m| (m.name, m.friendly_name))
+        .collect()
+}
+
+/// `GET /api/current_credits/{project}`:
+/// `{"current_credits": used, "granted_credits": granted or null}`, rounded.
+pub async fn current_credits(State(app): State<AppState>, Path(project): Path<String>) -> Response {
+    let ledger = app.ledger.clone();
+    let name = project.clone();
+    let record = match blocking(move || ledger.project(&name)).await {
+        Ok(Ok(Some(record))) => record,
+        Ok(Ok(None)) => return error(StatusCode::NOT_FOUND, format!("unknown project {project}")),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => return response,
+    };
+    let precision = app.precision;
+    Json(CurrentCredits {
+        current_credits: number(round(record.used(), precision)),
+        granted_credits: record.granted.map(|g| number(round(g, precision))),
+        current_credits_exact: record.used(),
+    })
+    .into_response()
+}

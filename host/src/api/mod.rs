@@ -1,0 +1,87 @@
+//! The HTTP API (axum): `/write` for the InfluxDB subscription, the portal's
+//! `/api/*` in the formats of the Python service, and `/ping`, `/stats`.
+
+mod credits;
+mod ops;
+mod write;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rust_decimal::Decimal;
+use serde_json::value::RawValue;
+
+use crate::engine::Engine;
+use crate::ledger::Ledger;
+use crate::policy::set::PolicySet;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The billing engine.
+    pub engine: Arc<Engine>,
+    /// The ledger, for reads.
+    pub ledger: Arc<dyn Ledger>,
+    /// The policies in force.
+    pub policies: Arc<ArcSwap<PolicySet>>,
+    /// Decimal places of shown credits.
+    pub precision: u32,
+    /// When the service started.
+    pub started: Instant,
+    /// Tokio worker threads.
+    pub workers: usize,
+}
+
+/// The router with every route.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(
+            "/write",
+            post(write::write).layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
+        .route("/ping", get(ops::ping))
+        .route("/stats", get(ops::stats))
+        .route("/api/metrics", get(credits::metrics))
+        .route("/api/costs_per_hour", post(credits::costs_per_hour))
+        .route(
+            "/api/credits_history/{project}",
+            get(credits::credits_history),
+        )
+        .route(
+            "/api/current_credits/{project}",
+            get(credits::current_credits),
+        )
+        .with_state(state)
+}
+
+/// A JSON error response: `{"error": message}`.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+/// A decimal as a JSON number, written exactly (no float in between).
+pub(crate) fn number(value: Decimal) -> Box<RawValue> {
+    RawValue::from_string(value.to_string()).unwrap_or_else(|_| {
+        // Decimal's text is always a valid JSON number; keep the type total.
+        RawValue::from_string("0".into()).unwrap_or_default()
+    })
+}
+
+/// Runs blocking work (ledger reads, policy calls) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}

@@ -1,0 +1,83 @@
+//! `GET /ping` and `GET /stats`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, blocking, error};
+
+pub async fn ping() -> &'static str {
+    "Pong"
+}
+
+/// `3d 4h 5m 6s`.
+fn human(seconds: u64) -> String {
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m {s}s"),
+    }
+}
+
+pub async fn stats(State(app): State<AppState>) -> Response {
+    let ledger = app.ledger.clone();
+    let counts = match blocking(move || ledger.counts()).await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => return response,
+    };
+    let engine = app.engine.stats();
+    let uptime = app.started.elapsed().as_secs();
+    let policies = app.policies.load();
+    let active: Vec<_> = policies
+        .active()
+        .map(|a| {
+            let info = a.policy.info();
+            serde_json::json!({
+                "site": a.site, "file": a.file, "name": info.name,
+                "version": info.version, "sha256": info.sha256,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "uptime": human(uptime),
+        "uptime_seconds": uptime,
+        "workers": app.workers,
+        "queue_size": app.engine.queue_size(),
+        "projects": counts.projects,
+        "keys": counts.keys,
+        "charges": counts.charges,
+        "outbox": counts.outbox,
+        "writes": engine.writes,
+        "commits": engine.commits,
+        "failed_commits": engine.failed_commits,
+        "points": {
+            "received": engine.seen.lines,
+            "billed": engine.seen.billed,
+            "rejected": engine.seen.rejected_count,
+            "ignored": engine.seen.ignored,
+        },
+        "policies": active,
+        "perun": { "enabled": false },
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uptime_reads_like_a_person_would_write_it() {
+        assert_eq!(super::human(5), "5s");
+        assert_eq!(super::human(65), "1m 5s");
+        assert_eq!(super::human(3 * 3600 + 5), "3h 0m 5s");
+        assert_eq!(super::human(2 * 86_400 + 61), "2d 0h 1m 1s");
+    }
+}

@@ -1,0 +1,61 @@
+//! `POST /write`: line protocol from an InfluxDB subscription.
+//!
+//! Answers as InfluxDB does: 204 when every line was accepted; 400 with
+//! `{"error", "lines": [{"line", "error"}]}` when some were not, while the
+//! good lines are applied; 413 past the body limit. Never 429 or 503: a
+//! subscription does not retry.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{AppState, error};
+use crate::engine::{WriteRequest, WriteResult};
+use crate::ingest::Precision;
+
+/// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are
+/// accepted and not used.
+#[derive(Debug, Deserialize)]
+pub struct WriteQuery {
+    #[serde(default)]
+    precision: String,
+}
+
+pub async fn write(
+    State(app): State<AppState>,
+    Query(query): Query<WriteQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(precision) = Precision::parse(&query.precision) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown precision {:?} (n, u, ms, s, m or h)",
+                query.precision
+            ),
+        );
+    };
+    let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let request = WriteRequest {
+        body,
+        precision,
+        received,
+    };
+    match app.engine.write(request).await {
+        WriteResult::Done(report) if report.rejected_count == 0 => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        WriteResult::Done(report) => {
+            let summary = format!(
+                "{} of {} lines rejected; the other lines were applied",
+                report.rejected_count, report.lines
+            );
+            tracing::warn!("write: {summary}");
+            let body = serde_json::json!({ "error": summary, "lines": report.rejected });
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        }
+        WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
+}

@@ -1,0 +1,119 @@
+//! `os-credits serve`: the billing service.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use os_credits::api::{AppState, router};
+use os_credits::config::ServeConfig;
+use os_credits::engine::Engine;
+use os_credits::ledger::Ledger;
+use os_credits::ledger::sqlite::SqliteLedger;
+use os_credits::policy::PolicyRuntime;
+use os_credits::policy::set::PolicySet;
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+pub fn serve(config: ServeConfig) -> anyhow::Result<ExitCode> {
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(config, workers))
+}
+
+async fn run(config: ServeConfig, workers: usize) -> anyhow::Result<ExitCode> {
+    let address = config.address()?;
+    let policy_runtime = PolicyRuntime::new(config.limits())?;
+    let policies = PolicySet::load(&policy_runtime, &config.policy_dir)?;
+    for active in policies.active() {
+        let info = active.policy.info();
+        tracing::info!(
+            site = %active.site, file = %active.file, policy = %info.name,
+            version = %info.version, sha256 = %info.sha256, "policy active"
+        );
+    }
+    let policies = Arc::new(ArcSwap::from_pointee(policies));
+    let ledger: Arc<dyn Ledger> = Arc::new(
+        SqliteLedger::open(&config.data_dir, config.durability())
+            .with_context(|| format!("cannot open the ledger in {}", config.data_dir.display()))?,
+    );
+    let whitelist = config.whitelist();
+    if let Some(projects) = &whitelist {
+        tracing::info!("billing only the {} whitelisted projects", projects.len());
+    }
+    let engine = Arc::new(Engine::start(ledger.clone(), policies.clone(), whitelist)?);
+    tracing::warn!(
+        "Perun sync is off: credits are billed into the local ledger ({}) only",
+        config.data_dir.display()
+    );
+    let state = AppState {
+        engine: engine.clone(),
+        ledger,
+        policies,
+        precision: config.precision,
+        started: Instant::now(),
+        workers,
+    };
+    let app = router(state, config.max_body_bytes());
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("draining the billing queue");
+    let drained = tokio::time::timeout(
+        SHUTDOWN_LIMIT,
+        tokio::task::spawn_blocking(move || engine.shutdown()),
+    )
+    .await;
+    match drained {
+        Ok(_) => {
+            tracing::info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            tracing::error!("shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// SIGTERM (docker stop) or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: no new connections");
+}

@@ -1,0 +1,104 @@
+//! The service's configuration: flags that mirror environment variables
+//! (the Python service's names where it had them). `.default.env` at the
+//! repository root lists every variable with its default and meaning.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::ledger::sqlite::Durability;
+use crate::policy::Limits;
+
+/// `os-credits serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "CREDITS_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on (0: any free port, logged at start).
+    #[arg(long, env = "CREDITS_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Folder of the ledger (SQLite, created if missing).
+    #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Folder of the policy modules (`make policies` fills policies/dist).
+    #[arg(long, env = "OS_CREDITS_POLICY_DIR", default_value = "policies/dist")]
+    pub policy_dir: PathBuf,
+    /// Decimal places of credits shown and written (half-even rounding).
+    #[arg(long, env = "OS_CREDITS_PRECISION", default_value_t = 2)]
+    pub precision: u32,
+    /// Threads serving HTTP and parsing (0: one per CPU).
+    #[arg(long, env = "OS_CREDITS_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Bill only these projects (`;`-separated); empty bills every project.
+    #[arg(long, env = "OS_CREDITS_PROJECT_WHITELIST", default_value = "")]
+    pub project_whitelist: String,
+    /// Largest `/write` body in MiB, answered with 413 beyond (InfluxDB accepts 25 MB).
+    #[arg(long, env = "OS_CREDITS_MAX_BODY_MB", default_value_t = 32)]
+    pub max_body_mb: usize,
+    /// `full`: fsync every commit (survives a power cut); `normal`: survives a crash of the process.
+    #[arg(long, env = "OS_CREDITS_DURABILITY", value_enum, default_value_t = DurabilityArg::Full)]
+    pub durability: DurabilityArg,
+    /// Wall-clock limit of one policy call, in milliseconds.
+    #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
+    pub policy_timeout_ms: u64,
+    /// Memory limit of one policy instance, in MiB.
+    #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
+    pub policy_memory_mb: usize,
+}
+
+/// Durability of ledger commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// fsync every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
+}
+
+impl ServeConfig {
+    /// The address to bind.
+    pub fn address(&self) -> anyhow::Result<SocketAddr> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let ip = host
+            .parse()
+            .map_err(|_| anyhow::anyhow!("CREDITS_HOST {:?} is not an IP address", self.host))?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The whitelist, or `None` when every project is billed.
+    pub fn whitelist(&self) -> Option<HashSet<String>> {
+        let projects: HashSet<String> = self
+            .project_whitelist
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (!projects.is_empty()).then_some(projects)
+    }
+
+    /// The limits on policy calls.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            call_timeout: Duration::from_millis(self.policy_timeout_ms),
+            memory_bytes: self.policy_memory_mb << 20,
+        }
+    }
+
+    /// Ledger durability.
+    pub fn durability(&self) -> Durability {
+        match self.durability {
+            DurabilityArg::Full => Durability::Full,
+            DurabilityArg::Normal => Durability::Normal,
+        }
+    }
+
+    /// The body limit in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_mb.saturating_mul(1 << 20)
+    }
+}

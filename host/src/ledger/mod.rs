@@ -1,0 +1,148 @@
+//! The ledger: the durable truth of what was billed.
+//!
+//! It holds every key's state (the last billed measurement and what the key
+//! was charged), every charge with the policy that priced it, exact
+//! per-project totals, and an outbox of projects whose published values are
+//! out of date. The engine writes it in batches ([`Batch`], one transaction
+//! each); the APIs read it. [`Ledger`] is the one seam a second backend
+//! (PostgreSQL, for replicas) would implement; [`sqlite::SqliteLedger`] is
+//! the one there is.
+
+pub mod sqlite;
+
+use rust_decimal::Decimal;
+
+use crate::billing::{Account, Key, State};
+
+/// A ledger failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database said no.
+    #[error("ledger database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The database holds something this binary cannot read.
+    #[error("ledger data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer version of os-credits.
+    #[error(
+        "ledger schema version {found} is newer than this binary's {supported}: upgrade os-credits"
+    )]
+    TooNew {
+        /// The database's schema version.
+        found: i64,
+        /// The newest this binary knows.
+        supported: i64,
+    },
+    /// The data directory could not be prepared.
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Which policy priced a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStamp {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Hex SHA-256 of the module.
+    pub sha256: String,
+}
+
+/// One priced step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRecord {
+    /// Project, site and metric.
+    pub key: Key,
+    /// The last billed measurement before this step: timestamp (ns), value text.
+    pub previous: (i64, String),
+    /// The measurement billed: timestamp (ns), value text.
+    pub current: (i64, String),
+    /// The exact charge.
+    pub credits: Decimal,
+    /// The project's exact charged total after this charge.
+    pub charged_after: Decimal,
+    /// The policy that priced it.
+    pub policy: PolicyStamp,
+}
+
+/// Changes to write in one transaction.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Key states to upsert (a later entry for the same key wins).
+    pub states: Vec<(Key, Account)>,
+    /// Charges to append, in billing order.
+    pub charges: Vec<ChargeRecord>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.charges.is_empty()
+    }
+}
+
+/// A project's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    /// The project.
+    pub project: String,
+    /// Exact sum of the charges billed here.
+    pub charged: Decimal,
+    /// Credits used adopted from elsewhere (the Python service, Perun edits).
+    pub adopted: Decimal,
+    /// Credits granted, when known.
+    pub granted: Option<Decimal>,
+}
+
+impl ProjectRecord {
+    /// Exact credits used: adopted plus charged.
+    pub fn used(&self) -> Decimal {
+        self.adopted + self.charged
+    }
+}
+
+/// One entry of a project's credit history: a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// Timestamp (ns) of the measurement billed.
+    pub timestamp: i64,
+    /// The metric billed.
+    pub metric: String,
+    /// The project's exact charged total after the charge.
+    pub charged_after: Decimal,
+}
+
+/// Sizes for `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Projects with a key.
+    pub projects: u64,
+    /// Keys (project, site, metric).
+    pub keys: u64,
+    /// Charges recorded.
+    pub charges: u64,
+    /// Projects waiting in the outbox.
+    pub outbox: u64,
+}
+
+/// The durable store behind the engine and the APIs.
+pub trait Ledger: Send + Sync {
+    /// Every key with its state and charged sum, to rebuild the book.
+    fn accounts(&self) -> Result<Vec<(Key, State, Decimal)>, LedgerError>;
+    /// Writes a batch atomically: states, charges, project totals, outbox.
+    fn commit(&self, batch: &Batch) -> Result<(), LedgerError>;
+    /// A project's figures.
+    fn project(&self, project: &str) -> Result<Option<ProjectRecord>, LedgerError>;
+    /// A project's charges in billing order, for its history.
+    fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError>;
+    /// A project's charges with the policy that priced each.
+    fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError>;
+    /// Sizes.
+    fn counts(&self) -> Result<Counts, LedgerError>;
+}

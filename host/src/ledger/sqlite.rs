@@ -1,0 +1,455 @@
+//! The SQLite ledger: one file (`ledger.sqlite3` in the data directory),
+//! WAL journal, versioned migrations (`PRAGMA user_version`).
+//!
+//! Decimals are stored as text, exactly. One connection writes (the
+//! engine's batches), another reads (the APIs), so reads never wait for a
+//! commit's fsync.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rust_decimal::Decimal;
+
+use super::{
+    Batch, ChargeRecord, Counts, HistoryRow, Ledger, LedgerError, PolicyStamp, ProjectRecord,
+};
+use crate::billing::{Key, State};
+
+/// The ledger file's name inside the data directory.
+pub const FILE_NAME: &str = "ledger.sqlite3";
+
+/// Schema migrations; migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys, charges, projects, outbox
+    "CREATE TABLE keys (
+         project     TEXT NOT NULL,
+         location_id TEXT NOT NULL,
+         metric      TEXT NOT NULL,
+         timestamp   INTEGER NOT NULL,
+         value       TEXT NOT NULL,
+         charged     TEXT NOT NULL,
+         PRIMARY KEY (project, location_id, metric)
+     ) WITHOUT ROWID;
+     CREATE TABLE charges (
+         id                 INTEGER PRIMARY KEY,
+         project            TEXT NOT NULL,
+         location_id        TEXT NOT NULL,
+         metric             TEXT NOT NULL,
+         previous_timestamp INTEGER NOT NULL,
+         previous_value     TEXT NOT NULL,
+         timestamp          INTEGER NOT NULL,
+         value              TEXT NOT NULL,
+         credits            TEXT NOT NULL,
+         charged_after      TEXT NOT NULL,
+         policy_name        TEXT NOT NULL,
+         policy_version     TEXT NOT NULL,
+         policy_sha256      TEXT NOT NULL,
+         recorded_at        INTEGER NOT NULL
+     );
+     CREATE INDEX charges_by_project ON charges (project, id);
+     CREATE TABLE projects (
+         project    TEXT PRIMARY KEY,
+         charged    TEXT NOT NULL DEFAULT '0',
+         adopted    TEXT NOT NULL DEFAULT '0',
+         granted    TEXT,
+         updated_at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE outbox (
+         project TEXT PRIMARY KEY,
+         since   INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// How hard a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit: survives a power cut (the default).
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a crash of the process, not of the machine.
+    Normal,
+}
+
+/// The SQLite ledger.
+pub struct SqliteLedger {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    connection.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn decimal(text: &str) -> Result<Decimal, LedgerError> {
+    pricing_sdk::parse_decimal(text).map_err(|e| LedgerError::Corrupt(e.to_string()))
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+impl SqliteLedger {
+    /// Opens (creating and migrating as needed) the ledger in `data_dir`.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, LedgerError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| LedgerError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let writer = Connection::open(&path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "busy_timeout", 5000)?;
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        writer.pragma_update(None, "synchronous", synchronous)?;
+        migrate(&writer)?;
+        let reader = Connection::open(&path)?;
+        reader.pragma_update(None, "busy_timeout", 5000)?;
+        Ok(SqliteLedger {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+}
+
+fn migrate(connection: &Connection) -> Result<(), LedgerError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(LedgerError::TooNew {
+            found: version,
+            supported,
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = connection.unchecked_transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "ledger schema migrated");
+    }
+    Ok(())
+}
+
+impl Ledger for SqliteLedger {
+    fn accounts(&self) -> Result<Vec<(Key, State, Decimal)>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection
+            .prepare("SELECT project, location_id, metric, timestamp, value, charged FROM keys")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut accounts = Vec::new();
+        for row in rows {
+            let (project, location_id, metric, timestamp, text, charged) = row?;
+            let state = State {
+                timestamp,
+                value: decimal(&text)?,
+                text: text.into(),
+            };
+            let key = Key {
+                project: project.into(),
+                location_id: location_id.into(),
+                metric: metric.into(),
+            };
+            accounts.push((key, state, decimal(&charged)?));
+        }
+        Ok(accounts)
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), LedgerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut connection = lock(&self.writer);
+        let tx = connection.transaction()?;
+        let now = now_ns();
+        {
+            let mut upsert_key = tx.prepare_cached(
+                "INSERT INTO keys (project, location_id, metric, timestamp, value, charged)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (project, location_id, metric) DO UPDATE SET
+                     timestamp = excluded.timestamp, value = excluded.value, charged = excluded.charged",
+            )?;
+            for (key, account) in &batch.states {
+                upsert_key.execute(params![
+                    &*key.project,
+                    &*key.location_id,
+                    &*key.metric,
+                    account.state.timestamp,
+                    &*account.state.text,
+                    account.charged.to_string(),
+                ])?;
+            }
+            let mut insert_charge = tx.prepare_cached(
+                "INSERT INTO charges (project, location_id, metric, previous_timestamp, previous_value,
+                     timestamp, value, credits, charged_after, policy_name, policy_version,
+                     policy_sha256, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            let mut upsert_project = tx.prepare_cached(
+                "INSERT INTO projects (project, charged, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (project) DO UPDATE SET charged = excluded.charged, updated_at = excluded.updated_at",
+            )?;
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO outbox (project, since) VALUES (?1, ?2) ON CONFLICT (project) DO NOTHING",
+            )?;
+            for charge in &batch.charges {
+                insert_charge.execute(params![
+                    &*charge.key.project,
+                    &*charge.key.location_id,
+                    &*charge.key.metric,
+                    charge.previous.0,
+                    charge.previous.1,
+                    charge.current.0,
+                    charge.current.1,
+                    charge.credits.to_string(),
+                    charge.charged_after.to_string(),
+                    charge.policy.name,
+                    charge.policy.version,
+                    charge.policy.sha256,
+                    now,
+                ])?;
+                upsert_project.execute(params![
+                    &*charge.key.project,
+                    charge.charged_after.to_string(),
+                    now
+                ])?;
+                queue.execute(params![&*charge.key.project, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn project(&self, project: &str) -> Result<Option<ProjectRecord>, LedgerError> {
+        let connection = lock(&self.reader);
+        let row = connection
+            .query_row(
+                "SELECT charged, adopted, granted FROM projects WHERE project = ?1",
+                [project],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let known = match row {
+            Some(row) => Some(row),
+            None => {
+                // A project with keys but no charge yet: used 0.
+                let has_keys: bool = connection.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM keys WHERE project = ?1)",
+                    [project],
+                    |row| row.get(0),
+                )?;
+                has_keys.then(|| ("0".to_owned(), "0".to_owned(), None))
+            }
+        };
+        known
+            .map(|(charged, adopted, granted)| {
+                Ok(ProjectRecord {
+                    project: project.to_owned(),
+                    charged: decimal(&charged)?,
+                    adopted: decimal(&adopted)?,
+                    granted: granted.as_deref().map(decimal).transpose()?,
+                })
+            })
+            .transpose()
+    }
+
+    fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(
+            "SELECT timestamp, metric, charged_after FROM charges WHERE project = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([project], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (timestamp, metric, charged_after) = row?;
+            Ok(HistoryRow {
+                timestamp,
+                metric,
+                charged_after: decimal(&charged_after)?,
+            })
+        })
+        .collect()
+    }
+
+    fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(
+            "SELECT project, location_id, metric, previous_timestamp, previous_value, timestamp,
+                    value, credits, charged_after, policy_name, policy_version, policy_sha256
+             FROM charges WHERE project = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([project], |row| {
+            Ok((
+                (
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ),
+                (row.get::<_, i64>(3)?, row.get::<_, String>(4)?),
+                (row.get::<_, i64>(5)?, row.get::<_, String>(6)?),
+                (row.get::<_, String>(7)?, row.get::<_, String>(8)?),
+                PolicyStamp {
+                    name: row.get(9)?,
+                    version: row.get(10)?,
+                    sha256: row.get(11)?,
+                },
+            ))
+        })?;
+        rows.map(|row| {
+            let ((project, location_id, metric), previous, current, (credits, after), policy) =
+                row?;
+            Ok(ChargeRecord {
+                key: Key {
+                    project: project.into(),
+                    location_id: location_id.into(),
+                    metric: metric.into(),
+                },
+                previous,
+                current,
+                credits: decimal(&credits)?,
+                charged_after: decimal(&after)?,
+                policy,
+            })
+        })
+        .collect()
+    }
+
+    fn counts(&self) -> Result<Counts, LedgerError> {
+        let connection = lock(&self.reader);
+        let count = |sql: &str| -> Result<u64, LedgerError> {
+            Ok(connection.query_row(sql, [], |row| row.get::<_, i64>(0))? as u64)
+        };
+        Ok(Counts {
+            projects: count("SELECT COUNT(DISTINCT project) FROM keys")?,
+            keys: count("SELECT COUNT(*) FROM keys")?,
+            charges: count("SELECT COUNT(*) FROM charges")?,
+            outbox: count("SELECT COUNT(*) FROM outbox")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::Account;
+
+    fn key(project: &str) -> Key {
+        Key {
+            project: project.into(),
+            location_id: "8676".into(),
+            metric: "project_vcpu_usage".into(),
+        }
+    }
+
+    fn account(timestamp: i64, text: &str, charged: &str) -> Account {
+        Account {
+            state: State {
+                timestamp,
+                value: text.parse().unwrap(),
+                text: text.into(),
+            },
+            charged: charged.parse().unwrap(),
+        }
+    }
+
+    fn charge(project: &str, credits: &str, after: &str) -> ChargeRecord {
+        ChargeRecord {
+            key: key(project),
+            previous: (1, "10".into()),
+            current: (2, "15.5".into()),
+            credits: credits.parse().unwrap(),
+            charged_after: after.parse().unwrap(),
+            policy: PolicyStamp {
+                name: "denbi".into(),
+                version: "1.0.0".into(),
+                sha256: "ab".repeat(32),
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_survives_reopening_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = SqliteLedger::open(dir.path(), Durability::Full).unwrap();
+            let batch = Batch {
+                states: vec![
+                    (key("a"), account(1, "10", "0")),
+                    (key("a"), account(2, "15.5", "0.0000000000000000000000001")),
+                    (key("b"), account(7, "1e3", "0")),
+                ],
+                charges: vec![charge(
+                    "a",
+                    "0.0000000000000000000000001",
+                    "0.0000000000000000000000001",
+                )],
+            };
+            ledger.commit(&batch).unwrap();
+        }
+        let ledger = SqliteLedger::open(dir.path(), Durability::Normal).unwrap();
+        let mut accounts = ledger.accounts().unwrap();
+        accounts.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(accounts.len(), 2);
+        assert_eq!(accounts[0].1.text.as_ref(), "15.5");
+        assert_eq!(accounts[0].2.to_string(), "0.0000000000000000000000001");
+        assert_eq!(accounts[1].1.value, Decimal::from(1000));
+        let a = ledger.project("a").unwrap().unwrap();
+        assert_eq!(a.used().to_string(), "0.0000000000000000000000001");
+        // b has a key but no charge: known, used 0
+        assert_eq!(ledger.project("b").unwrap().unwrap().used(), Decimal::ZERO);
+        assert_eq!(ledger.project("nobody").unwrap(), None);
+        let charges = ledger.charges("a").unwrap();
+        assert_eq!(
+            charges,
+            vec![charge(
+                "a",
+                "0.0000000000000000000000001",
+                "0.0000000000000000000000001"
+            )]
+        );
+        let counts = ledger.counts().unwrap();
+        assert_eq!(
+            (counts.projects, counts.keys, counts.charges, counts.outbox),
+            (2, 2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteLedger::open(dir.path(), Durability::Full).unwrap());
+        let connection = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        drop(connection);
+        let err = SqliteLedger::open(dir.path(), Durability::Full)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, LedgerError::TooNew { found: 99, .. }),
+            "{err}"
+        );
+    }
+}
