@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::billing::{Book, Key, Outcome};
+use crate::billing::{Book, Outcome};
 use crate::ingest::{Measurement, Precision};
 use crate::ledger::{Batch, ChargeRecord, Ledger, LedgerError, PolicyStamp};
 use crate::policy::set::PolicySet;
@@ -172,14 +172,6 @@ struct Worker {
     stats: Arc<Mutex<EngineStats>>,
 }
 
-fn key_of(m: &Measurement<'_>) -> Key {
-    Key {
-        project: m.project.into(),
-        location_id: m.location_id.into(),
-        metric: m.metric.into(),
-    }
-}
-
 impl Worker {
     fn run(mut self, jobs: Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
@@ -248,10 +240,10 @@ fn record(batch: &mut Batch, m: &Measurement<'_>, outcome: &Outcome, book: &Book
     if !outcome.changes_state() {
         return;
     }
-    let Some(account) = book.account(m.project, m.location_id, m.metric) else {
+    let Some((key, account)) = book.entry(m.project, m.location_id, m.metric) else {
         return;
     };
-    batch.states.push((key_of(m), account.clone()));
+    batch.states.push((key.clone(), account.clone()));
     if let Outcome::Charged(charge) = outcome {
         let policy = match &charge.policy {
             Some(info) => PolicyStamp {
@@ -266,7 +258,7 @@ fn record(batch: &mut Batch, m: &Measurement<'_>, outcome: &Outcome, book: &Book
             },
         };
         batch.charges.push(ChargeRecord {
-            key: key_of(m),
+            key: key.clone(),
             previous: (charge.previous.timestamp, charge.previous.text.to_string()),
             current: (m.timestamp, m.text.to_owned()),
             credits: charge.credits,

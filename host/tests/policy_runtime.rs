@@ -95,7 +95,7 @@ fn small_steps_accumulate_exactly_through_the_wasm_policy() {
         format!("project_vcpu_usage,location_id=8676,project_name=p value={value} {value}\n")
     };
     let mut replay = Replay::new();
-    let mut feed = |replay: &mut Replay, body: String| {
+    let feed = |replay: &mut Replay, body: String| {
         replay.feed(
             &policy,
             body.as_bytes(),

@@ -176,11 +176,11 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     /// The project.
-    pub project: Box<str>,
+    pub project: Arc<str>,
     /// The site (`location_id`).
-    pub location_id: Box<str>,
+    pub location_id: Arc<str>,
     /// The metric.
-    pub metric: Box<str>,
+    pub metric: Arc<str>,
 }
 
 /// A borrowed key for lookups without allocating.
@@ -211,10 +211,26 @@ pub struct Account {
 }
 
 /// The in-memory book of all keys: states and exact totals.
+///
+/// Names are interned: a project's name is stored once for all its keys,
+/// a site's and a metric's once for the whole book.
 #[derive(Debug, Default)]
 pub struct Book {
     accounts: HashMap<Key, Account>,
-    projects: HashMap<Box<str>, Decimal>,
+    projects: HashMap<Arc<str>, Decimal>,
+    names: hashbrown::HashSet<Arc<str>>,
+}
+
+/// The shared copy of `name` in `names`, added if new.
+fn intern(names: &mut hashbrown::HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    match names.get(name) {
+        Some(shared) => Arc::clone(shared),
+        None => {
+            let shared: Arc<str> = name.into();
+            names.insert(Arc::clone(&shared));
+            shared
+        }
+    }
 }
 
 impl Book {
@@ -227,7 +243,12 @@ impl Book {
     pub fn restore(accounts: impl IntoIterator<Item = (Key, State, Decimal)>) -> Self {
         let mut book = Book::new();
         for (key, state, charged) in accounts {
-            *book.projects.entry(key.project.clone()).or_default() += charged;
+            let key = Key {
+                project: intern(&mut book.names, &key.project),
+                location_id: intern(&mut book.names, &key.location_id),
+                metric: intern(&mut book.names, &key.metric),
+            };
+            *book.projects.entry(Arc::clone(&key.project)).or_default() += charged;
             book.accounts.insert(key, Account { state, charged });
         }
         book
@@ -238,6 +259,17 @@ impl Book {
         self.accounts.get(&KeyRef(project, location_id, metric))
     }
 
+    /// The book's key (cheap to clone: its names are shared) and account.
+    pub fn entry(
+        &self,
+        project: &str,
+        location_id: &str,
+        metric: &str,
+    ) -> Option<(&Key, &Account)> {
+        self.accounts
+            .get_key_value(&KeyRef(project, location_id, metric))
+    }
+
     /// Applies one measurement, pricing it with `pricer` when the rules say so.
     pub fn apply(&mut self, m: &Measurement<'_>, pricer: &impl Pricer) -> Outcome {
         if !pricer.prices(m.location_id, m.metric) {
@@ -246,9 +278,9 @@ impl Book {
         let key = KeyRef(m.project, m.location_id, m.metric);
         let Some(account) = self.accounts.get_mut(&key) else {
             let key = Key {
-                project: m.project.into(),
-                location_id: m.location_id.into(),
-                metric: m.metric.into(),
+                project: intern(&mut self.names, m.project),
+                location_id: intern(&mut self.names, m.location_id),
+                metric: intern(&mut self.names, m.metric),
             };
             self.accounts.insert(
                 key,
@@ -282,7 +314,8 @@ impl Book {
                 match self.projects.get_mut(m.project) {
                     Some(total) => *total += credits,
                     None => {
-                        self.projects.insert(m.project.into(), credits);
+                        let project = intern(&mut self.names, m.project);
+                        self.projects.insert(project, credits);
                     }
                 }
                 Outcome::Charged(Charge {

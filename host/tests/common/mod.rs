@@ -114,6 +114,11 @@ impl Service {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the service logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -1,0 +1,120 @@
+//! Throughput of `/write` into the ledger and the service's peak memory,
+//! with the de.NBI policy and a stack-shaped workload: 10k projects x 3
+//! sites x 2 metrics, a point per series every 15 s, the exporter
+//! refreshing every 60 s (3 of 4 points repeat the previous value).
+//!
+//! Starts the real release binary, posts pre-built bodies of 5000 lines
+//! from two client threads (each owns half of the series, so every series
+//! arrives in order), and reads the server's peak RSS (VmHWM).
+//!
+//! `cargo bench -p os-credits --bench service` (or `make bench`).
+//! `BENCH_ROUNDS` sets the number of 15 s rounds (default 16).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+const PROJECTS: usize = 10_000;
+const SITES: [&str; 3] = ["8676", "8677", "8678"];
+const METRICS: [&str; 2] = ["project_vcpu_usage", "project_mb_usage"];
+const LINES_PER_BODY: usize = 5000;
+const CLIENTS: usize = 2;
+const T0: i64 = 1_714_609_360_727_000_000;
+const SCRAPE: i64 = 15_000_000_000;
+
+fn line(out: &mut String, series: usize, round: usize) {
+    let project = series / (SITES.len() * METRICS.len());
+    let site = SITES[series / METRICS.len() % SITES.len()];
+    let metric = METRICS[series % METRICS.len()];
+    // refreshes every 4th scrape; grows by a series-specific step
+    let refreshes = round / 4;
+    let value = 1000.0 + (refreshes * (1 + series % 7)) as f64 * 0.25;
+    out.push_str(&format!(
+        "{metric},domain_id=04fcd5555daf106d,domain_name=elixir,instance=usage_exporter:8080,job=project_usages,location=site-{site},location_id={site},project_id={project:032x},project_name=project_{project} value={value} {}\n",
+        T0 + round as i64 * SCRAPE
+    ));
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs us without it: skip then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(16);
+    let series = PROJECTS * SITES.len() * METRICS.len();
+    // Pre-build each client's bodies, in order.
+    let mut bodies: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
+    for (client, bodies) in bodies.iter_mut().enumerate() {
+        let mut body = String::new();
+        let mut lines = 0;
+        for round in 0..rounds {
+            for s in (client..series).step_by(CLIENTS) {
+                line(&mut body, s, round);
+                lines += 1;
+                if lines == LINES_PER_BODY {
+                    bodies.push(std::mem::take(&mut body));
+                    lines = 0;
+                }
+            }
+        }
+        if !body.is_empty() {
+            bodies.push(body);
+        }
+    }
+    let points = series * rounds;
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let policies = common::policy_dir(&[]);
+    let service =
+        common::Service::start(data.path(), policies.path(), &[]);
+    let url = format!("{}/write?db=portal_prometheus&precision=ns", service.url);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for bodies in bodies {
+            let url = url.clone();
+            scope.spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .expect("client");
+                for body in bodies {
+                    let response = client.post(&url).body(body).send().expect("posted");
+                    assert_eq!(response.status().as_u16(), 204, "write refused");
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    let stats: serde_json::Value = reqwest::blocking::get(format!("{}/stats", service.url))
+        .and_then(|r| r.json())
+        .expect("stats");
+    let rss = peak_rss_kib(service.pid()).unwrap_or(0);
+    println!("service/write: {points} points ({series} series x {rounds} rounds) in {took:.2?}");
+    println!(
+        "service/write: {:.0} points/s through /write into the ledger ({} billed, {} keys, {} commits)",
+        points as f64 / took.as_secs_f64(),
+        stats["points"]["billed"],
+        stats["keys"],
+        stats["commits"],
+    );
+    println!(
+        "service/memory: peak RSS {:.1} MiB with {} keys",
+        rss as f64 / 1024.0,
+        stats["keys"]
+    );
+}
