@@ -80,8 +80,7 @@ fn main() {
 
     let data = tempfile::tempdir().expect("temp dir");
     let policies = common::policy_dir(&[]);
-    let service =
-        common::Service::start(data.path(), policies.path(), &[]);
+    let service = common::Service::start(data.path(), policies.path(), &[]);
     let url = format!("{}/write?db=portal_prometheus&precision=ns", service.url);
     let started = Instant::now();
     std::thread::scope(|scope| {

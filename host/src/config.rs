@@ -42,6 +42,9 @@ pub struct ServeConfig {
     /// `full`: fsync every commit (survives a power cut); `normal`: survives a crash of the process.
     #[arg(long, env = "OS_CREDITS_DURABILITY", value_enum, default_value_t = DurabilityArg::Full)]
     pub durability: DurabilityArg,
+    /// Key for admin endpoints (header `X-API-KEY`); unset disables them.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Wall-clock limit of one policy call, in milliseconds.
     #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
     pub policy_timeout_ms: u64,

@@ -23,3 +23,4 @@ pub mod ingest;
 pub mod ledger;
 pub mod policy;
 pub mod replay;
+pub mod rerate;

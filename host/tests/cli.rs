@@ -233,12 +233,21 @@ fn default_env_lists_every_variable_serve_reads() {
     let help = stdout(&os_credits(&["serve", "--help"]));
     let documented = std::fs::read_to_string(repo_file(".default.env")).unwrap();
     let mut checked = 0;
-    for name in help.split("[env: ").skip(1).filter_map(|rest| rest.split('=').next()) {
+    for name in help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split('=').next())
+    {
         assert!(
-            documented.lines().any(|l| l.starts_with(&format!("{name}="))),
+            documented
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}="))),
             "{name} is missing from .default.env"
         );
         checked += 1;
     }
-    assert!(checked >= 10, "only {checked} variables found in serve --help");
+    assert!(
+        checked >= 10,
+        "only {checked} variables found in serve --help"
+    );
 }

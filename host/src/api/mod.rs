@@ -1,6 +1,7 @@
 //! The HTTP API (axum): `/write` for the InfluxDB subscription, the portal's
 //! `/api/*` in the formats of the Python service, and `/ping`, `/stats`.
 
+mod admin;
 mod credits;
 mod ops;
 mod write;
@@ -19,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::engine::Engine;
 use crate::ledger::Ledger;
+use crate::policy::registry::Registry;
 use crate::policy::set::PolicySet;
 
 /// What the handlers share.
@@ -30,6 +32,10 @@ pub struct AppState {
     pub ledger: Arc<dyn Ledger>,
     /// The policies in force.
     pub policies: Arc<ArcSwap<PolicySet>>,
+    /// Where they come from (hot reload).
+    pub registry: Arc<Registry>,
+    /// The key admin endpoints require; `None` disables them.
+    pub api_key: Option<String>,
     /// Decimal places of shown credits.
     pub precision: u32,
     /// When the service started.
@@ -48,6 +54,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ping", get(ops::ping))
         .route("/stats", get(ops::stats))
         .route("/api/metrics", get(credits::metrics))
+        .route("/api/policies", get(admin::policies))
+        .route("/api/policies/reload", post(admin::reload))
         .route("/api/costs_per_hour", post(credits::costs_per_hour))
         .route(
             "/api/credits_history/{project}",

@@ -66,6 +66,7 @@ pub async fn stats(State(app): State<AppState>) -> Response {
             "ignored": engine.seen.ignored,
         },
         "policies": active,
+        "policy_errors": app.registry.failures(),
         "perun": { "enabled": false },
     }))
     .into_response()

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and dispatch.
 
+mod ledger;
 mod policy;
 mod serve;
 
@@ -28,6 +29,25 @@ enum Command {
     /// Work with pricing policies (Wasm modules built with pricing-sdk).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Read the ledger (works while the service runs; never writes).
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// A project's charges, each with the policy (name, version, sha256) that priced it.
+    Charges {
+        /// The project (Perun group name).
+        #[arg(long)]
+        project: String,
+        /// The service's data directory.
+        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +79,25 @@ enum PolicyCommand {
         /// Decimal places of rounded totals (half-even).
         #[arg(long, env = "OS_CREDITS_PRECISION", default_value_t = 2)]
         decimals: u32,
+    },
+    /// Dry run: price the ledger's recorded steps of a period with another module; writes nothing.
+    Rerate {
+        /// The policy module to compare with.
+        module: PathBuf,
+        /// Start of the period (UTC): `2024-05-02`, `2024-05-02 01:00:00` or RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End of the period, exclusive (same forms).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        options: PolicyOptions,
+        /// The service's data directory.
+        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -136,5 +175,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &precision,
             decimals,
         ),
+        Command::Policy(PolicyCommand::Rerate {
+            module,
+            from,
+            to,
+            options,
+            data_dir,
+            format,
+        }) => policy::rerate(&module, &from, &to, &options, &data_dir, format),
+        Command::Ledger(LedgerCommand::Charges {
+            project,
+            data_dir,
+            format,
+        }) => ledger::charges(&project, &data_dir, format),
     }
 }

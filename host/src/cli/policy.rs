@@ -76,7 +76,7 @@ struct RunOutput<'a> {
 }
 
 #[derive(Serialize)]
-struct PolicySummary<'a> {
+pub struct PolicySummary<'a> {
     name: &'a str,
     version: &'a str,
     sha256: &'a str,
@@ -215,7 +215,7 @@ fn print_report(info: &PolicyInfo, report: &Report) {
 }
 
 /// Left-aligned columns separated by two spaces.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -234,4 +234,95 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Parses `2024-05-02`, `2024-05-02 01:00:00` or RFC 3339 (UTC) into ns.
+pub fn parse_instant(text: &str) -> anyhow::Result<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|d| d.to_utc())
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").map(|d| d.and_utc()))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+        })
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{text:?} is not a date: use 2024-05-02, \"2024-05-02 01:00:00\" or RFC 3339"
+            )
+        })?;
+    parsed
+        .timestamp_nanos_opt()
+        .with_context(|| format!("{text:?} is out of range"))
+}
+
+/// `policy rerate`: what the recorded steps of a period would cost under `module`.
+pub fn rerate(
+    module: &Path,
+    from: &str,
+    to: &str,
+    options: &PolicyOptions,
+    data_dir: &Path,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let (start, end) = (parse_instant(from)?, parse_instant(to)?);
+    anyhow::ensure!(end > start, "--to must be after --from");
+    let ledger = os_credits::ledger::sqlite::SqliteLedger::open_read_only(data_dir)?;
+    let charges = os_credits::ledger::Ledger::charges_between(&ledger, start, end)?;
+    let policy = load(module, options)?;
+    let result = os_credits::rerate::rerate(&charges, &policy);
+    for failure in result.failures.iter().take(SHOWN_WARNINGS) {
+        eprintln!(
+            "warning: {} {} {}: {}",
+            failure.project, failure.location_id, failure.metric, failure.error
+        );
+    }
+    match format {
+        Format::Json => {
+            let output = serde_json::json!({
+                "policy": PolicySummary::from(policy.info().as_ref()),
+                "from": from, "to": to, "steps": charges.len(), "rerate": result,
+            });
+            println!("{}", serde_json::to_string_pretty(&output)?);
+        }
+        Format::Table => {
+            let info = policy.info();
+            println!(
+                "re-rating {} steps from {from} to {to} with {} {} (sha256 {})",
+                charges.len(),
+                info.name,
+                info.version,
+                info.sha256
+            );
+            println!();
+            let mut rows: Vec<Vec<String>> = result
+                .projects
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.project.clone(),
+                        p.steps.to_string(),
+                        p.billed.to_string(),
+                        p.would_be.to_string(),
+                        p.difference.to_string(),
+                    ]
+                })
+                .collect();
+            rows.push(vec![
+                "TOTAL".into(),
+                charges.len().to_string(),
+                result.billed.to_string(),
+                result.would_be.to_string(),
+                result.difference.to_string(),
+            ]);
+            print!(
+                "{}",
+                table(
+                    &["PROJECT", "STEPS", "BILLED", "WOULD BE", "DIFFERENCE"],
+                    rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use os_credits::api::{AppState, router};
 use os_credits::config::ServeConfig;
 use os_credits::engine::Engine;
 use os_credits::ledger::Ledger;
 use os_credits::ledger::sqlite::SqliteLedger;
 use os_credits::policy::PolicyRuntime;
-use os_credits::policy::set::PolicySet;
+use os_credits::policy::registry::Registry;
 
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -33,15 +32,21 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<ExitCode> {
 async fn run(config: ServeConfig, workers: usize) -> anyhow::Result<ExitCode> {
     let address = config.address()?;
     let policy_runtime = PolicyRuntime::new(config.limits())?;
-    let policies = PolicySet::load(&policy_runtime, &config.policy_dir)?;
-    for active in policies.active() {
+    let registry = Arc::new(Registry::open(policy_runtime, &config.policy_dir)?);
+    for active in registry.policies().load().active() {
         let info = active.policy.info();
         tracing::info!(
             site = %active.site, file = %active.file, policy = %info.name,
             version = %info.version, sha256 = %info.sha256, "policy active"
         );
     }
-    let policies = Arc::new(ArcSwap::from_pointee(policies));
+    registry.watch().with_context(|| {
+        format!(
+            "cannot watch the policy folder {}",
+            config.policy_dir.display()
+        )
+    })?;
+    let policies = registry.policies();
     let ledger: Arc<dyn Ledger> = Arc::new(
         SqliteLedger::open(&config.data_dir, config.durability())
             .with_context(|| format!("cannot open the ledger in {}", config.data_dir.display()))?,
@@ -59,6 +64,8 @@ async fn run(config: ServeConfig, workers: usize) -> anyhow::Result<ExitCode> {
         engine: engine.clone(),
         ledger,
         policies,
+        registry,
+        api_key: config.api_key.clone().filter(|k| !k.is_empty()),
         precision: config.precision,
         started: Instant::now(),
         workers,

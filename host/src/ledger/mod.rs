@@ -33,6 +33,11 @@ pub enum LedgerError {
         /// The newest this binary knows.
         supported: i64,
     },
+    /// There is no ledger where one was expected.
+    #[error(
+        "no ledger at {0}: give the service's data directory (--data-dir, OS_CREDITS_DATA_DIR)"
+    )]
+    Missing(std::path::PathBuf),
     /// The data directory could not be prepared.
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
@@ -141,8 +146,10 @@ pub trait Ledger: Send + Sync {
     fn project(&self, project: &str) -> Result<Option<ProjectRecord>, LedgerError>;
     /// A project's charges in billing order, for its history.
     fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError>;
-    /// A project's charges with the policy that priced each.
+    /// A project's charges with the policy that priced each, in billing order.
     fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError>;
+    /// Every charge whose measurement lies in `[from, to)` (ns), in billing order.
+    fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError>;
     /// Sizes.
     fn counts(&self) -> Result<Counts, LedgerError>;
 }

@@ -115,6 +115,75 @@ impl SqliteLedger {
     }
 }
 
+impl SqliteLedger {
+    /// Opens an existing ledger read-only (for audits and re-rating while
+    /// the service runs); never creates or migrates anything.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, LedgerError> {
+        let path = data_dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Err(LedgerError::Missing(path));
+        }
+        let open = || -> Result<Connection, LedgerError> {
+            let connection = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            connection.pragma_update(None, "busy_timeout", 5000)?;
+            Ok(connection)
+        };
+        let reader = open()?;
+        let version: i64 = reader.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(LedgerError::TooNew {
+                found: version,
+                supported,
+            });
+        }
+        if version < supported {
+            return Err(LedgerError::Corrupt(format!(
+                "ledger schema version {version} is older than {supported}: start the service once to migrate it"
+            )));
+        }
+        Ok(SqliteLedger {
+            writer: Mutex::new(open()?),
+            reader: Mutex::new(reader),
+        })
+    }
+}
+
+/// The columns of a charge, in the order [`charge_row`] reads them.
+const CHARGE_COLUMNS: &str =
+    "project, location_id, metric, previous_timestamp, previous_value, timestamp,
+     value, credits, charged_after, policy_name, policy_version, policy_sha256";
+
+fn charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ChargeRecord, LedgerError>> {
+    let (credits, after): (String, String) = (row.get(7)?, row.get(8)?);
+    let key = Key {
+        project: row.get::<_, String>(0)?.into(),
+        location_id: row.get::<_, String>(1)?.into(),
+        metric: row.get::<_, String>(2)?.into(),
+    };
+    let previous = (row.get(3)?, row.get(4)?);
+    let current = (row.get(5)?, row.get(6)?);
+    let policy = PolicyStamp {
+        name: row.get(9)?,
+        version: row.get(10)?,
+        sha256: row.get(11)?,
+    };
+    Ok((|| {
+        Ok(ChargeRecord {
+            key,
+            previous,
+            current,
+            credits: decimal(&credits)?,
+            charged_after: decimal(&after)?,
+            policy,
+        })
+    })())
+}
+
 fn migrate(connection: &Connection) -> Result<(), LedgerError> {
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let supported = MIGRATIONS.len() as i64;
@@ -296,45 +365,20 @@ impl Ledger for SqliteLedger {
 
     fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError> {
         let connection = lock(&self.reader);
-        let mut statement = connection.prepare_cached(
-            "SELECT project, location_id, metric, previous_timestamp, previous_value, timestamp,
-                    value, credits, charged_after, policy_name, policy_version, policy_sha256
-             FROM charges WHERE project = ?1 ORDER BY id",
-        )?;
-        let rows = statement.query_map([project], |row| {
-            Ok((
-                (
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ),
-                (row.get::<_, i64>(3)?, row.get::<_, String>(4)?),
-                (row.get::<_, i64>(5)?, row.get::<_, String>(6)?),
-                (row.get::<_, String>(7)?, row.get::<_, String>(8)?),
-                PolicyStamp {
-                    name: row.get(9)?,
-                    version: row.get(10)?,
-                    sha256: row.get(11)?,
-                },
-            ))
-        })?;
-        rows.map(|row| {
-            let ((project, location_id, metric), previous, current, (credits, after), policy) =
-                row?;
-            Ok(ChargeRecord {
-                key: Key {
-                    project: project.into(),
-                    location_id: location_id.into(),
-                    metric: metric.into(),
-                },
-                previous,
-                current,
-                credits: decimal(&credits)?,
-                charged_after: decimal(&after)?,
-                policy,
-            })
-        })
-        .collect()
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {CHARGE_COLUMNS} FROM charges WHERE project = ?1 ORDER BY id"
+        ))?;
+        let rows = statement.query_map([project], charge_row)?;
+        rows.map(|row| row?).collect()
+    }
+
+    fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT {CHARGE_COLUMNS} FROM charges WHERE timestamp >= ?1 AND timestamp < ?2 ORDER BY id"
+        ))?;
+        let rows = statement.query_map([from, to], charge_row)?;
+        rows.map(|row| row?).collect()
     }
 
     fn counts(&self) -> Result<Counts, LedgerError> {

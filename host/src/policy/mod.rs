@@ -14,6 +14,7 @@
 //! one call; an instance that trapped is dropped, never reused.
 
 mod instance;
+pub mod registry;
 pub mod set;
 
 use std::path::{Path, PathBuf};

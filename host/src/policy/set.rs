@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{CallError, LoadError, Policy, PolicyRuntime, Usage};
+use sha2::{Digest, Sha256};
+
+use super::{CallError, Policy, PolicyRuntime, Usage};
 use crate::billing::{Priced, Pricer};
 
 /// The mapping file's name in the policy folder.
@@ -63,14 +65,14 @@ pub enum SetError {
         found: usize,
     },
     /// A module could not be loaded.
-    #[error("policy {file} for site {site}: {source}")]
+    #[error("policy {file} for site {site}: {message}")]
     Load {
         /// The site it is mapped to.
         site: String,
         /// The module's file name.
         file: String,
         /// Why.
-        source: LoadError,
+        message: String,
     },
 }
 
@@ -110,6 +112,27 @@ pub struct Active {
     pub file: String,
     /// The loaded policy.
     pub policy: Arc<Policy>,
+    /// When the policy was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+}
+
+/// A module that could not be loaded for a site.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Failure {
+    /// The site it was meant for.
+    pub site: String,
+    /// The module's file name.
+    pub file: String,
+    /// Hex SHA-256 of the bytes that failed (empty when unreadable).
+    pub sha256: String,
+    /// Why.
+    pub error: String,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The default policy and the per-site ones.
@@ -198,52 +221,137 @@ fn file_name(path: &Path) -> String {
 }
 
 impl PolicySet {
-    /// Loads every policy the folder maps. A module used by several sites
-    /// with the same configuration is loaded once.
+    /// Loads every policy the folder maps; any failure is an error (there
+    /// is no last good version to keep at start).
     pub fn load(runtime: &PolicyRuntime, folder: &Path) -> Result<Self, SetError> {
-        let mut loaded: Vec<(PathBuf, String, Arc<Policy>)> = Vec::new();
+        let (set, failures) = Self::build(runtime, &assignments(folder)?, None);
+        match (set, failures.into_iter().next()) {
+            (Some(set), None) => Ok(set),
+            (_, Some(failure)) => Err(SetError::Load {
+                site: failure.site,
+                file: failure.file,
+                message: failure.error,
+            }),
+            (None, None) => Err(SetError::Mapping {
+                path: folder.join(MAPPING_FILE),
+                message: "no [default] policy".into(),
+            }),
+        }
+    }
+
+    /// Builds the set the assignments describe, reusing the policies of
+    /// `previous` whose module bytes and configuration are unchanged. A
+    /// module that cannot be read or loaded keeps the site on its previous
+    /// policy (when there is one) and is reported as a failure. `None` when
+    /// the default site ends up without a policy.
+    pub fn build(
+        runtime: &PolicyRuntime,
+        assignments: &[Assignment],
+        previous: Option<&PolicySet>,
+    ) -> (Option<Self>, Vec<Failure>) {
+        let mut failures = Vec::new();
+        let mut fresh: Vec<Arc<Policy>> = Vec::new();
         let mut default = None;
         let mut sites = BTreeMap::new();
-        for assignment in assignments(folder)? {
-            let reuse = loaded
-                .iter()
-                .find(|(m, c, _)| *m == assignment.module && *c == assignment.config)
-                .map(|(_, _, p)| Arc::clone(p));
-            let policy = match reuse {
-                Some(policy) => policy,
-                None => {
-                    let policy = runtime
-                        .load(&assignment.module, &assignment.config)
-                        .map(Arc::new)
-                        .map_err(|source| SetError::Load {
-                            site: assignment.site.clone(),
-                            file: file_name(&assignment.module),
-                            source,
-                        })?;
-                    loaded.push((
-                        assignment.module.clone(),
-                        assignment.config.clone(),
-                        Arc::clone(&policy),
+        for assignment in assignments {
+            let file = file_name(&assignment.module);
+            let kept = previous.and_then(|p| p.get(&assignment.site)).cloned();
+            let fail = |sha256: String, error: String| Failure {
+                site: assignment.site.clone(),
+                file: file.clone(),
+                sha256,
+                error,
+                at: now(),
+            };
+            let active = match std::fs::read(&assignment.module) {
+                Err(e) => {
+                    let kept_note = if kept.is_some() {
+                        "; keeping the last good version"
+                    } else {
+                        ""
+                    };
+                    failures.push(fail(
+                        String::new(),
+                        format!(
+                            "cannot read {}: {e}{kept_note}",
+                            assignment.module.display()
+                        ),
                     ));
-                    policy
+                    kept
+                }
+                Ok(bytes) => {
+                    let sha256 = hex::encode(Sha256::digest(&bytes));
+                    let config_sha256 = hex::encode(Sha256::digest(assignment.config.as_bytes()));
+                    let same = |p: &Arc<Policy>| {
+                        p.info().sha256 == sha256 && p.info().config_sha256 == config_sha256
+                    };
+                    let known = previous
+                        .into_iter()
+                        .flat_map(PolicySet::active)
+                        .map(|a| &a.policy)
+                        .chain(fresh.iter())
+                        .find(|p| same(p))
+                        .cloned();
+                    match (known, &kept) {
+                        (Some(policy), Some(kept))
+                            if Arc::ptr_eq(&policy, &kept.policy) && kept.file == file =>
+                        {
+                            Some(kept.clone())
+                        }
+                        (Some(policy), _) => Some(Active {
+                            site: assignment.site.clone(),
+                            file: file.clone(),
+                            policy,
+                            loaded_at: now(),
+                        }),
+                        (None, _) => match runtime.load_bytes(&bytes, &assignment.config) {
+                            Ok(policy) => {
+                                let policy = Arc::new(policy);
+                                fresh.push(Arc::clone(&policy));
+                                Some(Active {
+                                    site: assignment.site.clone(),
+                                    file: file.clone(),
+                                    policy,
+                                    loaded_at: now(),
+                                })
+                            }
+                            Err(e) => {
+                                failures.push(fail(sha256, e.to_string()));
+                                kept
+                            }
+                        },
+                    }
                 }
             };
-            let active = Active {
-                site: assignment.site.clone(),
-                file: file_name(&assignment.module),
-                policy,
-            };
-            if assignment.site == DEFAULT_SITE {
-                default = Some(active);
-            } else {
-                sites.insert(assignment.site, active);
+            match active {
+                Some(active) if assignment.site == DEFAULT_SITE => default = Some(active),
+                Some(active) => {
+                    sites.insert(assignment.site.clone(), active);
+                }
+                None => {}
             }
         }
-        let default = default.ok_or_else(|| SetError::Mapping {
-            path: folder.join(MAPPING_FILE),
-            message: "no [default] policy".into(),
-        })?;
-        Ok(PolicySet { default, sites })
+        (
+            default.map(|default| PolicySet { default, sites }),
+            failures,
+        )
+    }
+
+    /// The policy assigned to `site` itself (`default` for the default).
+    fn get(&self, site: &str) -> Option<&Active> {
+        if site == DEFAULT_SITE {
+            Some(&self.default)
+        } else {
+            self.sites.get(site)
+        }
+    }
+
+    /// Whether `other` prices every site with the same policies.
+    pub fn same_as(&self, other: &PolicySet) -> bool {
+        self.active().count() == other.active().count()
+            && self.active().zip(other.active()).all(|(a, b)| {
+                a.site == b.site && a.file == b.file && Arc::ptr_eq(&a.policy, &b.policy)
+            })
     }
 
     /// A set of one policy for every site.
@@ -253,6 +361,7 @@ impl PolicySet {
                 site: DEFAULT_SITE.to_owned(),
                 file: file.to_owned(),
                 policy,
+                loaded_at: now(),
             },
             sites: BTreeMap::new(),
         }

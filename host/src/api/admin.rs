@@ -1,0 +1,93 @@
+//! Policies and admin endpoints: `GET /api/policies`,
+//! `POST /api/policies/reload` (requires `X-API-KEY`).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::{AppState, blocking, error};
+use crate::policy::set::Failure;
+
+/// The header carrying the admin key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Checks the admin key: 401 when missing, 403 when wrong (compared in
+/// constant time) or when no `API_KEY` is configured.
+pub fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(given) = headers.get(API_KEY_HEADER) else {
+        return Err(error(StatusCode::UNAUTHORIZED, "missing X-API-KEY header"));
+    };
+    let Some(expected) = &app.api_key else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled: set API_KEY to enable them",
+        ));
+    };
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(error(StatusCode::FORBIDDEN, "wrong X-API-KEY"))
+    }
+}
+
+#[derive(Serialize)]
+struct ActiveView {
+    site: String,
+    file: String,
+    name: String,
+    version: String,
+    sha256: String,
+    config_sha256: String,
+    contract: String,
+    loaded_at: String,
+}
+
+#[derive(Serialize)]
+struct PoliciesView {
+    active: Vec<ActiveView>,
+    errors: Vec<Failure>,
+}
+
+fn view(app: &AppState) -> PoliciesView {
+    let set = app.policies.load();
+    let active = set
+        .active()
+        .map(|a| {
+            let info = a.policy.info();
+            ActiveView {
+                site: a.site.clone(),
+                file: a.file.clone(),
+                name: info.name.clone(),
+                version: info.version.clone(),
+                sha256: info.sha256.clone(),
+                config_sha256: info.config_sha256.clone(),
+                contract: info.contract.clone(),
+                loaded_at: a.loaded_at.clone(),
+            }
+        })
+        .collect();
+    PoliciesView {
+        active,
+        errors: app.registry.failures(),
+    }
+}
+
+/// `GET /api/policies`: the policies in force and the latest failures.
+pub async fn policies(State(app): State<AppState>) -> Response {
+    Json(view(&app)).into_response()
+}
+
+/// `POST /api/policies/reload`: rescan the folder now.
+pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&app, &headers) {
+        return response;
+    }
+    let registry = app.registry.clone();
+    match blocking(move || registry.reload()).await {
+        Ok(_) => Json(view(&app)).into_response(),
+        Err(response) => response,
+    }
+}

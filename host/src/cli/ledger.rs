@@ -1,0 +1,79 @@
+//! `os-credits ledger charges`: the audit trail of a project.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::DateTime;
+use os_credits::ledger::Ledger;
+use os_credits::ledger::sqlite::SqliteLedger;
+
+use super::Format;
+use super::policy::table;
+
+fn date(ns: i64) -> String {
+    DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%d %H:%M:%S%.3f")
+        .to_string()
+}
+
+/// Prints a project's charges with the policy that priced each.
+pub fn charges(project: &str, data_dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    let ledger = SqliteLedger::open_read_only(data_dir)?;
+    let charges = ledger.charges(project)?;
+    if charges.is_empty() {
+        anyhow::bail!(
+            "no charges for project {project:?} in {}",
+            data_dir.display()
+        );
+    }
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = charges
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "project": &*c.key.project, "location_id": &*c.key.location_id,
+                        "metric": &*c.key.metric,
+                        "previous": {"timestamp": c.previous.0, "value": c.previous.1},
+                        "current": {"timestamp": c.current.0, "value": c.current.1},
+                        "credits": c.credits, "charged_after": c.charged_after,
+                        "policy": {"name": c.policy.name, "version": c.policy.version, "sha256": c.policy.sha256},
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Format::Table => {
+            let rows = charges
+                .iter()
+                .map(|c| {
+                    vec![
+                        date(c.current.0),
+                        c.key.location_id.to_string(),
+                        c.key.metric.to_string(),
+                        format!("{} -> {}", c.previous.1, c.current.1),
+                        c.credits.to_string(),
+                        format!("{} {}", c.policy.name, c.policy.version),
+                        c.policy.sha256.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "MEASURED (UTC)",
+                        "SITE",
+                        "METRIC",
+                        "VALUES",
+                        "CREDITS",
+                        "POLICY",
+                        "SHA256"
+                    ],
+                    rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,115 @@
+//! Re-rating: what the ledger's recorded steps would have cost under
+//! another policy. Read-only; the engine of `os-credits policy rerate`.
+//!
+//! The steps are the ones billed (previous -> current measurement of each
+//! charge), so the result is what the other policy would have charged had it
+//! been in force: the billing rules decide the steps, not the prices. Tags
+//! are not stored with charges; a policy that reads tags sees none here.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::billing::Pricer;
+use crate::ledger::ChargeRecord;
+use crate::policy::Usage;
+
+/// One project's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectRerate {
+    /// The project.
+    pub project: String,
+    /// Steps re-priced.
+    pub steps: usize,
+    /// What was billed (exact).
+    pub billed: Decimal,
+    /// What the other policy would have charged (exact).
+    pub would_be: Decimal,
+    /// `would_be - billed`.
+    pub difference: Decimal,
+}
+
+/// A step the other policy could not price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RerateFailure {
+    /// The project.
+    pub project: String,
+    /// The site.
+    pub location_id: String,
+    /// The metric.
+    pub metric: String,
+    /// Timestamp (ns) of the step's measurement.
+    pub timestamp: i64,
+    /// Why.
+    pub error: String,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rerate {
+    /// Per project, sorted.
+    pub projects: Vec<ProjectRerate>,
+    /// Sums over all projects.
+    pub billed: Decimal,
+    /// Sums over all projects.
+    pub would_be: Decimal,
+    /// Sums over all projects.
+    pub difference: Decimal,
+    /// Steps the other policy failed on (not counted in `would_be`).
+    pub failures: Vec<RerateFailure>,
+}
+
+/// Prices every charge's step with `pricer` and compares.
+pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
+    let mut projects: BTreeMap<&str, ProjectRerate> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for charge in charges {
+        let key = &charge.key;
+        let row = projects
+            .entry(&key.project)
+            .or_insert_with(|| ProjectRerate {
+                project: key.project.to_string(),
+                steps: 0,
+                billed: Decimal::ZERO,
+                would_be: Decimal::ZERO,
+                difference: Decimal::ZERO,
+            });
+        row.steps += 1;
+        row.billed += charge.credits;
+        if !pricer.prices(&key.location_id, &key.metric) {
+            continue;
+        }
+        let usage = Usage {
+            metric: &key.metric,
+            project: &key.project,
+            location_id: &key.location_id,
+            tags: &[],
+            previous: (charge.previous.0, &charge.previous.1),
+            current: (charge.current.0, &charge.current.1),
+        };
+        match pricer.bill(&usage) {
+            Ok(priced) => row.would_be += priced.credits,
+            Err(e) => failures.push(RerateFailure {
+                project: key.project.to_string(),
+                location_id: key.location_id.to_string(),
+                metric: key.metric.to_string(),
+                timestamp: charge.current.0,
+                error: e.to_string(),
+            }),
+        }
+    }
+    let mut projects: Vec<ProjectRerate> = projects.into_values().collect();
+    for row in &mut projects {
+        row.difference = row.would_be - row.billed;
+    }
+    let billed = projects.iter().map(|p| p.billed).sum();
+    let would_be = projects.iter().map(|p| p.would_be).sum();
+    Rerate {
+        projects,
+        billed,
+        would_be,
+        difference: would_be - billed,
+        failures,
+    }
+}

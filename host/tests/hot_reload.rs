@@ -1,0 +1,395 @@
+//! Hot reload, per-site policies, audit and re-rating, end to end: the real
+//! service, its policy folder changed under load.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Service, policy_dir, repo_file, wasm};
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const KEY: &str = "s3cret-admin-key";
+const MAPPING: &str = "[default]\nmodule = \"current.wasm\"\n";
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The module with a custom section appended: the same policy, other bytes.
+fn variant(module: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"os-credits-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    assert!(payload.len() < 128, "one-byte LEB128 size");
+    let mut bytes = module.to_vec();
+    bytes.push(0);
+    bytes.push(payload.len() as u8);
+    bytes.extend(payload);
+    bytes
+}
+
+/// Deploys `bytes` as `name` the safe way: written hidden, renamed into place.
+fn deploy(folder: &Path, name: &str, bytes: &[u8]) {
+    let hidden = folder.join(format!(".{name}.tmp"));
+    std::fs::write(&hidden, bytes).unwrap();
+    std::fs::rename(&hidden, folder.join(name)).unwrap();
+}
+
+fn policies(service: &Service) -> Value {
+    let text = client()
+        .get(service.at("/api/policies"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits (polling, bounded) until `condition` holds for `/api/policies`.
+fn await_policies(service: &Service, what: &str, condition: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = policies(service);
+        if condition(&state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn active_sha(state: &Value) -> String {
+    state["active"][0]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn os_credits(args: &[&str]) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() {
+    let denbi = std::fs::read(wasm("denbi-policy")).unwrap();
+    let wrong_contract = std::fs::read(wasm("contract-v2-policy")).unwrap();
+    let folder = policy_dir(&[("policies.toml", MAPPING)]);
+    let first = variant(&denbi, "v0");
+    deploy(folder.path(), "current.wasm", &first);
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(data.path(), folder.path(), &[("API_KEY", KEY)]);
+
+    // A client posting without pause: every point raises every key, so
+    // every point after the first is billed by whatever policy is in force.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (posted, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let poster = {
+        let (stop, posted, failed, url) = (
+            stop.clone(),
+            posted.clone(),
+            failed.clone(),
+            service.url.clone(),
+        );
+        std::thread::spawn(move || {
+            let client = client();
+            let mut step: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                step += 1;
+                let body: String = (0..20)
+                    .map(|p| format!("project_vcpu_usage,location_id=8676,project_name=load_{p} value={step} {}\n", step * 1_000_000_000))
+                    .collect();
+                match client.post(format!("{url}/write")).body(body).send() {
+                    Ok(r) if r.status() == StatusCode::NO_CONTENT => {
+                        posted.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+
+    let mut valid = BTreeSet::from([sha256(&first)]);
+    let mut refused = BTreeSet::new();
+    for swap in 1..=20 {
+        let bytes = match swap {
+            7 => b"\0asm this is no component".to_vec(),
+            13 => wrong_contract.clone(),
+            _ => variant(&denbi, &format!("v{swap}")),
+        };
+        let sha = sha256(&bytes);
+        let before = active_sha(&policies(&service));
+        deploy(folder.path(), "current.wasm", &bytes);
+        if matches!(swap, 7 | 13) {
+            await_policies(&service, "the failure to be reported", |s| {
+                s["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["sha256"] == sha.as_str())
+            });
+            assert_eq!(
+                active_sha(&policies(&service)),
+                before,
+                "a broken module became active"
+            );
+            refused.insert(sha);
+        } else {
+            await_policies(&service, "the new module to be active", |s| {
+                active_sha(s) == sha
+            });
+            valid.insert(sha);
+        }
+        // let some points be priced by this version
+        let target = posted.load(Ordering::Relaxed) + 3;
+        while posted.load(Ordering::Relaxed) < target && failed.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    poster.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during swaps"
+    );
+    assert!(posted.load(Ordering::Relaxed) >= 60);
+    let errors = policies(&service)["errors"].clone();
+    assert_eq!(
+        errors,
+        serde_json::json!([]),
+        "the last swap loaded, so no error remains"
+    );
+
+    // Every charge names exactly one valid version; broken ones priced nothing.
+    let mut used = BTreeSet::new();
+    for p in 0..20 {
+        let charges = os_credits(&[
+            "ledger",
+            "charges",
+            "--project",
+            &format!("load_{p}"),
+            "--format",
+            "json",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ]);
+        for charge in charges.as_array().unwrap() {
+            let sha = charge["policy"]["sha256"].as_str().unwrap().to_owned();
+            assert!(valid.contains(&sha), "charge by unknown module {sha}");
+            assert!(!refused.contains(&sha));
+            assert_eq!(charge["credits"], "1");
+            used.insert(sha);
+        }
+    }
+    assert!(
+        used.len() >= 10,
+        "only {} versions priced points",
+        used.len()
+    );
+}
+
+#[test]
+fn a_removed_module_keeps_its_last_good_version_and_says_so() {
+    let folder = policy_dir(&[("policies.toml", MAPPING)]);
+    let denbi = std::fs::read(wasm("denbi-policy")).unwrap();
+    deploy(folder.path(), "current.wasm", &denbi);
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(data.path(), folder.path(), &[("API_KEY", KEY)]);
+    std::fs::remove_file(folder.path().join("current.wasm")).unwrap();
+    await_policies(&service, "the removal to be reported", |s| {
+        s["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("keeping the last good version"))
+    });
+    assert_eq!(active_sha(&policies(&service)), sha256(&denbi));
+    let body = "project_vcpu_usage,location_id=1,project_name=r value=1 1\nproject_vcpu_usage,location_id=1,project_name=r value=3 2\n";
+    let response = client()
+        .post(service.at("/write"))
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let current: Value = client()
+        .get(service.at("/api/current_credits/r"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(current["current_credits_exact"], "2");
+    // /stats shows the failure too
+    let stats: Value = client()
+        .get(service.at("/stats"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stats["policy_errors"][0]["file"], "current.wasm");
+}
+
+#[test]
+fn the_reload_endpoint_wants_the_api_key() {
+    let folder = policy_dir(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(data.path(), folder.path(), &[("API_KEY", KEY)]);
+    let post = |key: Option<&str>| {
+        let mut request = client().post(service.at("/api/policies/reload"));
+        if let Some(key) = key {
+            request = request.header("X-API-KEY", key);
+        }
+        request.send().unwrap()
+    };
+    assert_eq!(post(None).status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(post(Some("guess")).status(), StatusCode::FORBIDDEN);
+    let ok = post(Some(KEY));
+    assert_eq!(ok.status(), StatusCode::OK);
+    let state: Value = ok.json().unwrap();
+    assert_eq!(state["active"][0]["site"], "default");
+    assert_eq!(state["active"][0]["name"], "denbi");
+    assert_eq!(state["active"][0]["file"], "denbi.wasm");
+    assert_eq!(
+        state["active"][0]["sha256"],
+        sha256(&std::fs::read(wasm("denbi-policy")).unwrap())
+    );
+    assert!(
+        state["active"][0]["loaded_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    // Without API_KEY the admin endpoints are off.
+    let data = tempfile::tempdir().unwrap();
+    let open = Service::start(data.path(), folder.path(), &[]);
+    let response = client()
+        .post(open.at("/api/policies/reload"))
+        .header("X-API-KEY", "x")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+fn per_project(list: &Value, field: &str) -> BTreeMap<String, Decimal> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["project"].as_str().unwrap().to_owned(),
+                p[field].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rerating_the_examples_with_the_tariff_policy_shows_what_its_prices_imply() {
+    let folder = policy_dir(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(data.path(), folder.path(), &[]);
+    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).unwrap();
+    let response = client()
+        .post(service.at("/write"))
+        .body(sample)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+
+    let tariff = wasm("tariff-policy");
+    let config = repo_file("examples/tariff.toml");
+    let dir = data.path().to_str().unwrap();
+    let (tariff, config) = (tariff.to_str().unwrap(), config.to_str().unwrap());
+    let rerated = os_credits(&[
+        "policy",
+        "rerate",
+        tariff,
+        "--config",
+        config,
+        "--from",
+        "2024-05-02",
+        "--to",
+        "2024-05-03",
+        "--data-dir",
+        dir,
+        "--format",
+        "json",
+    ]);
+    let rerate = &rerated["rerate"];
+    // billed: what the de.NBI policy charged, as expected for the sample
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let billed = per_project(&rerate["projects"], "billed");
+    let wanted: BTreeMap<String, Decimal> = expected["projects"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().parse().unwrap()))
+        .collect();
+    assert_eq!(billed, wanted);
+    // would be: exactly what the tariff policy bills on the same measurements
+    let run = os_credits(&[
+        "policy",
+        "run",
+        tariff,
+        "--config",
+        config,
+        repo_file("examples/stack-sample.lp").to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let would_be = per_project(&rerate["projects"], "would_be");
+    assert_eq!(would_be, per_project(&run["projects"], "credits"));
+    for row in rerate["projects"].as_array().unwrap() {
+        let (b, w, d): (Decimal, Decimal, Decimal) = (
+            row["billed"].as_str().unwrap().parse().unwrap(),
+            row["would_be"].as_str().unwrap().parse().unwrap(),
+            row["difference"].as_str().unwrap().parse().unwrap(),
+        );
+        assert_eq!(d, w - b);
+    }
+    assert_ne!(rerate["difference"], "0");
+    // A period without charges re-rates nothing.
+    let empty = os_credits(&[
+        "policy",
+        "rerate",
+        tariff,
+        "--from",
+        "2020-01-01",
+        "--to",
+        "2020-01-02",
+        "--data-dir",
+        dir,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(empty["steps"], 0);
+}
