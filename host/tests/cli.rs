@@ -236,7 +236,7 @@ fn default_env_lists_every_variable_serve_reads() {
     for name in help
         .split("[env: ")
         .skip(1)
-        .filter_map(|rest| rest.split('=').next())
+        .filter_map(|rest| rest.split(['=', ']']).next())
     {
         assert!(
             documented

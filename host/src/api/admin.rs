@@ -16,12 +16,12 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Checks the admin key: 401 when missing, 403 when wrong (compared in
 /// constant time) or when no `API_KEY` is configured.
-pub fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+pub fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     let Some(given) = headers.get(API_KEY_HEADER) else {
-        return Err(error(StatusCode::UNAUTHORIZED, "missing X-API-KEY header"));
+        return Err((StatusCode::UNAUTHORIZED, "missing X-API-KEY header"));
     };
     let Some(expected) = &app.api_key else {
-        return Err(error(
+        return Err((
             StatusCode::FORBIDDEN,
             "admin endpoints are disabled: set API_KEY to enable them",
         ));
@@ -29,7 +29,7 @@ pub fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
-        Err(error(StatusCode::FORBIDDEN, "wrong X-API-KEY"))
+        Err((StatusCode::FORBIDDEN, "wrong X-API-KEY"))
     }
 }
 
@@ -82,8 +82,8 @@ pub async fn policies(State(app): State<AppState>) -> Response {
 
 /// `POST /api/policies/reload`: rescan the folder now.
 pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&app, &headers) {
-        return response;
+    if let Err((status, message)) = authorize(&app, &headers) {
+        return error(status, message);
     }
     let registry = app.registry.clone();
     match blocking(move || registry.reload()).await {
