@@ -35,7 +35,7 @@ fn main() {
     std::fs::write(folder.path().join("current.wasm"), variant(&denbi, "start")).expect("write");
     let data = tempfile::tempdir().expect("temp dir");
     let service = common::Service::start(data.path(), folder.path(), &[]);
-    let client = reqwest::blocking::Client::new();
+    let client = common::http();
     let mut latencies = Vec::with_capacity(SWAPS);
     for swap in 0..SWAPS {
         let bytes = variant(&denbi, &format!("v{swap}"));

@@ -13,7 +13,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const PROJECTS: usize = 10_000;
 const SITES: [&str; 3] = ["8676", "8677", "8678"];
@@ -87,10 +87,7 @@ fn main() {
         for bodies in bodies {
             let url = url.clone();
             scope.spawn(move || {
-                let client = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(120))
-                    .build()
-                    .expect("client");
+                let client = common::http();
                 for body in bodies {
                     let response = client.post(&url).body(body).send().expect("posted");
                     assert_eq!(response.status().as_u16(), 204, "write refused");
@@ -99,7 +96,9 @@ fn main() {
         }
     });
     let took = started.elapsed();
-    let stats: serde_json::Value = reqwest::blocking::get(format!("{}/stats", service.url))
+    let stats: serde_json::Value = common::http()
+        .get(format!("{}/stats", service.url))
+        .send()
         .and_then(|r| r.json())
         .expect("stats");
     let rss = peak_rss_kib(service.pid()).unwrap_or(0);

@@ -45,6 +45,66 @@ pub struct ServeConfig {
     /// Key for admin endpoints (header `X-API-KEY`); unset disables them.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Perun RPC base URL.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_URL",
+        default_value = "https://perun.elixir-czech.cz/krb/rpc/json"
+    )]
+    pub perun_url: String,
+    /// Perun login (Basic auth); sync is off without login, password and VO id.
+    #[arg(long, env = "OS_CREDITS_PERUN_LOGIN")]
+    pub perun_login: Option<String>,
+    /// Perun password.
+    #[arg(long, env = "OS_CREDITS_PERUN_PASSWORD", hide_env_values = true)]
+    pub perun_password: Option<String>,
+    /// Perun VO id the project groups live in.
+    #[arg(long, env = "OS_CREDITS_PERUN_VO_ID")]
+    pub perun_vo_id: Option<i64>,
+    /// At most one write per project per this many seconds.
+    #[arg(long, env = "OS_CREDITS_PERUN_SYNC_INTERVAL", default_value_t = 30)]
+    pub perun_sync_interval: u64,
+    /// Timeout of one Perun call, in seconds.
+    #[arg(long, env = "OS_CREDITS_PERUN_TIMEOUT", default_value_t = 30)]
+    pub perun_timeout: u64,
+    /// Attribute id of denbiCreditsCurrent (group, java.lang.String).
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_CREDITS_CURRENT_ID",
+        default_value_t = 3382
+    )]
+    pub perun_credits_current_id: i64,
+    /// Attribute id of denbiCreditsGranted (group, java.lang.String, read only).
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_CREDITS_GRANTED_ID",
+        default_value_t = 3383
+    )]
+    pub perun_credits_granted_id: i64,
+    /// Attribute id of denbiCreditTimestamps (group_resource, java.util.LinkedHashMap).
+    #[arg(long, env = "OS_CREDITS_PERUN_TIMESTAMPS_ID", default_value_t = 3386)]
+    pub perun_timestamps_id: i64,
+    /// Friendly name of the credits-used attribute.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_CREDITS_CURRENT_NAME",
+        default_value = "denbiCreditsCurrent"
+    )]
+    pub perun_credits_current_name: String,
+    /// Friendly name of the credits-granted attribute.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_CREDITS_GRANTED_NAME",
+        default_value = "denbiCreditsGranted"
+    )]
+    pub perun_credits_granted_name: String,
+    /// Friendly name of the timestamps attribute.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_TIMESTAMPS_NAME",
+        default_value = "denbiCreditTimestamps"
+    )]
+    pub perun_timestamps_name: String,
     /// Wall-clock limit of one policy call, in milliseconds.
     #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
     pub policy_timeout_ms: u64,
@@ -103,5 +163,46 @@ impl ServeConfig {
     /// The body limit in bytes.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_mb.saturating_mul(1 << 20)
+    }
+}
+
+impl ServeConfig {
+    /// The Perun sync settings, or `None` (sync off) without login,
+    /// password and VO id.
+    pub fn perun(&self) -> Option<(crate::perun::sync::SyncConfig, &str, &str)> {
+        use crate::perun::sync::{AttributeDef, SyncConfig};
+        let login = self.perun_login.as_deref().filter(|l| !l.is_empty())?;
+        let password = self.perun_password.as_deref()?;
+        let vo = self.perun_vo_id?;
+        let def = |id, name: &str, namespace: &str, kind: &str| AttributeDef {
+            id,
+            friendly_name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            kind: kind.to_owned(),
+        };
+        let config = SyncConfig {
+            vo,
+            interval: Duration::from_secs(self.perun_sync_interval),
+            precision: self.precision,
+            credits_current: def(
+                self.perun_credits_current_id,
+                &self.perun_credits_current_name,
+                "urn:perun:group:attribute-def:opt",
+                "java.lang.String",
+            ),
+            credits_granted: def(
+                self.perun_credits_granted_id,
+                &self.perun_credits_granted_name,
+                "urn:perun:group:attribute-def:opt",
+                "java.lang.String",
+            ),
+            timestamps: def(
+                self.perun_timestamps_id,
+                &self.perun_timestamps_name,
+                "urn:perun:group_resource:attribute-def:opt",
+                "java.util.LinkedHashMap",
+            ),
+        };
+        Some((config, login, password))
     }
 }

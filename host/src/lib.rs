@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod ingest;
 pub mod ledger;
+pub mod perun;
 pub mod policy;
 pub mod replay;
 pub mod rerate;

@@ -20,10 +20,7 @@ const KEY: &str = "s3cret-admin-key";
 const MAPPING: &str = "[default]\nmodule = \"current.wasm\"\n";
 
 fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    common::http()
 }
 
 fn sha256(bytes: &[u8]) -> String {

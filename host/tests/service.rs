@@ -32,10 +32,7 @@ config = { cpu_price = "0.001" }
 "#;
 
 fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    common::http()
 }
 
 fn point(project: &str, site: &str, value: &str, ts: i64) -> String {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub policies: Arc<ArcSwap<PolicySet>>,
     /// Where they come from (hot reload).
     pub registry: Arc<Registry>,
+    /// The Perun sync, when configured.
+    pub perun: Option<Arc<crate::perun::sync::Sync>>,
     /// The key admin endpoints require; `None` disables them.
     pub api_key: Option<String>,
     /// Decimal places of shown credits.

@@ -56,6 +56,7 @@ pub async fn stats(State(app): State<AppState>) -> Response {
         "keys": counts.keys,
         "charges": counts.charges,
         "outbox": counts.outbox,
+        "pending_projects": counts.outbox,
         "writes": engine.writes,
         "commits": engine.commits,
         "failed_commits": engine.failed_commits,
@@ -67,7 +68,7 @@ pub async fn stats(State(app): State<AppState>) -> Response {
         },
         "policies": active,
         "policy_errors": app.registry.failures(),
-        "perun": { "enabled": false },
+        "perun": app.perun.as_ref().map(|p| p.status()).unwrap_or_default(),
     }))
     .into_response()
 }

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the billing service.
-    Serve(os_credits::config::ServeConfig),
+    Serve(Box<os_credits::config::ServeConfig>),
     /// Work with pricing policies (Wasm modules built with pricing-sdk).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -154,7 +154,7 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs the command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(config) => serve::serve(config),
+        Command::Serve(config) => serve::serve(*config),
         Command::Policy(PolicyCommand::Check {
             module,
             options,

@@ -10,6 +10,8 @@ use os_credits::config::ServeConfig;
 use os_credits::engine::Engine;
 use os_credits::ledger::Ledger;
 use os_credits::ledger::sqlite::SqliteLedger;
+use os_credits::perun::client::PerunClient;
+use os_credits::perun::sync::Sync;
 use os_credits::policy::PolicyRuntime;
 use os_credits::policy::registry::Registry;
 
@@ -56,15 +58,33 @@ async fn run(config: ServeConfig, workers: usize) -> anyhow::Result<ExitCode> {
         tracing::info!("billing only the {} whitelisted projects", projects.len());
     }
     let engine = Arc::new(Engine::start(ledger.clone(), policies.clone(), whitelist)?);
-    tracing::warn!(
-        "Perun sync is off: credits are billed into the local ledger ({}) only",
-        config.data_dir.display()
-    );
+    let perun = match config.perun() {
+        Some((sync_config, login, password)) => {
+            let client = PerunClient::new(
+                &config.perun_url,
+                login,
+                password,
+                Duration::from_secs(config.perun_timeout),
+            )?;
+            let sync = Arc::new(Sync::new(client, ledger.clone(), sync_config));
+            tokio::spawn(Arc::clone(&sync).run());
+            tracing::info!(url = %config.perun_url, "publishing credits to Perun");
+            Some(sync)
+        }
+        None => {
+            tracing::warn!(
+                "Perun sync is off (set OS_CREDITS_PERUN_LOGIN, OS_CREDITS_PERUN_PASSWORD and OS_CREDITS_PERUN_VO_ID): credits are billed into the local ledger ({}) only",
+                config.data_dir.display()
+            );
+            None
+        }
+    };
     let state = AppState {
         engine: engine.clone(),
         ledger,
         policies,
         registry,
+        perun,
         api_key: config.api_key.clone().filter(|k| !k.is_empty()),
         precision: config.precision,
         started: Instant::now(),

@@ -123,6 +123,26 @@ pub struct HistoryRow {
     pub charged_after: Decimal,
 }
 
+/// A project waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The project.
+    pub project: String,
+    /// Bumped by every commit that charges the project.
+    pub version: i64,
+    /// Failed attempts since the last success.
+    pub attempts: i64,
+}
+
+/// What is published for a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publishable {
+    /// Exact credits used.
+    pub used: Decimal,
+    /// Per site, per metric: timestamp (ns) of the key's state.
+    pub sites: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+}
+
 /// Sizes for `/stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -152,4 +172,16 @@ pub trait Ledger: Send + Sync {
     fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError>;
     /// Sizes.
     fn counts(&self) -> Result<Counts, LedgerError>;
+    /// Outbox entries due at `now` (ns), oldest first.
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError>;
+    /// The entry was published: removed unless charged again meanwhile, in
+    /// which case it is due again at `next_attempt`.
+    fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError>;
+    /// Publishing failed: retry at `next_attempt`.
+    fn sync_failed(&self, project: &str, next_attempt: i64, error: &str)
+    -> Result<(), LedgerError>;
+    /// What to publish for a project.
+    fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError>;
+    /// Records the project's granted credits (from Perun).
+    fn set_granted(&self, project: &str, granted: Option<Decimal>) -> Result<(), LedgerError>;
 }

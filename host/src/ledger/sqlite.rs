@@ -11,8 +11,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
 
+use std::collections::BTreeMap;
+
 use super::{
-    Batch, ChargeRecord, Counts, HistoryRow, Ledger, LedgerError, PolicyStamp, ProjectRecord,
+    Batch, ChargeRecord, Counts, HistoryRow, Ledger, LedgerError, OutboxEntry, PolicyStamp,
+    ProjectRecord, Publishable,
 };
 use crate::billing::{Key, State};
 
@@ -59,6 +62,11 @@ const MIGRATIONS: &[&str] = &[
          project TEXT PRIMARY KEY,
          since   INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 2: outbox bookkeeping for the Perun sync
+    "ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE outbox ADD COLUMN next_attempt INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE outbox ADD COLUMN last_error TEXT;",
 ];
 
 /// How hard a commit is made durable.
@@ -271,7 +279,8 @@ impl Ledger for SqliteLedger {
                  ON CONFLICT (project) DO UPDATE SET charged = excluded.charged, updated_at = excluded.updated_at",
             )?;
             let mut queue = tx.prepare_cached(
-                "INSERT INTO outbox (project, since) VALUES (?1, ?2) ON CONFLICT (project) DO NOTHING",
+                "INSERT INTO outbox (project, since) VALUES (?1, ?2)
+                 ON CONFLICT (project) DO UPDATE SET version = version + 1",
             )?;
             for charge in &batch.charges {
                 insert_charge.execute(params![
@@ -379,6 +388,86 @@ impl Ledger for SqliteLedger {
         ))?;
         let rows = statement.query_map([from, to], charge_row)?;
         rows.map(|row| row?).collect()
+    }
+
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(
+            "SELECT project, version, attempts FROM outbox WHERE next_attempt <= ?1
+             ORDER BY next_attempt, since LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![now, limit as i64], |row| {
+            Ok(OutboxEntry {
+                project: row.get(0)?,
+                version: row.get(1)?,
+                attempts: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError> {
+        let connection = lock(&self.writer);
+        let deleted = connection.execute(
+            "DELETE FROM outbox WHERE project = ?1 AND version = ?2",
+            params![entry.project, entry.version],
+        )?;
+        if deleted == 0 {
+            // Charged again meanwhile: publish again, but not before the interval.
+            connection.execute(
+                "UPDATE outbox SET next_attempt = ?2, attempts = 0, last_error = NULL WHERE project = ?1",
+                params![entry.project, next_attempt],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn sync_failed(
+        &self,
+        project: &str,
+        next_attempt: i64,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        lock(&self.writer).execute(
+            "UPDATE outbox SET next_attempt = ?2, attempts = attempts + 1, last_error = ?3 WHERE project = ?1",
+            params![project, next_attempt, error],
+        )?;
+        Ok(())
+    }
+
+    fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError> {
+        let Some(record) = self.project(project)? else {
+            return Ok(None);
+        };
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(
+            "SELECT location_id, metric, timestamp FROM keys WHERE project = ?1 ORDER BY location_id, metric",
+        )?;
+        let rows = statement.query_map([project], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut sites: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for row in rows {
+            let (site, metric, timestamp) = row?;
+            sites.entry(site).or_default().insert(metric, timestamp);
+        }
+        Ok(Some(Publishable {
+            used: record.used(),
+            sites,
+        }))
+    }
+
+    fn set_granted(&self, project: &str, granted: Option<Decimal>) -> Result<(), LedgerError> {
+        lock(&self.writer).execute(
+            "INSERT INTO projects (project, granted, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project) DO UPDATE SET granted = excluded.granted",
+            params![project, granted.map(|g| g.to_string()), now_ns()],
+        )?;
+        Ok(())
     }
 
     fn counts(&self) -> Result<Counts, LedgerError> {

@@ -165,3 +165,13 @@ pub fn policy_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// An HTTP client for the tests (installs the TLS crypto provider that
+/// reqwest, built without a default one, needs first).
+pub fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("HTTP client")
+}

@@ -1,0 +1,326 @@
+//! The sync loop: outbox -> Perun.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::client::{AttributeWrite, PerunClient, PerunError};
+use crate::billing::round;
+use crate::ledger::{Ledger, OutboxEntry};
+
+/// Perun's timestamp format for `denbiCreditTimestamps`.
+const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
+/// How long a group id stays cached.
+const GROUP_TTL: Duration = Duration::from_secs(3600);
+/// How often granted credits are read again per project.
+const GRANTED_TTL: Duration = Duration::from_secs(600);
+/// Retry delay for a project that is not a Perun group.
+const NOT_A_GROUP_RETRY: Duration = Duration::from_secs(3600);
+/// Longest backoff after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Projects published at once.
+const CONCURRENCY: usize = 8;
+
+/// An attribute definition: id, friendly name, namespace, type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeDef {
+    /// Definition id (differs between Perun instances).
+    pub id: i64,
+    /// Friendly name.
+    pub friendly_name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Java type.
+    pub kind: String,
+}
+
+impl AttributeDef {
+    fn write(&self, value: Value) -> AttributeWrite {
+        AttributeWrite {
+            id: self.id,
+            friendly_name: self.friendly_name.clone(),
+            namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            value,
+        }
+    }
+}
+
+/// What the sync needs to know.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The VO the groups live in.
+    pub vo: i64,
+    /// At most one write per project per this interval.
+    pub interval: Duration,
+    /// Decimal places of `denbiCreditsCurrent`.
+    pub precision: u32,
+    /// `denbiCreditsCurrent`.
+    pub credits_current: AttributeDef,
+    /// `denbiCreditsGranted` (read only).
+    pub credits_granted: AttributeDef,
+    /// `denbiCreditTimestamps` (group-resource).
+    pub timestamps: AttributeDef,
+}
+
+/// The sync's state for `/stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// Whether sync runs at all.
+    pub enabled: bool,
+    /// When a project was last published (RFC 3339).
+    pub last_success: Option<String>,
+    /// The last error and when.
+    pub last_error: Option<String>,
+    /// When the last error happened (RFC 3339).
+    pub last_error_at: Option<String>,
+    /// Projects published since start.
+    pub published: u64,
+    /// RPC calls made since start.
+    pub calls: u64,
+}
+
+/// Publishes the outbox to Perun.
+pub struct Sync {
+    client: PerunClient,
+    ledger: Arc<dyn Ledger>,
+    config: SyncConfig,
+    groups: Mutex<HashMap<String, (i64, Instant)>>,
+    granted_read: Mutex<HashMap<String, Instant>>,
+    status: Mutex<SyncStatus>,
+    login_warned: AtomicBool,
+    missing_warned: Mutex<std::collections::HashSet<String>>,
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Exponential backoff with jitter: about 2^attempts s, at most 5 min.
+fn backoff(attempts: i64) -> Duration {
+    let base = Duration::from_secs(1u64 << attempts.clamp(0, 9)).min(MAX_BACKOFF);
+    // jitter in [0.5, 1.5) from the clock's nanoseconds; no RNG needed
+    let jitter = 0.5 + f64::from(chrono::Utc::now().timestamp_subsec_nanos() % 1000) / 1000.0;
+    base.mul_f64(jitter)
+}
+
+impl Sync {
+    /// A sync over `client` and `ledger`.
+    pub fn new(client: PerunClient, ledger: Arc<dyn Ledger>, config: SyncConfig) -> Self {
+        Sync {
+            client,
+            ledger,
+            config,
+            groups: Mutex::new(HashMap::new()),
+            granted_read: Mutex::new(HashMap::new()),
+            status: Mutex::new(SyncStatus {
+                enabled: true,
+                ..SyncStatus::default()
+            }),
+            login_warned: AtomicBool::new(false),
+            missing_warned: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The state for `/stats`.
+    pub fn status(&self) -> SyncStatus {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        status.calls = self.client.calls();
+        status
+    }
+
+    /// Runs forever: publishes what is due, every half second.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            self.pass().await;
+        }
+    }
+
+    /// One pass over what is due now.
+    pub async fn pass(self: &Arc<Self>) {
+        let ledger = self.ledger.clone();
+        let due = match tokio::task::spawn_blocking(move || ledger.due(now_ns(), 256)).await {
+            Ok(Ok(due)) => due,
+            Ok(Err(e)) => return tracing::error!("perun sync: cannot read the outbox: {e}"),
+            Err(e) => return tracing::error!("perun sync: {e}"),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for entry in due {
+            while tasks.len() >= CONCURRENCY {
+                tasks.join_next().await;
+            }
+            let sync = Arc::clone(self);
+            tasks.spawn(async move { sync.publish(entry).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn group(&self, project: &str) -> Result<i64, PerunError> {
+        let cached = self
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(project)
+            .copied();
+        if let Some((id, at)) = cached
+            && at.elapsed() < GROUP_TTL
+        {
+            return Ok(id);
+        }
+        let id = self.client.group_id(self.config.vo, project).await?;
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(project.to_owned(), (id, Instant::now()));
+        Ok(id)
+    }
+
+    async fn refresh_granted(&self, project: &str, group: i64) -> Result<(), PerunError> {
+        let fresh = self
+            .granted_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(project)
+            .is_some_and(|at| at.elapsed() < GRANTED_TTL);
+        if fresh {
+            return Ok(());
+        }
+        let name = self.config.credits_granted.friendly_name.as_str();
+        let attributes = self.client.group_attributes(group, &[name]).await?;
+        let granted = attributes
+            .iter()
+            .find(|a| a.friendly_name == name)
+            .and_then(|a| a.value.as_str())
+            .and_then(|v| pricing_sdk::parse_decimal(v.trim()).ok());
+        let ledger = self.ledger.clone();
+        let owned = project.to_owned();
+        let stored = tokio::task::spawn_blocking(move || ledger.set_granted(&owned, granted)).await;
+        if let Ok(Err(e)) = stored {
+            tracing::error!(project, "cannot store granted credits: {e}");
+        }
+        self.granted_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(project.to_owned(), Instant::now());
+        Ok(())
+    }
+
+    async fn publish(&self, entry: OutboxEntry) {
+        let project = entry.project.clone();
+        let result = self.try_publish(&entry).await;
+        let ledger = self.ledger.clone();
+        let outcome = match result {
+            Ok(()) => {
+                self.login_warned.store(false, Ordering::Relaxed);
+                {
+                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    status.last_success = Some(rfc3339_now());
+                    status.published += 1;
+                }
+                let next = now_ns().saturating_add(self.config.interval.as_nanos() as i64);
+                tokio::task::spawn_blocking(move || ledger.synced(&entry, next)).await
+            }
+            Err(error) => {
+                let delay = if error.is_missing_group() {
+                    let first = self
+                        .missing_warned
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(project.clone());
+                    if first {
+                        tracing::warn!(
+                            project,
+                            "not a Perun group: its charges stay in the ledger; retrying hourly"
+                        );
+                    }
+                    NOT_A_GROUP_RETRY
+                } else {
+                    if matches!(error, PerunError::Unauthorized { .. }) {
+                        if !self.login_warned.swap(true, Ordering::Relaxed) {
+                            tracing::error!(
+                                "{error}; publishing to Perun is paused, nothing is lost"
+                            );
+                        }
+                    } else {
+                        tracing::warn!(project, "publishing to Perun failed: {error}");
+                    }
+                    backoff(entry.attempts)
+                };
+                {
+                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    status.last_error = Some(error.to_string());
+                    status.last_error_at = Some(rfc3339_now());
+                }
+                let next = now_ns().saturating_add(delay.as_nanos() as i64);
+                let message = error.to_string();
+                tokio::task::spawn_blocking(move || ledger.sync_failed(&project, next, &message))
+                    .await
+            }
+        };
+        if let Ok(Err(e)) = outcome {
+            tracing::error!("perun sync: cannot update the outbox: {e}");
+        }
+    }
+
+    async fn try_publish(&self, entry: &OutboxEntry) -> Result<(), PerunError> {
+        let group = self.group(&entry.project).await?;
+        self.refresh_granted(&entry.project, group).await?;
+        let ledger = self.ledger.clone();
+        let project = entry.project.clone();
+        let publishable = tokio::task::spawn_blocking(move || ledger.publishable(&project))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let Some(publishable) = publishable else {
+            return Ok(());
+        };
+        let used = round(publishable.used, self.config.precision).to_string();
+        let current = self.config.credits_current.write(Value::String(used));
+        if publishable.sites.is_empty() {
+            return self.client.set_attributes(group, None, &[current]).await;
+        }
+        for (site, metrics) in &publishable.sites {
+            let Ok(resource) = site.parse::<i64>() else {
+                tracing::warn!(
+                    project = entry.project,
+                    site,
+                    "location_id is not a Perun resource id; timestamps not published"
+                );
+                continue;
+            };
+            let stamps: serde_json::Map<String, Value> = metrics
+                .iter()
+                .map(|(metric, ns)| {
+                    let text = DateTime::from_timestamp_nanos(*ns)
+                        .format(TIMESTAMP_FORMAT)
+                        .to_string();
+                    (metric.clone(), Value::String(text))
+                })
+                .collect();
+            let attributes = [
+                current.clone(),
+                self.config.timestamps.write(Value::Object(stamps)),
+            ];
+            self.client
+                .set_attributes(group, Some(resource), &attributes)
+                .await?;
+        }
+        Ok(())
+    }
+}

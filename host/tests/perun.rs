@@ -1,0 +1,353 @@
+//! Publishing to Perun end to end: the real service against the fake Perun
+//! (`fake-perun`, following reference/perun-rpc.md) over HTTP.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Service, policy_dir, repo_file};
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+/// The fake Perun, on a free port.
+struct FakePerun {
+    child: Child,
+    url: String,
+}
+
+impl FakePerun {
+    fn start() -> FakePerun {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-perun"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fake-perun starts");
+        let stderr = child.stderr.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line).expect("a line");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("the address")
+            .to_owned();
+        FakePerun {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OS_CREDITS_PERUN_URL", format!("{}/krb/rpc/json", self.url)),
+            ("OS_CREDITS_PERUN_LOGIN", "oscredits".into()),
+            ("OS_CREDITS_PERUN_PASSWORD", "secret".into()),
+            ("OS_CREDITS_PERUN_VO_ID", "201".into()),
+            ("OS_CREDITS_PERUN_SYNC_INTERVAL", "1".into()),
+        ]
+    }
+
+    fn group(&self, name: &str, id: i64, granted: &str) {
+        let body =
+            json!({ "name": name, "id": id, "attributes": { "denbiCreditsGranted": granted } });
+        let response = client()
+            .post(format!("{}/_fake/groups", self.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+
+    fn faults(&self, faults: Value) {
+        let response = client()
+            .put(format!("{}/_fake/faults", self.url))
+            .json(&faults)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+
+    fn state(&self) -> Value {
+        client()
+            .get(format!("{}/_fake/state", self.url))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+}
+
+impl Drop for FakePerun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> Client {
+    common::http()
+}
+
+fn start(perun: &FakePerun, data: &std::path::Path, policies: &std::path::Path) -> Service {
+    let env = perun.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Service::start(data, policies, &env)
+}
+
+/// Polls `condition` every 50 ms for up to 60 s.
+fn await_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sample's projects that are Perun groups, with their expected rounded credits.
+fn expected_rounded() -> BTreeMap<String, String> {
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
+    )
+    .unwrap();
+    expected["projects"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| !name.starts_with("unregistered"))
+        .map(|(name, v)| {
+            let exact: Decimal = v.as_str().unwrap().parse().unwrap();
+            (
+                name.clone(),
+                os_credits::billing::round(exact, 2).to_string(),
+            )
+        })
+        .collect()
+}
+
+fn register_groups(perun: &FakePerun) {
+    for (i, name) in expected_rounded().keys().enumerate() {
+        perun.group(name, 1000 + i as i64, "200");
+    }
+}
+
+fn published(perun: &FakePerun) -> BTreeMap<String, String> {
+    let state = perun.state();
+    state["groups"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(name, g)| {
+            Some((
+                name.clone(),
+                g["attributes"]["denbiCreditsCurrent"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn post_sample(service: &Service) {
+    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).unwrap();
+    let response = client()
+        .post(service.at("/write"))
+        .body(sample)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}
+
+fn stats(service: &Service) -> Value {
+    client()
+        .get(service.at("/stats"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
+    let perun = FakePerun::start();
+    register_groups(&perun);
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = start(&perun, data.path(), policies.path());
+    post_sample(&service);
+    let expected = expected_rounded();
+    await_until("Perun to hold the totals", || published(&perun) == expected);
+
+    let state = perun.state();
+    for name in expected.keys() {
+        let resources = &state["groups"][name]["resources"];
+        for site in ["8676", "8677"] {
+            let stamps = resources[site]["denbiCreditTimestamps"]
+                .as_object()
+                .unwrap();
+            assert!(
+                stamps["project_vcpu_usage"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("2024-05-02 "),
+                "{stamps:?}"
+            );
+            assert_eq!(stamps.len(), 2);
+        }
+    }
+    // The project that is not a group: warned about once, kept pending.
+    await_until("the missing group to be reported", || {
+        service.log().contains("not a Perun group")
+    });
+    assert_eq!(service.log().matches("not a Perun group").count(), 1);
+    let current: Value = client()
+        .get(service.at("/api/current_credits/unregistered-nextflow-2"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(current["current_credits_exact"], "151.0652612777770");
+    // Granted credits read from Perun: the history shows credits left.
+    await_until("granted credits", || {
+        let c: Value = client()
+            .get(service.at("/api/current_credits/os_credits_0"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        c["granted_credits"] == json!(200.0)
+    });
+    let sync = &stats(&service)["perun"];
+    assert!(sync["last_success"].is_string());
+    let calls = perun.state()["calls"].as_u64().unwrap();
+    let billed = stats(&service)["points"]["billed"].as_u64().unwrap();
+    println!(
+        "perun calls: {calls} for {billed} billed points = {:.1} per 1000",
+        calls as f64 * 1000.0 / billed as f64
+    );
+    // The Python service made 19 to 21 calls per billed point.
+    assert!(
+        calls * 1000 / billed <= 190,
+        "{calls} calls for {billed} billed points"
+    );
+}
+
+#[test]
+fn perun_down_during_the_whole_ingest_then_back_converges() {
+    let perun = FakePerun::start();
+    register_groups(&perun);
+    perun.faults(json!({ "down": true }));
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = start(&perun, data.path(), policies.path());
+    post_sample(&service);
+    await_until("the outage to show in /stats", || {
+        stats(&service)["perun"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unavailable"))
+    });
+    assert!(published(&perun).is_empty());
+    assert!(stats(&service)["pending_projects"].as_u64().unwrap() >= 5);
+    perun.faults(json!({ "down": false }));
+    await_until("Perun to converge", || {
+        published(&perun) == expected_rounded()
+    });
+}
+
+#[test]
+fn a_wrong_password_is_one_clear_error_and_loses_nothing() {
+    let perun = FakePerun::start();
+    register_groups(&perun);
+    perun.faults(json!({ "password": "rotated" }));
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = start(&perun, data.path(), policies.path());
+    post_sample(&service);
+    await_until("the login error", || {
+        service
+            .log()
+            .contains("Perun rejected the login \"oscredits\"")
+    });
+    // several failed attempts, one loud error
+    await_until("retries", || {
+        stats(&service)["perun"]["calls"].as_u64().unwrap_or(0) >= 8
+    });
+    assert_eq!(
+        service.log().matches("Perun rejected the login").count(),
+        1,
+        "{}",
+        service.log()
+    );
+    assert!(published(&perun).is_empty());
+    perun.faults(json!({ "password": "secret" }));
+    await_until("Perun to converge", || {
+        published(&perun) == expected_rounded()
+    });
+}
+
+#[test]
+fn the_fake_keeps_perun_quirks() {
+    let perun = FakePerun::start();
+    perun.group("myproj", 1061, "100");
+    let rpc = |method: &str, body: Value| {
+        let response = client()
+            .post(format!("{}/krb/rpc/json/{method}", perun.url))
+            .basic_auth("oscredits", Some("secret"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            response.status(),
+            response.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (status, error) = rpc(
+        "groupsManager/getGroupByName",
+        json!({"vo": 201, "name": "nope"}),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["name"], "GroupNotExistsException");
+    assert!(error["errorId"].is_string());
+    let (status, error) = rpc(
+        "groupsManager/getGroupByName",
+        json!({"vo": 201, "name": "bad/name"}),
+    );
+    assert_eq!(
+        (status, error["type"].as_str()),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some("UNCATCHED_EXCEPTION")
+        )
+    );
+    // a number for a String attribute
+    let wrong = json!([{"id": 3382, "friendlyName": "denbiCreditsCurrent", "namespace": "urn:perun:group:attribute-def:opt", "type": "java.lang.String", "value": 12}]);
+    let (_, error) = rpc(
+        "attributesManager/setAttributes",
+        json!({"group": 1061, "attributes": wrong}),
+    );
+    assert_eq!(error["type"], "InternalErrorException");
+    // a group_resource attribute in a group-only call
+    let misplaced = json!([{"id": 3386, "friendlyName": "denbiCreditTimestamps", "namespace": "urn:perun:group_resource:attribute-def:opt", "type": "java.util.LinkedHashMap", "value": {"a": "b"}}]);
+    let (_, error) = rpc(
+        "attributesManager/setAttributes",
+        json!({"group": 1061, "attributes": misplaced}),
+    );
+    assert_eq!(error["name"], "WrongAttributeAssignmentException");
+    // unknown names left out, known unset ones null
+    let (_, attributes) = rpc(
+        "attributesManager/getAttributes",
+        json!({"group": 1061, "attrNames": ["denbiCreditsCurrent", "nope", "denbiCreditsGranted"]}),
+    );
+    assert_eq!(attributes.as_array().unwrap().len(), 2);
+    assert_eq!(attributes[0]["value"], Value::Null);
+    assert_eq!(attributes[1]["value"], "100");
+    // bad credentials: HTML 401
+    let response = client()
+        .post(format!(
+            "{}/krb/rpc/json/groupsManager/getGroupByName",
+            perun.url
+        ))
+        .basic_auth("oscredits", Some("x"))
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key("www-authenticate"));
+}
