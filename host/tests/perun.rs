@@ -351,3 +351,70 @@ fn the_fake_keeps_perun_quirks() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.headers().contains_key("www-authenticate"));
 }
+
+#[test]
+fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
+    let perun = FakePerun::start();
+    register_groups(&perun);
+    // The Python service left 100 credits used for os_credits_0.
+    let body = json!({ "name": "os_credits_0", "id": 2000, "attributes": { "denbiCreditsGranted": "500", "denbiCreditsCurrent": "100.00" } });
+    client()
+        .post(format!("{}/_fake/groups", perun.url))
+        .json(&body)
+        .send()
+        .unwrap();
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = start(&perun, data.path(), policies.path());
+    post_sample(&service);
+    let mut expected = expected_rounded();
+    expected.insert("os_credits_0".into(), "267.80".into());
+    await_until("Perun to hold the adopted totals", || {
+        published(&perun) == expected
+    });
+    let current: Value = client()
+        .get(service.at("/api/current_credits/os_credits_0"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(current["current_credits_exact"], "267.8000000000000");
+    assert_eq!(current["granted_credits"], json!(500.0));
+
+    // Someone sets os_credits_4 to 50 in Perun by hand...
+    let edit = json!({"group": 1004, "attributes": [{"id": 3382, "friendlyName": "denbiCreditsCurrent", "namespace": "urn:perun:group:attribute-def:opt", "type": "java.lang.String", "value": "50.00"}]});
+    let group_id = perun.state()["groups"]["os_credits_4"]["id"]
+        .as_i64()
+        .unwrap();
+    let mut edit = edit;
+    edit["group"] = json!(group_id);
+    let response = client()
+        .post(format!(
+            "{}/krb/rpc/json/attributesManager/setAttributes",
+            perun.url
+        ))
+        .basic_auth("oscredits", Some("secret"))
+        .json(&edit)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // ...then the project uses 10 more credits.
+    let more = "project_vcpu_usage,location_id=9999,project_name=os_credits_4 value=1 1714700000000000000\n\
+                project_vcpu_usage,location_id=9999,project_name=os_credits_4 value=11 1714700060000000000\n";
+    let response = client()
+        .post(service.at("/write"))
+        .body(more)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    await_until("the edit to be continued from", || {
+        published(&perun)["os_credits_4"] == "60.00"
+    });
+    assert!(service.log().contains("changed in Perun by hand"));
+    let current: Value = client()
+        .get(service.at("/api/current_credits/os_credits_4"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(current["current_credits"], json!(60.0));
+}

@@ -143,6 +143,35 @@ pub struct Publishable {
     pub sites: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
 }
 
+/// Why credits used changed without a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustmentKind {
+    /// First contact with the group: Perun's value adopted as the start
+    /// (migration from the Python service).
+    Adopted,
+    /// Someone changed the value in Perun by hand.
+    ManualEdit,
+}
+
+impl AdjustmentKind {
+    /// The name stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdjustmentKind::Adopted => "adopted",
+            AdjustmentKind::ManualEdit => "manual edit",
+        }
+    }
+}
+
+/// A recorded change of credits used that no charge explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adjustment {
+    /// Why.
+    pub kind: AdjustmentKind,
+    /// By how much credits used changed.
+    pub amount: Decimal,
+}
+
 /// Sizes for `/stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -182,6 +211,17 @@ pub trait Ledger: Send + Sync {
     -> Result<(), LedgerError>;
     /// What to publish for a project.
     fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError>;
+    /// Compares Perun's credits used with what was last written there: on
+    /// first contact adopts it, after a hand edit records the difference
+    /// as an adjustment; both change `adopted`, in one transaction.
+    fn reconcile(
+        &self,
+        project: &str,
+        perun_current: Option<Decimal>,
+        modified_at: Option<&str>,
+    ) -> Result<Option<Adjustment>, LedgerError>;
+    /// Remembers the value last written to Perun.
+    fn written(&self, project: &str, value: Decimal) -> Result<(), LedgerError>;
     /// Records the project's granted credits (from Perun).
     fn set_granted(&self, project: &str, granted: Option<Decimal>) -> Result<(), LedgerError>;
 }

@@ -14,8 +14,8 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
 use super::{
-    Batch, ChargeRecord, Counts, HistoryRow, Ledger, LedgerError, OutboxEntry, PolicyStamp,
-    ProjectRecord, Publishable,
+    Adjustment, AdjustmentKind, Batch, ChargeRecord, Counts, HistoryRow, Ledger, LedgerError,
+    OutboxEntry, PolicyStamp, ProjectRecord, Publishable,
 };
 use crate::billing::{Key, State};
 
@@ -67,6 +67,17 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE outbox ADD COLUMN next_attempt INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE outbox ADD COLUMN last_error TEXT;",
+    // 3: adoption of and adjustments from Perun's values
+    "ALTER TABLE projects ADD COLUMN last_written TEXT;
+     ALTER TABLE projects ADD COLUMN adopted_at INTEGER;
+     CREATE TABLE adjustments (
+         id                INTEGER PRIMARY KEY,
+         project           TEXT NOT NULL,
+         kind              TEXT NOT NULL,
+         amount            TEXT NOT NULL,
+         perun_modified_at TEXT,
+         recorded_at       INTEGER NOT NULL
+     );",
 ];
 
 /// How hard a commit is made durable.
@@ -470,6 +481,63 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    fn reconcile(
+        &self,
+        project: &str,
+        perun_current: Option<Decimal>,
+        modified_at: Option<&str>,
+    ) -> Result<Option<Adjustment>, LedgerError> {
+        let mut connection = lock(&self.writer);
+        let tx = connection.transaction()?;
+        let now = now_ns();
+        tx.execute(
+            "INSERT INTO projects (project, updated_at) VALUES (?1, ?2) ON CONFLICT (project) DO NOTHING",
+            params![project, now],
+        )?;
+        let (adopted, last_written, adopted_at): (String, Option<String>, Option<i64>) = tx
+            .query_row(
+                "SELECT adopted, last_written, adopted_at FROM projects WHERE project = ?1",
+                [project],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+        let adopted = decimal(&adopted)?;
+        let perun = perun_current.unwrap_or_default();
+        let adjustment = match (
+            adopted_at,
+            last_written.as_deref().map(decimal).transpose()?,
+        ) {
+            (None, _) => Some(Adjustment {
+                kind: AdjustmentKind::Adopted,
+                amount: perun,
+            }),
+            (Some(_), Some(written)) if written != perun => Some(Adjustment {
+                kind: AdjustmentKind::ManualEdit,
+                amount: perun - written,
+            }),
+            _ => None,
+        };
+        if let Some(adjustment) = &adjustment {
+            tx.execute(
+                "UPDATE projects SET adopted = ?2, adopted_at = COALESCE(adopted_at, ?3), updated_at = ?3 WHERE project = ?1",
+                params![project, (adopted + adjustment.amount).to_string(), now],
+            )?;
+            tx.execute(
+                "INSERT INTO adjustments (project, kind, amount, perun_modified_at, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![project, adjustment.kind.as_str(), adjustment.amount.to_string(), modified_at, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(adjustment)
+    }
+
+    fn written(&self, project: &str, value: Decimal) -> Result<(), LedgerError> {
+        lock(&self.writer).execute(
+            "UPDATE projects SET last_written = ?2 WHERE project = ?1",
+            params![project, value.to_string()],
+        )?;
+        Ok(())
+    }
+
     fn counts(&self) -> Result<Counts, LedgerError> {
         let connection = lock(&self.reader);
         let count = |sql: &str| -> Result<u64, LedgerError> {
@@ -568,6 +636,41 @@ mod tests {
             (counts.projects, counts.keys, counts.charges, counts.outbox),
             (2, 2, 1, 1)
         );
+    }
+
+    #[test]
+    fn first_contact_adopts_and_a_hand_edit_becomes_an_adjustment() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(dir.path(), Durability::Normal).unwrap();
+        ledger
+            .commit(&Batch {
+                states: vec![(key("a"), account(2, "15.5", "5.5"))],
+                charges: vec![charge("a", "5.5", "5.5")],
+            })
+            .unwrap();
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        let adopted = ledger
+            .reconcile("a", Some(d("100")), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (adopted.kind, adopted.amount),
+            (AdjustmentKind::Adopted, d("100"))
+        );
+        assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("105.5"));
+        ledger.written("a", d("105.50")).unwrap();
+        // unchanged in Perun: nothing to record
+        assert_eq!(ledger.reconcile("a", Some(d("105.5")), None).unwrap(), None);
+        // changed by hand to 50
+        let edit = ledger
+            .reconcile("a", Some(d("50.00")), Some("2026-11-28 08:00:00.0"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (edit.kind, edit.amount),
+            (AdjustmentKind::ManualEdit, d("-55.50"))
+        );
+        assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("50.00"));
     }
 
     #[test]

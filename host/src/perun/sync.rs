@@ -11,14 +11,12 @@ use serde_json::Value;
 
 use super::client::{AttributeWrite, PerunClient, PerunError};
 use crate::billing::round;
-use crate::ledger::{Ledger, OutboxEntry};
+use crate::ledger::{AdjustmentKind, Ledger, OutboxEntry};
 
 /// Perun's timestamp format for `denbiCreditTimestamps`.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
 /// How long a group id stays cached.
 const GROUP_TTL: Duration = Duration::from_secs(3600);
-/// How often granted credits are read again per project.
-const GRANTED_TTL: Duration = Duration::from_secs(600);
 /// Retry delay for a project that is not a Perun group.
 const NOT_A_GROUP_RETRY: Duration = Duration::from_secs(3600);
 /// Longest backoff after failures.
@@ -91,7 +89,6 @@ pub struct Sync {
     ledger: Arc<dyn Ledger>,
     config: SyncConfig,
     groups: Mutex<HashMap<String, (i64, Instant)>>,
-    granted_read: Mutex<HashMap<String, Instant>>,
     status: Mutex<SyncStatus>,
     login_warned: AtomicBool,
     missing_warned: Mutex<std::collections::HashSet<String>>,
@@ -121,7 +118,6 @@ impl Sync {
             ledger,
             config,
             groups: Mutex::new(HashMap::new()),
-            granted_read: Mutex::new(HashMap::new()),
             status: Mutex::new(SyncStatus {
                 enabled: true,
                 ..SyncStatus::default()
@@ -190,33 +186,43 @@ impl Sync {
         Ok(id)
     }
 
-    async fn refresh_granted(&self, project: &str, group: i64) -> Result<(), PerunError> {
-        let fresh = self
-            .granted_read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(project)
-            .is_some_and(|at| at.elapsed() < GRANTED_TTL);
-        if fresh {
-            return Ok(());
-        }
-        let name = self.config.credits_granted.friendly_name.as_str();
-        let attributes = self.client.group_attributes(group, &[name]).await?;
-        let granted = attributes
-            .iter()
-            .find(|a| a.friendly_name == name)
-            .and_then(|a| a.value.as_str())
-            .and_then(|v| pricing_sdk::parse_decimal(v.trim()).ok());
+    /// Reads credits used and granted; stores granted; adopts or records
+    /// a hand edit of credits used.
+    async fn reconcile(&self, project: &str, group: i64) -> Result<(), PerunError> {
+        let current_name = self.config.credits_current.friendly_name.as_str();
+        let granted_name = self.config.credits_granted.friendly_name.as_str();
+        let attributes = self
+            .client
+            .group_attributes(group, &[current_name, granted_name])
+            .await?;
+        let find = |name: &str| attributes.iter().find(|a| a.friendly_name == name);
+        let decimal = |name: &str| {
+            find(name)
+                .and_then(|a| a.value.as_str())
+                .and_then(|v| pricing_sdk::parse_decimal(v.trim()).ok())
+        };
+        let (granted, current) = (decimal(granted_name), decimal(current_name));
+        let modified_at = find(current_name).and_then(|a| a.value_modified_at.clone());
         let ledger = self.ledger.clone();
         let owned = project.to_owned();
-        let stored = tokio::task::spawn_blocking(move || ledger.set_granted(&owned, granted)).await;
-        if let Ok(Err(e)) = stored {
-            tracing::error!(project, "cannot store granted credits: {e}");
+        let reconciled = tokio::task::spawn_blocking(move || {
+            ledger.set_granted(&owned, granted)?;
+            ledger.reconcile(&owned, current, modified_at.as_deref())
+        })
+        .await;
+        match reconciled {
+            Ok(Ok(Some(adjustment))) => match adjustment.kind {
+                AdjustmentKind::Adopted => {
+                    tracing::info!(project, credits = %adjustment.amount, "adopted credits used from Perun")
+                }
+                AdjustmentKind::ManualEdit => {
+                    tracing::warn!(project, difference = %adjustment.amount, "credits used were changed in Perun by hand: recorded as an adjustment, continuing from Perun's value")
+                }
+            },
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(project, "cannot record Perun's values: {e}"),
+            Err(e) => tracing::error!(project, "{e}"),
         }
-        self.granted_read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(project.to_owned(), Instant::now());
         Ok(())
     }
 
@@ -279,7 +285,7 @@ impl Sync {
 
     async fn try_publish(&self, entry: &OutboxEntry) -> Result<(), PerunError> {
         let group = self.group(&entry.project).await?;
-        self.refresh_granted(&entry.project, group).await?;
+        self.reconcile(&entry.project, group).await?;
         let ledger = self.ledger.clone();
         let project = entry.project.clone();
         let publishable = tokio::task::spawn_blocking(move || ledger.publishable(&project))
@@ -290,10 +296,15 @@ impl Sync {
         let Some(publishable) = publishable else {
             return Ok(());
         };
-        let used = round(publishable.used, self.config.precision).to_string();
-        let current = self.config.credits_current.write(Value::String(used));
+        let used = round(publishable.used, self.config.precision);
+        let current = self
+            .config
+            .credits_current
+            .write(Value::String(used.to_string()));
         if publishable.sites.is_empty() {
-            return self.client.set_attributes(group, None, &[current]).await;
+            self.client
+                .set_attributes(group, None, std::slice::from_ref(&current))
+                .await?;
         }
         for (site, metrics) in &publishable.sites {
             let Ok(resource) = site.parse::<i64>() else {
@@ -320,6 +331,15 @@ impl Sync {
             self.client
                 .set_attributes(group, Some(resource), &attributes)
                 .await?;
+        }
+        let ledger = self.ledger.clone();
+        let project = entry.project.clone();
+        let recorded = tokio::task::spawn_blocking(move || ledger.written(&project, used)).await;
+        if let Ok(Err(e)) = recorded {
+            tracing::error!(
+                project = entry.project,
+                "cannot record the value written to Perun: {e}"
+            );
         }
         Ok(())
     }
