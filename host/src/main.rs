@@ -14,6 +14,10 @@ fn limit_malloc_arenas() {
         // other thread exists.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+            // A fixed threshold (glibc raises it after the first large free,
+            // up to 32 MiB): request bodies of a few MiB stay mmapped and go
+            // back to the system when freed instead of fragmenting the heap.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
         }
     }
 }
