@@ -49,13 +49,7 @@ fn deploy(folder: &Path, name: &str, bytes: &[u8]) {
 }
 
 fn policies(service: &Service) -> Value {
-    let text = client()
-        .get(service.at("/api/policies"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::get_json(&service.at("/api/policies"))
 }
 
 /// Waits (polling, bounded) until `condition` holds for `/api/policies`.
@@ -234,20 +228,10 @@ fn a_removed_module_keeps_its_last_good_version_and_says_so() {
         .send()
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let current: Value = client()
-        .get(service.at("/api/current_credits/r"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let current = common::get_json(&service.at("/api/current_credits/r"));
     assert_eq!(current["current_credits_exact"], "2");
     // /stats shows the failure too
-    let stats: Value = client()
-        .get(service.at("/stats"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let stats = common::get_json(&service.at("/stats"));
     assert_eq!(stats["policy_errors"][0]["file"], "current.wasm");
 }
 

@@ -71,12 +71,7 @@ impl FakePerun {
     }
 
     fn state(&self) -> Value {
-        client()
-            .get(format!("{}/_fake/state", self.url))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
+        common::get_json(&format!("{}/_fake/state", self.url))
     }
 }
 
@@ -159,12 +154,7 @@ fn post_sample(service: &Service) {
 }
 
 fn stats(service: &Service) -> Value {
-    client()
-        .get(service.at("/stats"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
+    common::get_json(&service.at("/stats"))
 }
 
 #[test]
@@ -199,21 +189,11 @@ fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
         service.log().contains("not a Perun group")
     });
     assert_eq!(service.log().matches("not a Perun group").count(), 1);
-    let current: Value = client()
-        .get(service.at("/api/current_credits/unregistered-nextflow-2"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let current = common::get_json(&service.at("/api/current_credits/unregistered-nextflow-2"));
     assert_eq!(current["current_credits_exact"], "151.0652612777770");
     // Granted credits read from Perun: the history shows credits left.
     await_until("granted credits", || {
-        let c: Value = client()
-            .get(service.at("/api/current_credits/os_credits_0"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let c = common::get_json(&service.at("/api/current_credits/os_credits_0"));
         c["granted_credits"] == json!(200.0)
     });
     let sync = &stats(&service)["perun"];
@@ -371,12 +351,7 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
     await_until("Perun to hold the adopted totals", || {
         published(&perun) == expected
     });
-    let current: Value = client()
-        .get(service.at("/api/current_credits/os_credits_0"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let current = common::get_json(&service.at("/api/current_credits/os_credits_0"));
     assert_eq!(current["current_credits_exact"], "267.8000000000000");
     assert_eq!(current["granted_credits"], json!(500.0));
 
@@ -410,11 +385,6 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
         published(&perun)["os_credits_4"] == "60.00"
     });
     assert!(service.log().contains("changed in Perun by hand"));
-    let current: Value = client()
-        .get(service.at("/api/current_credits/os_credits_4"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let current = common::get_json(&service.at("/api/current_credits/os_credits_4"));
     assert_eq!(current["current_credits"], json!(60.0));
 }

@@ -175,3 +175,12 @@ pub fn http() -> reqwest::blocking::Client {
         .build()
         .expect("HTTP client")
 }
+
+/// GETs `url` and parses the answer as JSON.
+pub fn get_json(url: &str) -> serde_json::Value {
+    http()
+        .get(url)
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
