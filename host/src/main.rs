@@ -29,8 +29,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let args = cli::Cli::parse();
-    cli::init_tracing(&args);
-    match cli::run(args) {
+    let log_filter = cli::init_tracing(&args);
+    match cli::run(args, log_filter) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -492,3 +492,47 @@ fn a_missing_policy_folder_stops_the_start_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logconfig_changes_the_log_level_at_runtime_and_wants_the_api_key() {
+    let data = tempfile::tempdir().unwrap();
+    let policies = policy_dir(&[]);
+    let service = Service::start(data.path(), policies.path(), &[("API_KEY", "k3y")]);
+    let post = |key: Option<&str>, body: &str| {
+        let mut request = client()
+            .post(service.at("/logconfig"))
+            .body(body.to_owned());
+        if let Some(key) = key {
+            request = request.header("X-API-KEY", key);
+        }
+        request.send().unwrap().status()
+    };
+    let debug = r#"{"filter":"os_credits=debug"}"#;
+    assert_eq!(post(None, debug), StatusCode::UNAUTHORIZED);
+    assert_eq!(post(Some("nope"), debug), StatusCode::FORBIDDEN);
+    assert_eq!(post(Some("k3y"), "{\"level\":1}"), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(Some("k3y"), r#"{"filter":"os_credits=loud"}"#),
+        StatusCode::BAD_REQUEST
+    );
+    // at info, a write logs nothing at debug level
+    assert_eq!(
+        write(&service, &point("l", "1", "1", T0)).0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(!service.log().contains("write applied"));
+    assert_eq!(post(Some("k3y"), debug), StatusCode::NO_CONTENT);
+    assert_eq!(
+        write(&service, &point("l", "1", "2", T0 + DAY)).0,
+        StatusCode::NO_CONTENT
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !service.log().contains("write applied") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no debug line after /logconfig:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

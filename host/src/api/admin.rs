@@ -91,3 +91,42 @@ pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Response
         Err(response) => response,
     }
 }
+
+/// The body of `POST /logconfig`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `EnvFilter` directives, e.g. `os_credits=debug`.
+    filter: String,
+}
+
+/// `POST /logconfig` `{"filter": "os_credits=debug"}`: changes the log
+/// filter at runtime; 204, or 400 for a bad body or filter.
+pub async fn logconfig(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err((status, message)) = authorize(&app, &headers) {
+        return error(status, message);
+    }
+    let config: LogConfig = match serde_json::from_slice(&body) {
+        Ok(config) => config,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"filter\": \"<EnvFilter directives>\"}}: {e}"),
+            );
+        }
+    };
+    match (app.log_filter)(&config.filter) {
+        Ok(()) => {
+            tracing::info!(filter = %config.filter, "log filter changed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid filter {:?}: {e}", config.filter),
+        ),
+    }
+}

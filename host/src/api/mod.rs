@@ -23,6 +23,9 @@ use crate::ledger::Ledger;
 use crate::policy::registry::Registry;
 use crate::policy::set::PolicySet;
 
+/// Replaces the tracing filter with new `EnvFilter` directives, or says why not.
+pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +39,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The Perun sync, when configured.
     pub perun: Option<Arc<crate::perun::sync::Sync>>,
+    /// Replaces the log filter (`POST /logconfig`).
+    pub log_filter: LogFilter,
     /// The key admin endpoints require; `None` disables them.
     pub api_key: Option<String>,
     /// Decimal places of shown credits.
@@ -58,6 +63,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/api/metrics", get(credits::metrics))
         .route("/api/policies", get(admin::policies))
         .route("/api/policies/reload", post(admin::reload))
+        .route("/logconfig", post(admin::logconfig))
         .route("/api/costs_per_hour", post(credits::costs_per_hour))
         .route(
             "/api/credits_history/{project}",

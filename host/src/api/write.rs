@@ -43,7 +43,17 @@ pub async fn write(
         precision,
         received,
     };
-    match app.engine.write(request).await {
+    let bytes = request.body.len();
+    let result = app.engine.write(request).await;
+    if let WriteResult::Done(report) = &result {
+        tracing::debug!(
+            bytes,
+            lines = report.lines,
+            billed = report.billed,
+            "write applied"
+        );
+    }
+    match result {
         WriteResult::Done(report) if report.rejected_count == 0 => {
             StatusCode::NO_CONTENT.into_response()
         }

@@ -141,20 +141,37 @@ enum Format {
 }
 
 /// Logs go to stderr so that command output on stdout stays clean.
-pub fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+/// The filter can be replaced at runtime (`POST /logconfig`).
+pub fn init_tracing(cli: &Cli) -> os_credits::api::LogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: OS_CREDITS_LOG {:?} is not a valid filter ({e}); using info",
+            cli.log
+        );
+        EnvFilter::new("info")
+    });
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
         .init();
+    std::sync::Arc::new(move |directives: &str| {
+        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// Runs the command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(config) => serve::serve(*config),
+        Command::Serve(config) => serve::serve(*config, log_filter),
         Command::Policy(PolicyCommand::Check {
             module,
             options,

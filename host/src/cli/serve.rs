@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use os_credits::api::{AppState, router};
+use os_credits::api::{AppState, LogFilter, router};
 use os_credits::config::ServeConfig;
 use os_credits::engine::Engine;
 use os_credits::ledger::Ledger;
@@ -18,7 +18,7 @@ use os_credits::policy::registry::Registry;
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
-pub fn serve(config: ServeConfig) -> anyhow::Result<ExitCode> {
+pub fn serve(config: ServeConfig, log_filter: LogFilter) -> anyhow::Result<ExitCode> {
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -28,10 +28,14 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config, workers))
+    runtime.block_on(run(config, workers, log_filter))
 }
 
-async fn run(config: ServeConfig, workers: usize) -> anyhow::Result<ExitCode> {
+async fn run(
+    config: ServeConfig,
+    workers: usize,
+    log_filter: LogFilter,
+) -> anyhow::Result<ExitCode> {
     let address = config.address()?;
     let policy_runtime = PolicyRuntime::new(config.limits())?;
     let registry = Arc::new(Registry::open(policy_runtime, &config.policy_dir)?);
@@ -85,6 +89,7 @@ async fn run(config: ServeConfig, workers: usize) -> anyhow::Result<ExitCode> {
         policies,
         registry,
         perun,
+        log_filter,
         api_key: config.api_key.clone().filter(|k| !k.is_empty()),
         precision: config.precision,
         started: Instant::now(),
