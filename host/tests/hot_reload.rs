@@ -295,13 +295,7 @@ fn rerating_the_examples_with_the_tariff_policy_shows_what_its_prices_imply() {
     let folder = policy_dir(&[]);
     let data = tempfile::tempdir().unwrap();
     let service = Service::start(data.path(), folder.path(), &[]);
-    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).unwrap();
-    let response = client()
-        .post(service.at("/write"))
-        .body(sample)
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    common::post_sample(&service);
 
     let tariff = wasm("tariff-policy");
     let config = repo_file("examples/tariff.toml");

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Service, policy_dir, repo_file};
+use common::{Service, policy_dir, post_sample, repo_file};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use rust_decimal::Decimal;
@@ -141,16 +141,6 @@ fn published(perun: &FakePerun) -> BTreeMap<String, String> {
             ))
         })
         .collect()
-}
-
-fn post_sample(service: &Service) {
-    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).unwrap();
-    let response = client()
-        .post(service.at("/write"))
-        .body(sample)
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
 }
 
 fn stats(service: &Service) -> Value {

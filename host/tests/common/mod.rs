@@ -184,3 +184,18 @@ pub fn get_json(url: &str) -> serde_json::Value {
         .and_then(|r| r.json())
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
+
+/// Posts `examples/stack-sample.lp` to the service in one write; it must be accepted.
+pub fn post_sample(service: &Service) {
+    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).expect("sample");
+    let response = http()
+        .post(service.at("/write"))
+        .body(sample)
+        .send()
+        .expect("posted");
+    assert_eq!(
+        response.status().as_u16(),
+        204,
+        "the sample was not accepted"
+    );
+}
