@@ -68,6 +68,17 @@ pub struct EngineStats {
     pub failed_commits: u64,
 }
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The book could not be restored.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The billing thread could not be spawned.
+    #[error("cannot start the billing thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Handle to the engine thread.
 pub struct Engine {
     jobs: Mutex<Option<Sender<Job>>>,
@@ -82,7 +93,7 @@ impl Engine {
         ledger: Arc<dyn Ledger>,
         policies: Arc<ArcSwap<PolicySet>>,
         whitelist: Option<HashSet<String>>,
-    ) -> Result<Self, LedgerError> {
+    ) -> Result<Self, StartError> {
         let book = Book::restore(ledger.accounts()?);
         tracing::info!(keys = book.len(), "book restored from the ledger");
         let replay = Replay::with_book(book).whitelist(whitelist);
@@ -99,7 +110,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("billing".into())
             .spawn(move || worker.run(receiver))
-            .map_err(|e| LedgerError::Corrupt(format!("cannot start the billing thread: {e}")))?;
+            .map_err(StartError::Thread)?;
         Ok(Engine {
             jobs: Mutex::new(Some(sender)),
             queued,
