@@ -29,10 +29,10 @@ host:
 	$(CARGO) build --release -p os-credits
 
 policies:
-	$(CARGO) build --release --target $(WASM_TARGET) $(POLICY_PACKAGES)
+	$(CARGO) build --profile policy --target $(WASM_TARGET) $(POLICY_PACKAGES)
 	mkdir -p $(DIST)
 	for p in $(POLICIES); do \
-		cp target/$(WASM_TARGET)/release/$${p}_policy.wasm $(DIST)/$$p.wasm.tmp && \
+		cp target/$(WASM_TARGET)/policy/$${p}_policy.wasm $(DIST)/$$p.wasm.tmp && \
 		mv $(DIST)/$$p.wasm.tmp $(DIST)/$$p.wasm; \
 	done
 	test -e $(DIST)/policies.toml || cp policies/policies.toml $(DIST)/policies.toml

@@ -32,11 +32,8 @@ impl Pricer for Native {
             metric: usage.metric.to_owned(),
             project: usage.project.to_owned(),
             location_id: usage.location_id.to_owned(),
-            tags: usage
-                .tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            // de.NBI declares it reads no tags: none cross, as for the Wasm.
+            tags: Default::default(),
             previous: pricing_sdk::Measurement::new(usage.previous.0, usage.previous.1),
             current: pricing_sdk::Measurement::new(usage.current.0, usage.current.1),
         };

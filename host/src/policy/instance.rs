@@ -4,7 +4,10 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rust_decimal::Decimal;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, Linker, Lower, ResourceTable, TypedFunc,
+    WasmStr,
+};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -19,7 +22,6 @@ mod bindings {
 }
 
 use bindings::exports::os_credits::pricing::policy as wit;
-use bindings::os_credits::pricing::types as wit_types;
 use bindings::{Pricing, PricingPre};
 
 /// Idle instances kept per policy; more are created under load and
@@ -43,31 +45,72 @@ pub struct Usage<'a> {
     pub current: (i64, &'a str),
 }
 
-impl Usage<'_> {
-    /// The WIT record, with only the tags in `read` (all when `None`).
-    pub(super) fn to_wit(self, read: Option<&[String]>) -> wit::Usage {
-        let measurement = |(timestamp_ns, value): (i64, &str)| wit_types::Measurement {
-            timestamp_ns,
-            value: value.to_owned(),
-        };
-        wit::Usage {
-            metric: self.metric.to_owned(),
-            project: self.project.to_owned(),
-            location_id: self.location_id.to_owned(),
-            tags: self
-                .tags
+impl<'a> Usage<'a> {
+    /// The WIT record, borrowing every string (lowered straight into the
+    /// guest's memory, no host copies), with only the tags in `read` (all
+    /// when `None`).
+    fn lower(self, read: Option<&[String]>, tags: &'a mut Vec<WitTag<'a>>) -> WitUsage<'a> {
+        tags.extend(
+            self.tags
                 .iter()
                 .filter(|(key, _)| read.is_none_or(|keys| keys.iter().any(|k| k == key)))
-                .map(|(key, value)| wit_types::Tag {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                })
-                .collect(),
-            previous: measurement(self.previous),
-            current: measurement(self.current),
+                .map(|(key, value)| WitTag { key, value }),
+        );
+        WitUsage {
+            metric: self.metric,
+            project: self.project,
+            location_id: self.location_id,
+            tags,
+            previous: WitMeasurement::of(self.previous),
+            current: WitMeasurement::of(self.current),
         }
     }
 }
+
+/// `measurement` of the WIT contract, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct WitMeasurement<'a> {
+    #[component(name = "timestamp-ns")]
+    timestamp_ns: i64,
+    value: &'a str,
+}
+
+impl<'a> WitMeasurement<'a> {
+    fn of((timestamp_ns, value): (i64, &'a str)) -> Self {
+        WitMeasurement {
+            timestamp_ns,
+            value,
+        }
+    }
+}
+
+/// `tag` of the WIT contract, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct WitTag<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+/// `usage` of the WIT contract, borrowed: the same canonical ABI as the
+/// generated (owned) record, checked against the component's type when an
+/// instance is made.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct WitUsage<'a> {
+    metric: &'a str,
+    project: &'a str,
+    #[component(name = "location-id")]
+    location_id: &'a str,
+    tags: &'a [WitTag<'a>],
+    previous: WitMeasurement<'a>,
+    current: WitMeasurement<'a>,
+}
+
+/// The typed `bill` export: a borrowed usage in, the result's strings left
+/// in guest memory until read.
+type BillFunc = TypedFunc<(WitUsage<'static>,), (Result<WasmStr, WasmStr>,)>;
 
 /// What `describe` returned, before the host adds the module's identity.
 pub(super) struct Described {
@@ -125,12 +168,15 @@ impl ResourceLimiter for HostState {
 struct Instance {
     store: Store<HostState>,
     bindings: Pricing,
+    bill: BillFunc,
 }
 
 /// Ready instances of one compiled policy, configured alike.
 pub(super) struct Pool {
     engine: Engine,
     pre: PricingPre<HostState>,
+    /// Where `bill` is among the component's exports.
+    bill: ComponentExportIndex,
     config: String,
     limits: Limits,
     idle: Mutex<Vec<Instance>>,
@@ -138,11 +184,13 @@ pub(super) struct Pool {
 
 impl Pool {
     /// Pre-links the component and configures a first instance, so that a
-    /// configuration the policy refuses fails the load.
+    /// configuration the policy refuses fails the load. `interface` is the
+    /// versioned name of the pricing interface the component exports.
     pub fn new(
         engine: &Engine,
         linker: &Linker<HostState>,
         component: &Component,
+        interface: &str,
         config: &str,
         limits: Limits,
     ) -> Result<Self, LoadError> {
@@ -150,9 +198,18 @@ impl Pool {
             .instantiate_pre(component)
             .map_err(LoadError::Instantiate)?;
         let pre = PricingPre::new(instance_pre).map_err(LoadError::Instantiate)?;
+        let bill = component
+            .get_export_index(None, interface)
+            .and_then(|interface| component.get_export_index(Some(&interface), "bill"))
+            .ok_or_else(|| {
+                LoadError::Instantiate(wasmtime::Error::msg(format!(
+                    "`{interface}` exports no `bill`"
+                )))
+            })?;
         let pool = Pool {
             engine: engine.clone(),
             pre,
+            bill,
             config: config.to_owned(),
             limits,
             idle: Mutex::new(Vec::new()),
@@ -192,15 +249,24 @@ impl Pool {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self
+        let made = self
             .pre
+            .instance_pre()
             .instantiate(&mut store)
-            .map_err(|e| InstantiateError::Call(self.classify(e, store.data())))?;
-        let mut instance = Instance { store, bindings };
+            .and_then(|instance| {
+                let bindings = Pricing::new(&mut store, &instance)?;
+                let bill = instance.get_typed_func(&mut store, self.bill)?;
+                Ok((bindings, bill))
+            });
+        let (bindings, bill) =
+            made.map_err(|e| InstantiateError::Call(self.classify(e, store.data())))?;
+        let mut instance = Instance {
+            store,
+            bindings,
+            bill,
+        };
         let configured = self.call_on(&mut instance, |bindings, store| {
-            bindings
-                .os_credits_pricing_policy()
-                .call_configure(store, &self.config)
+            bindings.policy().call_configure(store, &self.config)
         });
         match configured {
             Ok(Ok(())) => Ok(instance),
@@ -213,19 +279,22 @@ impl Pool {
     fn call_on<R>(
         &self,
         instance: &mut Instance,
-        f: impl FnOnce(&Pricing, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports<'_>, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         instance.store.set_epoch_deadline(self.deadline_ticks());
         instance.store.data_mut().memory_exceeded = false;
-        f(&instance.bindings, &mut instance.store)
-            .map_err(|e| self.classify(e, instance.store.data()))
+        let exports = Exports {
+            bindings: &instance.bindings,
+            bill: instance.bill,
+        };
+        f(&exports, &mut instance.store).map_err(|e| self.classify(e, instance.store.data()))
     }
 
     /// Takes an idle instance (or makes one), runs `f`, and returns the
     /// instance to the pool unless the call trapped.
     fn with_instance<R>(
         &self,
-        f: impl FnOnce(&Pricing, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports<'_>, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let idle = self.lock().pop();
         let mut instance = match idle {
@@ -253,8 +322,7 @@ impl Pool {
     }
 
     pub fn describe(&self) -> Result<Described, CallError> {
-        let info =
-            self.with_instance(|b, store| b.os_credits_pricing_policy().call_describe(store))?;
+        let info = self.with_instance(|b, store| b.policy().call_describe(store))?;
         Ok(Described {
             name: info.name,
             version: info.version,
@@ -275,13 +343,38 @@ impl Pool {
     }
 
     pub fn examples(&self) -> Result<Vec<Example>, CallError> {
-        self.with_instance(|b, store| b.os_credits_pricing_policy().call_examples(store))
+        self.with_instance(|b, store| b.policy().call_examples(store))
     }
 
-    pub fn bill_wit(&self, usage: &wit::Usage) -> Result<Decimal, CallError> {
-        let result =
-            self.with_instance(|b, store| b.os_credits_pricing_policy().call_bill(store, usage))?;
-        charge(result)
+    /// Prices one step; only the tags in `read` cross (all when `None`).
+    pub fn bill(&self, usage: &Usage<'_>, read: Option<&[String]>) -> Result<Decimal, CallError> {
+        let mut tags = Vec::new();
+        let usage = usage.lower(read, &mut tags);
+        self.with_instance(|exports, store| {
+            let (result,) = exports.bill.call(&mut *store, (usage,))?;
+            Ok(match result {
+                Ok(text) => charge(Ok(text.to_str(&*store)?.as_ref())),
+                Err(message) => charge(Err(message.to_str(&*store)?.as_ref())),
+            })
+        })?
+    }
+
+    /// Prices one of the policy's own examples.
+    pub fn bill_example(&self, usage: &wit::Usage) -> Result<Decimal, CallError> {
+        let tags: Vec<Tag<'_>> = usage
+            .tags
+            .iter()
+            .map(|t| (t.key.as_str().into(), t.value.as_str().into()))
+            .collect();
+        let usage = Usage {
+            metric: &usage.metric,
+            project: &usage.project,
+            location_id: &usage.location_id,
+            tags: &tags,
+            previous: (usage.previous.timestamp_ns, &usage.previous.value),
+            current: (usage.current.timestamp_ns, &usage.current.value),
+        };
+        self.bill(&usage, None)
     }
 
     pub fn cost_per_hour(
@@ -292,10 +385,22 @@ impl Pool {
     ) -> Result<Decimal, CallError> {
         let amount = amount.to_string();
         let result = self.with_instance(|b, store| {
-            b.os_credits_pricing_policy()
-                .call_cost_per_hour(store, metric, &amount, at_ns)
+            b.policy().call_cost_per_hour(store, metric, &amount, at_ns)
         })?;
-        charge(result)
+        charge(result.as_ref().map(String::as_str).map_err(String::as_str))
+    }
+}
+
+/// What a call sees of an instance: the generated bindings and the typed
+/// `bill`.
+struct Exports<'a> {
+    bindings: &'a Pricing,
+    bill: BillFunc,
+}
+
+impl Exports<'_> {
+    fn policy(&self) -> &wit::Guest {
+        self.bindings.os_credits_pricing_policy()
     }
 }
 
@@ -305,12 +410,10 @@ enum InstantiateError {
 }
 
 /// A policy's answer as a charge: a non-negative decimal.
-fn charge(result: Result<String, String>) -> Result<Decimal, CallError> {
-    let text = result.map_err(CallError::Refused)?;
-    let value =
-        pricing_sdk::parse_decimal(&text).map_err(|_| CallError::BadResult(text.clone()))?;
-    if value.is_sign_negative() && !value.is_zero() {
-        return Err(CallError::BadResult(text));
+fn charge(result: Result<&str, &str>) -> Result<Decimal, CallError> {
+    let text = result.map_err(|message| CallError::Refused(message.to_owned()))?;
+    match pricing_sdk::parse_decimal(text) {
+        Ok(value) if !value.is_sign_negative() || value.is_zero() => Ok(value),
+        _ => Err(CallError::BadResult(text.to_owned())),
     }
-    Ok(value)
 }

@@ -227,7 +227,15 @@ impl PolicyRuntime {
     pub fn load_bytes(&self, bytes: &[u8], config: &str) -> Result<Policy, LoadError> {
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         let contract = contract_version(&self.engine, &component)?;
-        let pool = Pool::new(&self.engine, &self.linker, &component, config, self.limits)?;
+        let interface = format!("{POLICY_INTERFACE}@{contract}");
+        let pool = Pool::new(
+            &self.engine,
+            &self.linker,
+            &component,
+            &interface,
+            config,
+            self.limits,
+        )?;
         let info = pool.describe().map_err(|source| LoadError::Call {
             call: "describe",
             source,
@@ -314,7 +322,7 @@ impl Policy {
 
     /// The exact credits for one step of usage.
     pub fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
-        self.pool.bill_wit(&usage.to_wit(self.info.tags.as_deref()))
+        self.pool.bill(usage, self.info.tags.as_deref())
     }
 
     /// The credits one hour of `amount` units of `metric` costs at `at_ns`.
@@ -346,7 +354,7 @@ impl Policy {
                 pricing_sdk::parse_decimal(&example.expected).map_err(|e| fail(e.to_string()))?;
             let charge = self
                 .pool
-                .bill_wit(&example.usage)
+                .bill_example(&example.usage)
                 .map_err(|e| fail(e.to_string()))?;
             if charge != expected {
                 return Err(fail(format!("billed {charge}, declares {expected}")));

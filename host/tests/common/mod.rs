@@ -42,7 +42,8 @@ pub fn wasm(package: &str) -> PathBuf {
         let mut command = Command::new(cargo);
         command.current_dir(root()).args([
             "build",
-            "--release",
+            "--profile",
+            "policy",
             "--quiet",
             "--target",
             "wasm32-wasip2",
@@ -54,7 +55,7 @@ pub fn wasm(package: &str) -> PathBuf {
         assert!(status.success(), "building the policies to Wasm failed");
     });
     let path = target_dir()
-        .join("wasm32-wasip2/release")
+        .join("wasm32-wasip2/policy")
         .join(format!("{}.wasm", package.replace('-', "_")));
     assert!(path.exists(), "{} was not built", path.display());
     path
