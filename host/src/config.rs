@@ -105,6 +105,9 @@ pub struct ServeConfig {
         default_value = "denbiCreditTimestamps"
     )]
     pub perun_timestamps_name: String,
+    /// Friendly name of the maintainers' mail addresses attribute (read only).
+    #[arg(long, env = "OS_CREDITS_PERUN_EMAILS_NAME", default_value = "toEmail")]
+    pub perun_emails_name: String,
     /// Wall-clock limit of one policy call, in milliseconds.
     #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
     pub policy_timeout_ms: u64,
@@ -202,6 +205,7 @@ impl ServeConfig {
                 "urn:perun:group_resource:attribute-def:opt",
                 "java.util.LinkedHashMap",
             ),
+            emails: self.perun_emails_name.clone(),
         };
         Some((config, login, password))
     }

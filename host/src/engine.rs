@@ -8,6 +8,11 @@
 //! then answers them: a write answered as done is durable, and many writes
 //! share one fsync. If the commit fails, the book is rebuilt from the
 //! ledger and those writes are answered as failed.
+//!
+//! The one request that does not come from ingest is a [`Rebaser::rebase`]:
+//! floors adopted from Perun on first contact with a project (the service
+//! we replace billed up to them). It queues behind the writes before it, so
+//! it applies to exactly the state they left.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::billing::{Book, Outcome};
 use crate::ingest::{Measurement, Precision};
-use crate::ledger::{Batch, ChargeRecord, Ledger, LedgerError, PolicyStamp};
+use crate::ledger::{Batch, ChargeRecord, Floor, Ledger, LedgerError, PolicyStamp};
 use crate::policy::set::PolicySet;
 use crate::replay::{FeedReport, Replay};
 
@@ -48,9 +53,51 @@ pub enum WriteResult {
     Failed(String),
 }
 
-struct Job {
-    request: WriteRequest,
-    reply: oneshot::Sender<WriteResult>,
+enum Job {
+    Write {
+        request: WriteRequest,
+        reply: oneshot::Sender<WriteResult>,
+    },
+    Rebase {
+        project: String,
+        floors: Vec<Floor>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+}
+
+type Jobs = Arc<Mutex<Option<Sender<Job>>>>;
+
+/// Sends `job` unless the engine is shutting down.
+fn send(jobs: &Jobs, job: Job) -> bool {
+    let jobs = jobs.lock().unwrap_or_else(PoisonError::into_inner);
+    jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok())
+}
+
+/// Queues floors adopted from Perun into the engine (see the module doc).
+#[derive(Clone)]
+pub struct Rebaser {
+    jobs: Jobs,
+}
+
+impl Rebaser {
+    /// Applies `floors` to `project` in order with the writes queued
+    /// before: charges of steps that started at or before a floor are
+    /// reversed, keys not newer wait for a newer point as their baseline.
+    /// Returns how many charges were reversed.
+    pub async fn rebase(&self, project: &str, floors: Vec<Floor>) -> Result<usize, String> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Rebase {
+            project: project.to_owned(),
+            floors,
+            reply,
+        };
+        if !send(&self.jobs, job) {
+            return Err("the service is shutting down".into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the billing engine stopped".into()))
+    }
 }
 
 /// What the engine has done since it started.
@@ -81,7 +128,7 @@ pub enum StartError {
 
 /// Handle to the engine thread.
 pub struct Engine {
-    jobs: Mutex<Option<Sender<Job>>>,
+    jobs: Jobs,
     queued: Arc<AtomicUsize>,
     stats: Arc<Mutex<EngineStats>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -112,7 +159,7 @@ impl Engine {
             .spawn(move || worker.run(receiver))
             .map_err(StartError::Thread)?;
         Ok(Engine {
-            jobs: Mutex::new(Some(sender)),
+            jobs: Arc::new(Mutex::new(Some(sender))),
             queued,
             stats,
             thread: Mutex::new(Some(thread)),
@@ -122,22 +169,21 @@ impl Engine {
     /// Queues a write and waits until it is committed (or failed).
     pub async fn write(&self, request: WriteRequest) -> WriteResult {
         let (reply, answer) = oneshot::channel();
-        let sent = {
-            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-            match jobs.as_ref() {
-                Some(jobs) => {
-                    self.queued.fetch_add(1, Ordering::Relaxed);
-                    jobs.send(Job { request, reply }).is_ok()
-                }
-                None => false,
-            }
-        };
-        if !sent {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if !send(&self.jobs, Job::Write { request, reply }) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             return WriteResult::Failed("the service is shutting down".into());
         }
         answer
             .await
             .unwrap_or_else(|_| WriteResult::Failed("the billing engine stopped".into()))
+    }
+
+    /// A handle that queues floors adopted from Perun.
+    pub fn rebaser(&self) -> Rebaser {
+        Rebaser {
+            jobs: Arc::clone(&self.jobs),
+        }
     }
 
     /// Writes waiting to be applied.
@@ -185,26 +231,85 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, jobs: Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match jobs.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
+        let mut next = jobs.recv().ok();
+        while let Some(job) = next.take() {
+            match job {
+                Job::Rebase {
+                    project,
+                    floors,
+                    reply,
+                } => {
+                    let _ = reply.send(self.rebase(&project, &floors));
+                    next = jobs.recv().ok();
+                }
+                Job::Write { request, reply } => {
+                    let mut group = vec![(request, reply)];
+                    while group.len() < MAX_GROUP {
+                        match jobs.try_recv() {
+                            Ok(Job::Write { request, reply }) => group.push((request, reply)),
+                            Ok(rebase) => {
+                                next = Some(rebase);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.queued.fetch_sub(group.len(), Ordering::Relaxed);
+                    self.apply(group);
+                    if next.is_none() {
+                        next = jobs.recv().ok();
+                    }
                 }
             }
-            self.queued.fetch_sub(group.len(), Ordering::Relaxed);
-            self.apply(group);
         }
         tracing::info!("billing engine stopped");
     }
 
-    fn apply(&mut self, group: Vec<Job>) {
+    /// Adopts `floors` for `project`: book first, then the ledger in one
+    /// transaction; if that fails the book is rebuilt from the ledger.
+    fn rebase(&mut self, project: &str, floors: &[Floor]) -> Result<usize, String> {
+        let reversible = self
+            .ledger
+            .reversible(project, floors)
+            .map_err(|e| e.to_string())?;
+        let book = self.replay.book_mut();
+        let states: Vec<_> = floors
+            .iter()
+            .zip(reversible)
+            .map(|(floor, reversed)| {
+                book.rebase(
+                    project,
+                    &floor.location_id,
+                    &floor.metric,
+                    floor.timestamp,
+                    reversed,
+                )
+            })
+            .collect();
+        let charged = book.project_total(project);
+        match self.ledger.rebase(project, floors, &states, charged) {
+            Ok(reversed) => Ok(reversed),
+            Err(e) => {
+                tracing::error!(project, "cannot store the floors adopted from Perun: {e}");
+                self.reload();
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Rebuilds the book from the ledger after a failed commit.
+    fn reload(&mut self) {
+        match self.ledger.accounts() {
+            Ok(accounts) => self.replay.reset_book(Book::restore(accounts)),
+            Err(e) => tracing::error!("cannot reload the book from the ledger: {e}"),
+        }
+    }
+
+    fn apply(&mut self, group: Vec<(WriteRequest, oneshot::Sender<WriteResult>)>) {
         let policies = self.policies.load_full();
         let mut batch = Batch::default();
         let mut reports = Vec::with_capacity(group.len());
-        for job in &group {
-            let request = &job.request;
+        for (request, _) in &group {
             let report = self.replay.feed(
                 policies.as_ref(),
                 &request.body,
@@ -224,22 +329,17 @@ impl Worker {
                 stats.seen = self.replay.seen().clone();
                 stats.keys = self.replay.book().len();
                 drop(stats);
-                for (job, report) in group.into_iter().zip(reports) {
-                    let _ = job.reply.send(WriteResult::Done(report));
+                for ((_, reply), report) in group.into_iter().zip(reports) {
+                    let _ = reply.send(WriteResult::Done(report));
                 }
             }
             Err(e) => {
                 stats.failed_commits += 1;
                 drop(stats);
                 tracing::error!("ledger commit failed, {} writes refused: {e}", group.len());
-                match self.ledger.accounts() {
-                    Ok(accounts) => self.replay.reset_book(Book::restore(accounts)),
-                    Err(e) => tracing::error!("cannot reload the book from the ledger: {e}"),
-                }
-                for job in group {
-                    let _ = job
-                        .reply
-                        .send(WriteResult::Failed(format!("ledger write failed: {e}")));
+                self.reload();
+                for (_, reply) in group {
+                    let _ = reply.send(WriteResult::Failed(format!("ledger write failed: {e}")));
                 }
             }
         }
@@ -275,6 +375,7 @@ fn record(batch: &mut Batch, m: &Measurement<'_>, outcome: &Outcome, book: &Book
             credits: charge.credits,
             charged_after: book.project_total(m.project),
             policy,
+            reversed: false,
         });
     }
 }

@@ -113,6 +113,11 @@ impl Replay {
         &self.book
     }
 
+    /// The book, to change outside a feed (floors adopted from Perun).
+    pub fn book_mut(&mut self) -> &mut Book {
+        &mut self.book
+    }
+
     /// Replaces the book (after the ledger refused a batch, from its truth).
     pub fn reset_book(&mut self, book: Book) {
         self.book = book;

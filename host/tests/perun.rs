@@ -378,3 +378,169 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
     let current = common::get_json(&service.at("/api/current_credits/os_credits_4"));
     assert_eq!(current["current_credits"], json!(60.0));
 }
+
+/// What `policy run` bills per project for `lines` (fresh keys: each key's
+/// first point is a baseline).
+fn billed_alone(lines: &str) -> BTreeMap<String, Decimal> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("newer.lp");
+    std::fs::write(&file, lines).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .args(["policy", "run", "--format", "json"])
+        .arg(common::wasm("denbi-policy"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "policy run failed");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let credits: Decimal = p["credits"].as_str().unwrap().parse().unwrap();
+            (p["project"].as_str().unwrap().to_owned(), credits)
+        })
+        .collect()
+}
+
+type SampleKey = (String, String, String);
+
+/// The sample's billable points, parsed by the service's own parser: each
+/// line with its key (project, site, metric), value text and timestamp.
+fn sample_points(sample: &str) -> Vec<(&str, SampleKey, String, i64)> {
+    use os_credits::ingest::{Measurement, Precision, parse_lines};
+    sample
+        .lines()
+        .filter_map(|line| {
+            let (_, point) = parse_lines(line.as_bytes()).next()?;
+            let point = point.ok()?;
+            let m = Measurement::from_point(&point, Precision::Nanoseconds, 0).ok()?;
+            let key = (
+                m.project.to_owned(),
+                m.location_id.to_owned(),
+                m.metric.to_owned(),
+            );
+            Some((line, key, m.text.to_owned(), m.timestamp))
+        })
+        .collect()
+}
+
+#[test]
+fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
+    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).unwrap();
+    let points = sample_points(&sample);
+    // The Python service ran for the first half hour of the sample: per key
+    // it stored the timestamp of the last measurement it billed (the last
+    // change of value), and left 100 credits used per project.
+    let cut = points[0].3 + 1_800_000_000_000;
+    // (The state moves as the billing rules move it: late points are stale,
+    // a repeated value keeps the state's timestamp.)
+    let mut floors: BTreeMap<SampleKey, (String, i64)> = BTreeMap::new();
+    for (_, key, value, timestamp) in points.iter().filter(|p| p.3 <= cut) {
+        let moves = floors
+            .get(key)
+            .is_none_or(|(last, at)| timestamp > at && last != value);
+        if moves {
+            floors.insert(key.clone(), (value.clone(), *timestamp));
+        }
+    }
+    let perun = FakePerun::start();
+    for (i, name) in expected_rounded().keys().enumerate() {
+        let mut resources = serde_json::Map::new();
+        for ((project, site, metric), (_, timestamp)) in &floors {
+            if project == name {
+                let text = chrono::DateTime::from_timestamp_nanos(*timestamp)
+                    .format("%Y-%m-%d %H:%M:%S%.6f")
+                    .to_string();
+                resources
+                    .entry(site.clone())
+                    .or_insert_with(|| json!({ "denbiCreditTimestamps": {} }))["denbiCreditTimestamps"]
+                    [metric] = json!(text);
+            }
+        }
+        let body = json!({
+            "name": name, "id": 1000 + i,
+            "attributes": { "denbiCreditsGranted": "500", "denbiCreditsCurrent": "100.00" },
+            "resources": resources,
+        });
+        let response = client()
+            .post(format!("{}/_fake/groups", perun.url))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    // Perun is down while the whole sample (old half included) is billed:
+    // the old half's charges must be taken back on first contact.
+    perun.faults(json!({ "down": true }));
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = start(&perun, data.path(), policies.path());
+    post_sample(&service);
+    await_until("the outage to show in /stats", || {
+        stats(&service)["perun"]["last_error"].is_string()
+    });
+    let before = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    assert_eq!(before["current_credits_exact"], "167.8000000000000");
+
+    // What is left to bill: per key, from the measurement the old service
+    // stopped at (a baseline for `policy run`) on.
+    let newer: String = points
+        .iter()
+        .filter(|(_, key, _, timestamp)| {
+            floors.get(key).is_none_or(|(_, floor)| timestamp >= floor)
+        })
+        .map(|(line, ..)| format!("{line}\n"))
+        .collect();
+    let newer = billed_alone(&newer);
+    let expected: BTreeMap<String, String> = expected_rounded()
+        .keys()
+        .map(|name| {
+            let used = Decimal::from(100) + newer.get(name).copied().unwrap_or_default();
+            (
+                name.clone(),
+                os_credits::billing::round(used, 2).to_string(),
+            )
+        })
+        .collect();
+    assert_ne!(expected["os_credits_0"], "267.80", "the floor must matter");
+    perun.faults(json!({ "down": false }));
+    await_until(
+        "Perun to hold 100 + what was billed after the floor",
+        || published(&perun) == expected,
+    );
+    let current = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    let exact: Decimal = current["current_credits_exact"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(exact, Decimal::from(100) + newer["os_credits_0"]);
+    assert!(service.log().contains("adopted the timestamps"));
+
+    // Re-sending everything (a subscription replaying its buffer) bills nothing.
+    post_sample(&service);
+    let again = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    assert_eq!(
+        again["current_credits_exact"],
+        current["current_credits_exact"]
+    );
+    // The audit keeps the reversed charges, marked.
+    let audit = Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .args([
+            "ledger",
+            "charges",
+            "--project",
+            "os_credits_0",
+            "--format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let audit: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let charges = audit.as_array().unwrap();
+    assert!(charges.iter().any(|c| c["reversed"] == true));
+    assert!(charges.iter().any(|c| c["reversed"] == false));
+}

@@ -11,6 +11,10 @@
 //! - otherwise the policy prices (previous, current) and the **exact**
 //!   charge is added to the key's and the project's totals.
 //!
+//! A key adopted from the service we replace ([`Book::rebase`]) waits for a
+//! point newer than that service's last billed one: older points are
+//! stale, the first newer one is a baseline.
+//!
 //! A step the policy cannot price (error, trap, timeout) leaves the state as
 //! it was: the next point prices the whole span, so nothing is lost.
 //! Totals stay exact; [`round`] applies the precision only when a total is
@@ -208,6 +212,20 @@ pub struct Account {
     pub state: State,
     /// The exact sum of this key's charges.
     pub charged: Decimal,
+    /// Adopted from elsewhere: the state's timestamp is a floor, and the
+    /// first point newer than it is a baseline, not a step.
+    pub awaiting_baseline: bool,
+}
+
+impl Account {
+    /// A key's first point: its baseline, nothing charged.
+    pub fn baseline(state: State) -> Self {
+        Account {
+            state,
+            charged: Decimal::ZERO,
+            awaiting_baseline: false,
+        }
+    }
 }
 
 /// The in-memory book of all keys: states and exact totals.
@@ -240,18 +258,70 @@ impl Book {
     }
 
     /// A book holding these accounts (as the ledger stored them).
-    pub fn restore(accounts: impl IntoIterator<Item = (Key, State, Decimal)>) -> Self {
+    pub fn restore(accounts: impl IntoIterator<Item = (Key, Account)>) -> Self {
         let mut book = Book::new();
-        for (key, state, charged) in accounts {
-            let key = Key {
-                project: intern(&mut book.names, &key.project),
-                location_id: intern(&mut book.names, &key.location_id),
-                metric: intern(&mut book.names, &key.metric),
-            };
-            *book.projects.entry(Arc::clone(&key.project)).or_default() += charged;
-            book.accounts.insert(key, Account { state, charged });
+        for (key, account) in accounts {
+            let key = book.intern(&key.project, &key.location_id, &key.metric);
+            *book.projects.entry(Arc::clone(&key.project)).or_default() += account.charged;
+            book.accounts.insert(key, account);
         }
         book
+    }
+
+    /// The key with its names shared with the rest of the book.
+    fn intern(&mut self, project: &str, location_id: &str, metric: &str) -> Key {
+        Key {
+            project: intern(&mut self.names, project),
+            location_id: intern(&mut self.names, location_id),
+            metric: intern(&mut self.names, metric),
+        }
+    }
+
+    /// Adopts a floor from the service we replace, which billed this key up
+    /// to its measurement at `floor` (ns): `reversed` (the exact sum of this
+    /// key's charges whose step started before the floor, billed twice
+    /// otherwise) is taken off the key's and the project's totals. A key
+    /// whose state is older than the floor waits for a point newer than it,
+    /// which becomes its baseline; a state exactly at the floor is the very
+    /// measurement the old service stopped at, and billing continues from
+    /// it. A key never seen gets the floor as its state, awaiting a
+    /// baseline. Returns the key and its account as they now are.
+    pub fn rebase(
+        &mut self,
+        project: &str,
+        location_id: &str,
+        metric: &str,
+        floor: i64,
+        reversed: Decimal,
+    ) -> (Key, Account) {
+        if !reversed.is_zero() {
+            if let Some(total) = self.projects.get_mut(project) {
+                *total -= reversed;
+            }
+        }
+        if let Some((key, account)) =
+            self.accounts
+                .get_key_value_mut(&KeyRef(project, location_id, metric))
+        {
+            account.charged -= reversed;
+            if account.state.timestamp < floor {
+                account.state.timestamp = floor;
+                account.awaiting_baseline = true;
+            }
+            return (key.clone(), account.clone());
+        }
+        let key = self.intern(project, location_id, metric);
+        let account = Account {
+            state: State {
+                timestamp: floor,
+                value: Decimal::ZERO,
+                text: "0".into(),
+            },
+            charged: Decimal::ZERO,
+            awaiting_baseline: true,
+        };
+        self.accounts.insert(key.clone(), account.clone());
+        (key, account)
     }
 
     /// The account of a key.
@@ -277,20 +347,18 @@ impl Book {
         }
         let key = KeyRef(m.project, m.location_id, m.metric);
         let Some(account) = self.accounts.get_mut(&key) else {
-            let key = Key {
-                project: intern(&mut self.names, m.project),
-                location_id: intern(&mut self.names, m.location_id),
-                metric: intern(&mut self.names, m.metric),
-            };
-            self.accounts.insert(
-                key,
-                Account {
-                    state: State::of(m),
-                    charged: Decimal::ZERO,
-                },
-            );
+            let key = self.intern(m.project, m.location_id, m.metric);
+            self.accounts.insert(key, Account::baseline(State::of(m)));
             return Outcome::Decided(Decision::Baseline);
         };
+        if account.awaiting_baseline {
+            if m.timestamp <= account.state.timestamp {
+                return Outcome::Decided(Decision::Stale);
+            }
+            account.state = State::of(m);
+            account.awaiting_baseline = false;
+            return Outcome::Decided(Decision::Baseline);
+        }
         match decide(Some(&account.state), m.timestamp, m.value) {
             Decision::Bill => {}
             Decision::Reset => {
@@ -422,6 +490,65 @@ mod tests {
         format!("project_vcpu_usage,location_id=8676,project_name={project} value={value} {ts}\n")
     }
 
+    const SECOND: i64 = 1_000_000_000;
+
+    #[test]
+    fn a_rebased_key_ignores_points_up_to_the_floor_and_baselines_the_next() {
+        let pricer = Native::at("1");
+        let mut book = Book::new();
+        // Billed here: 10 -> 12 (2 credits) -> 15 (3 credits).
+        let body = [line("p", "10", 1), line("p", "12", 2), line("p", "15", 3)].concat();
+        run(&mut book, &pricer, &body);
+        assert_eq!(book.project_total("p"), Decimal::from(5));
+        // The old service billed up to t=3.5: both steps started before it
+        // and are reversed.
+        let floor = 3 * SECOND + SECOND / 2;
+        let (_, account) = book.rebase("p", "8676", "project_vcpu_usage", floor, 5.into());
+        assert!(account.awaiting_baseline);
+        assert_eq!(account.charged, Decimal::ZERO);
+        assert_eq!(book.project_total("p"), Decimal::ZERO);
+        let outcomes = run(
+            &mut book,
+            &pricer,
+            &[line("p", "16", 3), line("p", "20", 4), line("p", "21", 5)].concat(),
+        );
+        assert_eq!(outcomes[0], Outcome::Decided(Decision::Stale));
+        assert_eq!(outcomes[1], Outcome::Decided(Decision::Baseline));
+        assert_eq!(credits(&outcomes)[2], Some(Decimal::ONE));
+        assert_eq!(book.project_total("p"), Decimal::ONE);
+    }
+
+    #[test]
+    fn a_floor_older_than_the_state_keeps_it_and_an_unknown_key_gets_the_floor() {
+        let pricer = Native::at("1");
+        let mut book = Book::new();
+        run(
+            &mut book,
+            &pricer,
+            &[line("p", "10", 5), line("p", "12", 6)].concat(),
+        );
+        let (_, kept) = book.rebase("p", "8676", "project_vcpu_usage", 4 * SECOND, Decimal::ZERO);
+        assert!(!kept.awaiting_baseline);
+        assert_eq!(kept.state.timestamp, 6 * SECOND);
+        // A floor exactly at the state: the old service stopped at this very
+        // measurement, billing continues from it.
+        let (_, same) = book.rebase("p", "8676", "project_vcpu_usage", 6 * SECOND, Decimal::ZERO);
+        assert!(!same.awaiting_baseline);
+        let outcomes = run(&mut book, &pricer, &line("p", "13", 7));
+        assert_eq!(credits(&outcomes), vec![Some(Decimal::ONE)]);
+        assert_eq!(book.project_total("p"), Decimal::from(3));
+        let (key, fresh) =
+            book.rebase("q", "8676", "project_vcpu_usage", 9 * SECOND, Decimal::ZERO);
+        assert_eq!(&*key.project, "q");
+        assert!(fresh.awaiting_baseline);
+        let outcomes = run(
+            &mut book,
+            &pricer,
+            &[line("q", "1", 8), line("q", "2", 10), line("q", "4", 11)].concat(),
+        );
+        assert_eq!(credits(&outcomes), vec![None, None, Some(Decimal::from(2))]);
+    }
+
     #[test]
     fn original_service_cases() {
         let pricer = Native::at("1");
@@ -517,10 +644,7 @@ mod tests {
         assert_eq!(book.project_total("a"), Decimal::from(6));
         assert_eq!(book.project_total("b"), Decimal::from(1));
         assert_eq!(book.total(), Decimal::from(7));
-        let restored = Book::restore(
-            book.accounts()
-                .map(|(k, a)| (k.clone(), a.state.clone(), a.charged)),
-        );
+        let restored = Book::restore(book.accounts().map(|(k, a)| (k.clone(), a.clone())));
         assert_eq!(restored.project_total("a"), Decimal::from(6));
         assert_eq!(
             restored

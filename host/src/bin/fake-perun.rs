@@ -6,10 +6,11 @@
 //! RPC: `POST /{auth}/rpc/json/{manager}/{method}[/...]` with Basic auth
 //! (login `oscredits`, password `secret` unless changed):
 //! `groupsManager/getGroupByName`, `attributesManager/getAttributes`,
-//! `attributesManager/setAttributes`.
+//! `attributesManager/setAttributes`, `resourcesManager/getAssignedResources`.
 //!
-//! Control (no auth): `POST /_fake/groups` `{"name","id","attributes":{friendlyName: value}}`
-//! creates or replaces a group; `PUT /_fake/faults`
+//! Control (no auth): `POST /_fake/groups`
+//! `{"name","id","attributes":{friendlyName: value},"resources":{"<id>":{friendlyName: value}}}`
+//! creates or replaces a group assigned to those resources; `PUT /_fake/faults`
 //! `{"down":bool,"delay_ms":n,"error_every":n,"password":"..."}`;
 //! `GET /_fake/state` dumps groups, attributes and call counts.
 
@@ -81,6 +82,7 @@ struct Perun {
     groups: BTreeMap<String, i64>,
     group_attributes: HashMap<i64, BTreeMap<String, Stored>>,
     resource_attributes: HashMap<(i64, i64), BTreeMap<String, Stored>>,
+    assigned: HashMap<i64, std::collections::BTreeSet<i64>>,
     calls: u64,
     by_method: BTreeMap<String, u64>,
 }
@@ -398,6 +400,28 @@ async fn rpc(
             }
             Json(Value::Null).into_response()
         }
+        "resourcesManager/getAssignedResources" => {
+            let group = params["group"].as_i64().unwrap_or_default();
+            let mut ids = perun.assigned.get(&group).cloned().unwrap_or_default();
+            ids.extend(
+                perun
+                    .resource_attributes
+                    .keys()
+                    .filter(|(g, _)| *g == group)
+                    .map(|(_, r)| *r),
+            );
+            let list: Vec<Value> = ids
+                .into_iter()
+                .map(|id| {
+                    json!({
+                        "id": id, "voId": 201, "facilityId": 24, "name": format!("site-{id}"),
+                        "description": "", "uuid": "00000000-0000-0000-0000-000000000000",
+                        "beanName": "Resource",
+                    })
+                })
+                .collect();
+            Json(list).into_response()
+        }
         _ => perun_error(
             StatusCode::BAD_REQUEST,
             "RpcException",
@@ -418,26 +442,40 @@ struct NewGroup {
     id: i64,
     #[serde(default)]
     attributes: BTreeMap<String, Value>,
+    #[serde(default)]
+    resources: BTreeMap<i64, BTreeMap<String, Value>>,
 }
 
 async fn add_group(State(state): State<Shared>, Json(group): Json<NewGroup>) -> StatusCode {
     let mut perun = lock(&state);
     perun.groups.insert(group.name, group.id);
     let stamp = now();
-    let attributes = group
-        .attributes
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k,
-                Stored {
+    let stored = |attributes: BTreeMap<String, Value>| -> BTreeMap<String, Stored> {
+        attributes
+            .into_iter()
+            .map(|(k, v)| {
+                let value = Stored {
                     value: v,
                     modified_at: stamp.clone(),
-                },
-            )
-        })
-        .collect();
-    perun.group_attributes.insert(group.id, attributes);
+                };
+                (k, value)
+            })
+            .collect()
+    };
+    perun
+        .group_attributes
+        .insert(group.id, stored(group.attributes));
+    perun.resource_attributes.retain(|(g, _), _| *g != group.id);
+    let mut assigned = std::collections::BTreeSet::new();
+    for (resource, attributes) in group.resources {
+        assigned.insert(resource);
+        if !attributes.is_empty() {
+            perun
+                .resource_attributes
+                .insert((group.id, resource), stored(attributes));
+        }
+    }
+    perun.assigned.insert(group.id, assigned);
     StatusCode::NO_CONTENT
 }
 

@@ -37,6 +37,7 @@ pub fn charges(project: &str, data_dir: &Path, format: Format) -> anyhow::Result
                         "previous": {"timestamp": c.previous.0, "value": c.previous.1},
                         "current": {"timestamp": c.current.0, "value": c.current.1},
                         "credits": c.credits, "charged_after": c.charged_after,
+                        "reversed": c.reversed,
                         "policy": {"name": c.policy.name, "version": c.policy.version, "sha256": c.policy.sha256},
                     })
                 })
@@ -52,7 +53,11 @@ pub fn charges(project: &str, data_dir: &Path, format: Format) -> anyhow::Result
                         c.key.location_id.to_string(),
                         c.key.metric.to_string(),
                         format!("{} -> {}", c.previous.1, c.current.1),
-                        c.credits.to_string(),
+                        if c.reversed {
+                            format!("{} (reversed)", c.credits)
+                        } else {
+                            c.credits.to_string()
+                        },
                         format!("{} {}", c.policy.name, c.policy.version),
                         c.policy.sha256.clone(),
                     ]

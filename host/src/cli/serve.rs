@@ -70,7 +70,12 @@ async fn run(
                 password,
                 Duration::from_secs(config.perun_timeout),
             )?;
-            let sync = Arc::new(Sync::new(client, ledger.clone(), sync_config));
+            let sync = Arc::new(Sync::new(
+                client,
+                ledger.clone(),
+                engine.rebaser(),
+                sync_config,
+            ));
             tokio::spawn(Arc::clone(&sync).run());
             tracing::info!(url = %config.perun_url, "publishing credits to Perun");
             Some(sync)

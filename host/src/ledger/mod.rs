@@ -12,7 +12,7 @@ pub mod sqlite;
 
 use rust_decimal::Decimal;
 
-use crate::billing::{Account, Key, State};
+use crate::billing::{Account, Key};
 
 /// A ledger failure.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,21 @@ pub struct ChargeRecord {
     pub charged_after: Decimal,
     /// The policy that priced it.
     pub policy: PolicyStamp,
+    /// Taken back when the service we replace turned out to have billed
+    /// the same step (see [`Ledger::rebase`]); no longer counted.
+    pub reversed: bool,
+}
+
+/// The service we replace billed a key up to `timestamp` (ns): points not
+/// newer are its, the first newer one is our baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Floor {
+    /// The site.
+    pub location_id: String,
+    /// The metric.
+    pub metric: String,
+    /// Unix time in ns of the last measurement the old service billed.
+    pub timestamp: i64,
 }
 
 /// Changes to write in one transaction.
@@ -103,6 +118,8 @@ pub struct ProjectRecord {
     pub adopted: Decimal,
     /// Credits granted, when known.
     pub granted: Option<Decimal>,
+    /// The maintainers' mail addresses (Perun's `toEmail`), when known.
+    pub emails: Vec<String>,
 }
 
 impl ProjectRecord {
@@ -187,8 +204,8 @@ pub struct Counts {
 
 /// The durable store behind the engine and the APIs.
 pub trait Ledger: Send + Sync {
-    /// Every key with its state and charged sum, to rebuild the book.
-    fn accounts(&self) -> Result<Vec<(Key, State, Decimal)>, LedgerError>;
+    /// Every key with its account, to rebuild the book.
+    fn accounts(&self) -> Result<Vec<(Key, Account)>, LedgerError>;
     /// Writes a batch atomically: states, charges, project totals, outbox.
     fn commit(&self, batch: &Batch) -> Result<(), LedgerError>;
     /// A project's figures.
@@ -222,6 +239,28 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Option<Adjustment>, LedgerError>;
     /// Remembers the value last written to Perun.
     fn written(&self, project: &str, value: Decimal) -> Result<(), LedgerError>;
-    /// Records the project's granted credits (from Perun).
-    fn set_granted(&self, project: &str, granted: Option<Decimal>) -> Result<(), LedgerError>;
+    /// Records the project's granted credits and maintainers (from Perun).
+    fn set_contacts(
+        &self,
+        project: &str,
+        granted: Option<Decimal>,
+        emails: &[String],
+    ) -> Result<(), LedgerError>;
+    /// Whether the project's credits used were adopted from Perun already.
+    fn adopted(&self, project: &str) -> Result<bool, LedgerError>;
+    /// Per floor, the exact sum of the key's charges not yet reversed whose
+    /// step started at or before the floor: what [`Ledger::rebase`] will
+    /// take back.
+    fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError>;
+    /// Adopts the floors in one transaction: marks those charges reversed,
+    /// stores the keys' new `states` and the project's new exact `charged`
+    /// total, recomputes the history's running totals and queues the
+    /// project for publishing. Returns how many charges were reversed.
+    fn rebase(
+        &self,
+        project: &str,
+        floors: &[Floor],
+        states: &[(Key, Account)],
+        charged: Decimal,
+    ) -> Result<usize, LedgerError>;
 }

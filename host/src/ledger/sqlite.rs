@@ -14,10 +14,10 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
 use super::{
-    Adjustment, AdjustmentKind, Batch, ChargeRecord, Counts, HistoryRow, Ledger, LedgerError,
-    OutboxEntry, PolicyStamp, ProjectRecord, Publishable,
+    Adjustment, AdjustmentKind, Batch, ChargeRecord, Counts, Floor, HistoryRow, Ledger,
+    LedgerError, OutboxEntry, PolicyStamp, ProjectRecord, Publishable,
 };
-use crate::billing::{Key, State};
+use crate::billing::{Account, Key, State};
 
 /// The ledger file's name inside the data directory.
 pub const FILE_NAME: &str = "ledger.sqlite3";
@@ -78,6 +78,10 @@ const MIGRATIONS: &[&str] = &[
          perun_modified_at TEXT,
          recorded_at       INTEGER NOT NULL
      );",
+    // 4: timestamps adopted from Perun, reversed charges, maintainers
+    "ALTER TABLE keys ADD COLUMN awaiting_baseline INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE charges ADD COLUMN reversed_at INTEGER;
+     ALTER TABLE projects ADD COLUMN emails TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// How hard a commit is made durable.
@@ -173,9 +177,36 @@ impl SqliteLedger {
 }
 
 /// The columns of a charge, in the order [`charge_row`] reads them.
+/// Stores key states (insert or replace).
+fn upsert_keys(
+    tx: &rusqlite::Transaction<'_>,
+    states: &[(Key, Account)],
+) -> Result<(), LedgerError> {
+    let mut upsert_key = tx.prepare_cached(
+        "INSERT INTO keys (project, location_id, metric, timestamp, value, charged, awaiting_baseline)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (project, location_id, metric) DO UPDATE SET
+             timestamp = excluded.timestamp, value = excluded.value, charged = excluded.charged,
+             awaiting_baseline = excluded.awaiting_baseline",
+    )?;
+    for (key, account) in states {
+        upsert_key.execute(params![
+            &*key.project,
+            &*key.location_id,
+            &*key.metric,
+            account.state.timestamp,
+            &*account.state.text,
+            account.charged.to_string(),
+            account.awaiting_baseline,
+        ])?;
+    }
+    Ok(())
+}
+
 const CHARGE_COLUMNS: &str =
     "project, location_id, metric, previous_timestamp, previous_value, timestamp,
-     value, credits, charged_after, policy_name, policy_version, policy_sha256";
+     value, credits, charged_after, policy_name, policy_version, policy_sha256,
+     reversed_at IS NOT NULL";
 
 fn charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ChargeRecord, LedgerError>> {
     let (credits, after): (String, String) = (row.get(7)?, row.get(8)?);
@@ -191,6 +222,7 @@ fn charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ChargeRecord, 
         version: row.get(10)?,
         sha256: row.get(11)?,
     };
+    let reversed = row.get(12)?;
     Ok((|| {
         Ok(ChargeRecord {
             key,
@@ -199,6 +231,7 @@ fn charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ChargeRecord, 
             credits: decimal(&credits)?,
             charged_after: decimal(&after)?,
             policy,
+            reversed,
         })
     })())
 }
@@ -223,23 +256,28 @@ fn migrate(connection: &Connection) -> Result<(), LedgerError> {
 }
 
 impl Ledger for SqliteLedger {
-    fn accounts(&self) -> Result<Vec<(Key, State, Decimal)>, LedgerError> {
+    fn accounts(&self) -> Result<Vec<(Key, Account)>, LedgerError> {
         let connection = lock(&self.reader);
-        let mut statement = connection
-            .prepare("SELECT project, location_id, metric, timestamp, value, charged FROM keys")?;
+        let mut statement = connection.prepare(
+            "SELECT project, location_id, metric, timestamp, value, charged, awaiting_baseline FROM keys",
+        )?;
         let rows = statement.query_map([], |row| {
             Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
+                (
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ),
                 row.get::<_, i64>(3)?,
                 row.get::<_, String>(4)?,
                 row.get::<_, String>(5)?,
+                row.get::<_, bool>(6)?,
             ))
         })?;
         let mut accounts = Vec::new();
         for row in rows {
-            let (project, location_id, metric, timestamp, text, charged) = row?;
+            let ((project, location_id, metric), timestamp, text, charged, awaiting_baseline) =
+                row?;
             let state = State {
                 timestamp,
                 value: decimal(&text)?,
@@ -250,7 +288,12 @@ impl Ledger for SqliteLedger {
                 location_id: location_id.into(),
                 metric: metric.into(),
             };
-            accounts.push((key, state, decimal(&charged)?));
+            let account = Account {
+                state,
+                charged: decimal(&charged)?,
+                awaiting_baseline,
+            };
+            accounts.push((key, account));
         }
         Ok(accounts)
     }
@@ -263,22 +306,7 @@ impl Ledger for SqliteLedger {
         let tx = connection.transaction()?;
         let now = now_ns();
         {
-            let mut upsert_key = tx.prepare_cached(
-                "INSERT INTO keys (project, location_id, metric, timestamp, value, charged)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (project, location_id, metric) DO UPDATE SET
-                     timestamp = excluded.timestamp, value = excluded.value, charged = excluded.charged",
-            )?;
-            for (key, account) in &batch.states {
-                upsert_key.execute(params![
-                    &*key.project,
-                    &*key.location_id,
-                    &*key.metric,
-                    account.state.timestamp,
-                    &*account.state.text,
-                    account.charged.to_string(),
-                ])?;
-            }
+            upsert_keys(&tx, &batch.states)?;
             let mut insert_charge = tx.prepare_cached(
                 "INSERT INTO charges (project, location_id, metric, previous_timestamp, previous_value,
                      timestamp, value, credits, charged_after, policy_name, policy_version,
@@ -325,13 +353,14 @@ impl Ledger for SqliteLedger {
         let connection = lock(&self.reader);
         let row = connection
             .query_row(
-                "SELECT charged, adopted, granted FROM projects WHERE project = ?1",
+                "SELECT charged, adopted, granted, emails FROM projects WHERE project = ?1",
                 [project],
                 |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, String>(1)?,
                         row.get::<_, Option<String>>(2)?,
+                        row.get::<_, String>(3)?,
                     ))
                 },
             )
@@ -345,16 +374,19 @@ impl Ledger for SqliteLedger {
                     [project],
                     |row| row.get(0),
                 )?;
-                has_keys.then(|| ("0".to_owned(), "0".to_owned(), None))
+                has_keys.then(|| ("0".to_owned(), "0".to_owned(), None, "[]".to_owned()))
             }
         };
         known
-            .map(|(charged, adopted, granted)| {
+            .map(|(charged, adopted, granted, emails)| {
                 Ok(ProjectRecord {
                     project: project.to_owned(),
                     charged: decimal(&charged)?,
                     adopted: decimal(&adopted)?,
                     granted: granted.as_deref().map(decimal).transpose()?,
+                    emails: serde_json::from_str(&emails).map_err(|e| {
+                        LedgerError::Corrupt(format!("mail addresses of {project}: {e}"))
+                    })?,
                 })
             })
             .transpose()
@@ -363,7 +395,8 @@ impl Ledger for SqliteLedger {
     fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError> {
         let connection = lock(&self.reader);
         let mut statement = connection.prepare_cached(
-            "SELECT timestamp, metric, charged_after FROM charges WHERE project = ?1 ORDER BY id",
+            "SELECT timestamp, metric, charged_after FROM charges
+             WHERE project = ?1 AND reversed_at IS NULL ORDER BY id",
         )?;
         let rows = statement.query_map([project], |row| {
             Ok((
@@ -395,7 +428,8 @@ impl Ledger for SqliteLedger {
     fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError> {
         let connection = lock(&self.reader);
         let mut statement = connection.prepare_cached(&format!(
-            "SELECT {CHARGE_COLUMNS} FROM charges WHERE timestamp >= ?1 AND timestamp < ?2 ORDER BY id"
+            "SELECT {CHARGE_COLUMNS} FROM charges
+             WHERE timestamp >= ?1 AND timestamp < ?2 AND reversed_at IS NULL ORDER BY id"
         ))?;
         let rows = statement.query_map([from, to], charge_row)?;
         rows.map(|row| row?).collect()
@@ -472,13 +506,106 @@ impl Ledger for SqliteLedger {
         }))
     }
 
-    fn set_granted(&self, project: &str, granted: Option<Decimal>) -> Result<(), LedgerError> {
+    fn set_contacts(
+        &self,
+        project: &str,
+        granted: Option<Decimal>,
+        emails: &[String],
+    ) -> Result<(), LedgerError> {
+        let emails = serde_json::to_string(emails)
+            .map_err(|e| LedgerError::Corrupt(format!("mail addresses: {e}")))?;
         lock(&self.writer).execute(
-            "INSERT INTO projects (project, granted, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (project) DO UPDATE SET granted = excluded.granted",
-            params![project, granted.map(|g| g.to_string()), now_ns()],
+            "INSERT INTO projects (project, granted, emails, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (project) DO UPDATE SET granted = excluded.granted, emails = excluded.emails",
+            params![project, granted.map(|g| g.to_string()), emails, now_ns()],
         )?;
         Ok(())
+    }
+
+    fn adopted(&self, project: &str) -> Result<bool, LedgerError> {
+        let connection = lock(&self.reader);
+        Ok(connection
+            .query_row(
+                "SELECT adopted_at IS NOT NULL FROM projects WHERE project = ?1",
+                [project],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(
+            "SELECT credits FROM charges WHERE project = ?1 AND location_id = ?2 AND metric = ?3
+                 AND previous_timestamp < ?4 AND reversed_at IS NULL",
+        )?;
+        floors
+            .iter()
+            .map(|floor| {
+                let credits = statement.query_map(
+                    params![project, floor.location_id, floor.metric, floor.timestamp],
+                    |row| row.get::<_, String>(0),
+                )?;
+                credits.map(|text| decimal(&text?)).sum()
+            })
+            .collect()
+    }
+
+    fn rebase(
+        &self,
+        project: &str,
+        floors: &[Floor],
+        states: &[(Key, Account)],
+        charged: Decimal,
+    ) -> Result<usize, LedgerError> {
+        let mut connection = lock(&self.writer);
+        let tx = connection.transaction()?;
+        let now = now_ns();
+        let mut reversed = 0;
+        for floor in floors {
+            reversed += tx.execute(
+                "UPDATE charges SET reversed_at = ?5 WHERE project = ?1 AND location_id = ?2
+                     AND metric = ?3 AND previous_timestamp < ?4 AND reversed_at IS NULL",
+                params![
+                    project,
+                    floor.location_id,
+                    floor.metric,
+                    floor.timestamp,
+                    now
+                ],
+            )?;
+        }
+        upsert_keys(&tx, states)?;
+        tx.execute(
+            "INSERT INTO projects (project, charged, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (project) DO UPDATE SET charged = excluded.charged, updated_at = excluded.updated_at",
+            params![project, charged.to_string(), now],
+        )?;
+        if reversed > 0 {
+            // The history's running totals, without the reversed charges.
+            let rows: Vec<(i64, String)> = {
+                let mut statement = tx.prepare(
+                    "SELECT id, credits FROM charges WHERE project = ?1 AND reversed_at IS NULL ORDER BY id",
+                )?;
+                let rows = statement.query_map([project], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut update =
+                tx.prepare_cached("UPDATE charges SET charged_after = ?2 WHERE id = ?1")?;
+            let mut running = Decimal::ZERO;
+            for (id, credits) in rows {
+                running += decimal(&credits)?;
+                update.execute(params![id, running.to_string()])?;
+            }
+            tx.execute(
+                "INSERT INTO outbox (project, since) VALUES (?1, ?2)
+                 ON CONFLICT (project) DO UPDATE SET version = version + 1",
+                params![project, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(reversed)
     }
 
     fn reconcile(
@@ -555,7 +682,6 @@ impl Ledger for SqliteLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::Account;
 
     fn key(project: &str) -> Key {
         Key {
@@ -573,6 +699,7 @@ mod tests {
                 text: text.into(),
             },
             charged: charged.parse().unwrap(),
+            awaiting_baseline: false,
         }
     }
 
@@ -588,7 +715,60 @@ mod tests {
                 version: "1.0.0".into(),
                 sha256: "ab".repeat(32),
             },
+            reversed: false,
         }
+    }
+
+    #[test]
+    fn a_rebase_reverses_old_steps_rewrites_the_history_and_persists_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(dir.path(), Durability::Normal).unwrap();
+        // Three steps of one key: 1 -> 2 (2 credits), 2 -> 3 (3), 3 -> 4 (4).
+        let step = |from: i64, credits: &str, after: &str| ChargeRecord {
+            previous: (from, from.to_string()),
+            current: (from + 1, (from + 1).to_string()),
+            ..charge("a", credits, after)
+        };
+        let batch = Batch {
+            states: vec![(key("a"), account(4, "4", "9"))],
+            charges: vec![step(1, "2", "2"), step(2, "3", "5"), step(3, "4", "9")],
+        };
+        ledger.commit(&batch).unwrap();
+        let floors = [Floor {
+            location_id: "8676".into(),
+            metric: "project_vcpu_usage".into(),
+            timestamp: 2,
+        }];
+        // The old service billed up to t=2: the step starting at 1 is its.
+        assert_eq!(
+            ledger.reversible("a", &floors).unwrap(),
+            vec![Decimal::from(2)]
+        );
+        let mut floored = account(4, "4", "7");
+        floored.awaiting_baseline = true;
+        let reversed = ledger
+            .rebase("a", &floors, &[(key("a"), floored)], Decimal::from(7))
+            .unwrap();
+        assert_eq!(reversed, 1);
+        let history = ledger.history("a").unwrap();
+        let running: Vec<Decimal> = history.iter().map(|h| h.charged_after).collect();
+        assert_eq!(running, vec![Decimal::from(3), Decimal::from(7)]);
+        assert_eq!(
+            ledger.project("a").unwrap().unwrap().charged,
+            Decimal::from(7)
+        );
+        assert_eq!(ledger.charges_between(0, 10).unwrap().len(), 2);
+        let audit = ledger.charges("a").unwrap();
+        assert_eq!(
+            audit.iter().map(|c| c.reversed).collect::<Vec<_>>(),
+            vec![true, false, false]
+        );
+        assert!(ledger.accounts().unwrap()[0].1.awaiting_baseline);
+        // Nothing left to reverse: applying the same floor again changes nothing.
+        assert_eq!(
+            ledger.reversible("a", &floors).unwrap(),
+            vec![Decimal::ZERO]
+        );
     }
 
     #[test]
@@ -614,9 +794,12 @@ mod tests {
         let mut accounts = ledger.accounts().unwrap();
         accounts.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(accounts.len(), 2);
-        assert_eq!(accounts[0].1.text.as_ref(), "15.5");
-        assert_eq!(accounts[0].2.to_string(), "0.0000000000000000000000001");
-        assert_eq!(accounts[1].1.value, Decimal::from(1000));
+        assert_eq!(accounts[0].1.state.text.as_ref(), "15.5");
+        assert_eq!(
+            accounts[0].1.charged.to_string(),
+            "0.0000000000000000000000001"
+        );
+        assert_eq!(accounts[1].1.state.value, Decimal::from(1000));
         let a = ledger.project("a").unwrap().unwrap();
         assert_eq!(a.used().to_string(), "0.0000000000000000000000001");
         // b has a key but no charge: known, used 0

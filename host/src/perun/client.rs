@@ -45,6 +45,10 @@ pub enum PerunError {
         /// Perun's message.
         message: String,
     },
+    /// Something on our side failed while handling Perun's answer (the
+    /// ledger or the engine); retried like an unavailable Perun.
+    #[error("cannot apply what Perun returned: {0}")]
+    Local(String),
     /// The answer is not what the API promises.
     #[error("unexpected answer from Perun {call}: {reason}")]
     Protocol {
@@ -102,6 +106,11 @@ pub struct AttributeWrite {
 
 #[derive(Deserialize)]
 struct Group {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct Resource {
     id: i64,
 }
 
@@ -250,6 +259,15 @@ impl PerunClient {
             "workWithGroupAttributes": false,
         });
         self.call("attributesManager", "getAttributes", &body).await
+    }
+
+    /// The ids of the resources the group is assigned to (active assignments).
+    pub async fn assigned_resources(&self, group: i64) -> Result<Vec<i64>, PerunError> {
+        let body = serde_json::json!({ "group": group });
+        let resources: Vec<Resource> = self
+            .call("resourcesManager", "getAssignedResources", &body)
+            .await?;
+        Ok(resources.into_iter().map(|r| r.id).collect())
     }
 
     /// Writes group and group-resource attributes in one transaction.

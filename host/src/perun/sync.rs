@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::DateTime;
+use chrono::{DateTime, NaiveDateTime};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::client::{AttributeWrite, PerunClient, PerunError};
 use crate::billing::round;
-use crate::ledger::{AdjustmentKind, Ledger, OutboxEntry};
+use crate::engine::Rebaser;
+use crate::ledger::{AdjustmentKind, Floor, Ledger, OutboxEntry};
 
 /// Perun's timestamp format for `denbiCreditTimestamps`.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
@@ -64,6 +65,8 @@ pub struct SyncConfig {
     pub credits_granted: AttributeDef,
     /// `denbiCreditTimestamps` (group-resource).
     pub timestamps: AttributeDef,
+    /// Friendly name of `toEmail` (read only).
+    pub emails: String,
 }
 
 /// The sync's state for `/stats`.
@@ -87,6 +90,7 @@ pub struct SyncStatus {
 pub struct Sync {
     client: PerunClient,
     ledger: Arc<dyn Ledger>,
+    rebaser: Rebaser,
     config: SyncConfig,
     groups: Mutex<HashMap<String, (i64, Instant)>>,
     status: Mutex<SyncStatus>,
@@ -102,6 +106,14 @@ fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Reads Perun's `%Y-%m-%d %H:%M:%S.%f` (UTC; fraction optional) as ns.
+fn parse_timestamp(text: &str) -> Option<i64> {
+    NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S%.f")
+        .ok()?
+        .and_utc()
+        .timestamp_nanos_opt()
+}
+
 /// Exponential backoff with jitter: about 2^attempts s, at most 5 min.
 fn backoff(attempts: i64) -> Duration {
     let base = Duration::from_secs(1u64 << attempts.clamp(0, 9)).min(MAX_BACKOFF);
@@ -111,11 +123,18 @@ fn backoff(attempts: i64) -> Duration {
 }
 
 impl Sync {
-    /// A sync over `client` and `ledger`.
-    pub fn new(client: PerunClient, ledger: Arc<dyn Ledger>, config: SyncConfig) -> Self {
+    /// A sync over `client` and `ledger`; floors adopted on first contact
+    /// go to the engine through `rebaser`.
+    pub fn new(
+        client: PerunClient,
+        ledger: Arc<dyn Ledger>,
+        rebaser: Rebaser,
+        config: SyncConfig,
+    ) -> Self {
         Sync {
             client,
             ledger,
+            rebaser,
             config,
             groups: Mutex::new(HashMap::new()),
             status: Mutex::new(SyncStatus {
@@ -186,14 +205,81 @@ impl Sync {
         Ok(id)
     }
 
-    /// Reads credits used and granted; stores granted; adopts or records
-    /// a hand edit of credits used.
+    /// Reads the per-site timestamps the service we replace stored: the
+    /// floors below which it billed already.
+    async fn floors(&self, group: i64) -> Result<Vec<Floor>, PerunError> {
+        let name = self.config.timestamps.friendly_name.as_str();
+        let mut floors = Vec::new();
+        for resource in self.client.assigned_resources(group).await? {
+            let attributes = self
+                .client
+                .group_resource_attributes(group, resource, &[name])
+                .await?;
+            let stamps = attributes
+                .iter()
+                .filter(|a| a.friendly_name == name)
+                .filter_map(|a| a.value.as_object());
+            for (metric, text) in stamps.flatten() {
+                match text.as_str().and_then(parse_timestamp) {
+                    Some(timestamp) => floors.push(Floor {
+                        location_id: resource.to_string(),
+                        metric: metric.clone(),
+                        timestamp,
+                    }),
+                    None => tracing::warn!(
+                        group,
+                        resource,
+                        metric,
+                        "ignoring an unreadable timestamp in Perun: {text}"
+                    ),
+                }
+            }
+        }
+        Ok(floors)
+    }
+
+    /// On first contact with a group, adopts the timestamps stored per
+    /// site (through the engine, ordered with the writes) before its
+    /// credits used are adopted; a failure leaves both for the next try.
+    async fn adopt_floors(&self, project: &str, group: i64) -> Result<(), PerunError> {
+        let ledger = self.ledger.clone();
+        let owned = project.to_owned();
+        let adopted = tokio::task::spawn_blocking(move || ledger.adopted(&owned))
+            .await
+            .map_err(|e| PerunError::Local(e.to_string()))?
+            .map_err(|e| PerunError::Local(e.to_string()))?;
+        if adopted {
+            return Ok(());
+        }
+        let floors = self.floors(group).await?;
+        if floors.is_empty() {
+            return Ok(());
+        }
+        let count = floors.len();
+        let reversed = self
+            .rebaser
+            .rebase(project, floors)
+            .await
+            .map_err(PerunError::Local)?;
+        tracing::info!(
+            project,
+            keys = count,
+            reversed,
+            "adopted the timestamps of the service we replace: points not newer are its own"
+        );
+        Ok(())
+    }
+
+    /// Reads credits used and granted and the maintainers; stores granted
+    /// and maintainers; adopts or records a hand edit of credits used.
     async fn reconcile(&self, project: &str, group: i64) -> Result<(), PerunError> {
+        self.adopt_floors(project, group).await?;
         let current_name = self.config.credits_current.friendly_name.as_str();
         let granted_name = self.config.credits_granted.friendly_name.as_str();
+        let emails_name = self.config.emails.as_str();
         let attributes = self
             .client
-            .group_attributes(group, &[current_name, granted_name])
+            .group_attributes(group, &[current_name, granted_name, emails_name])
             .await?;
         let find = |name: &str| attributes.iter().find(|a| a.friendly_name == name);
         let decimal = |name: &str| {
@@ -202,11 +288,20 @@ impl Sync {
                 .and_then(|v| pricing_sdk::parse_decimal(v.trim()).ok())
         };
         let (granted, current) = (decimal(granted_name), decimal(current_name));
+        let emails: Vec<String> = find(emails_name)
+            .and_then(|a| a.value.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         let modified_at = find(current_name).and_then(|a| a.value_modified_at.clone());
         let ledger = self.ledger.clone();
         let owned = project.to_owned();
         let reconciled = tokio::task::spawn_blocking(move || {
-            ledger.set_granted(&owned, granted)?;
+            ledger.set_contacts(&owned, granted, &emails)?;
             ledger.reconcile(&owned, current, modified_at.as_deref())
         })
         .await;
