@@ -114,6 +114,45 @@ pub struct ServeConfig {
     /// Memory limit of one policy instance, in MiB.
     #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
     pub policy_memory_mb: usize,
+    /// SMTP server for threshold mails; empty: no mails.
+    #[arg(long, env = "MAIL_SMTP_SERVER", default_value = "")]
+    pub mail_smtp_server: String,
+    /// SMTP port.
+    #[arg(long, env = "MAIL_SMTP_PORT", default_value_t = 25)]
+    pub mail_smtp_port: u16,
+    /// SMTP login (optional).
+    #[arg(long, env = "MAIL_SMTP_USER", default_value = "")]
+    pub mail_smtp_user: String,
+    /// SMTP password.
+    #[arg(
+        long,
+        env = "MAIL_SMTP_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub mail_smtp_password: String,
+    /// Sender of threshold mails.
+    #[arg(long, env = "MAIL_FROM", default_value = "os-credits@localhost")]
+    pub mail_from: String,
+    /// Any value but empty, 0 or false: plain SMTP without STARTTLS.
+    #[arg(long, env = "MAIL_NOT_STARTTLS", default_value = "")]
+    pub mail_not_starttls: String,
+    /// Copied on every threshold mail.
+    #[arg(long, env = "CLOUD_GOVERNANCE_MAIL", default_value = "")]
+    pub cloud_governance_mail: String,
+    /// Comma-separated addresses that replace every recipient (testing, staging).
+    #[arg(long, env = "NOTIFICATION_TO_OVERWRITE", default_value = "")]
+    pub notification_to_overwrite: String,
+    /// Shares of granted credits, in percent, that trigger a mail.
+    #[arg(long, env = "OS_CREDITS_NOTIFY_THRESHOLDS", default_value = "50,100")]
+    pub notify_thresholds: String,
+    /// File replacing the subject template (placeholders {project}, {used},
+    /// {granted}, {left}, {threshold}).
+    #[arg(long, env = "OS_CREDITS_MAIL_SUBJECT_FILE")]
+    pub mail_subject_file: Option<PathBuf>,
+    /// File replacing the body template (same placeholders).
+    #[arg(long, env = "OS_CREDITS_MAIL_BODY_FILE")]
+    pub mail_body_file: Option<PathBuf>,
 }
 
 /// Durability of ledger commits.
@@ -161,6 +200,51 @@ impl ServeConfig {
             DurabilityArg::Full => Durability::Full,
             DurabilityArg::Normal => Durability::Normal,
         }
+    }
+
+    /// The threshold-mail settings, or `None` (mails off) without a server.
+    pub fn mail(&self) -> anyhow::Result<Option<crate::notify::MailConfig>> {
+        use crate::notify::{MailConfig, Templates};
+        let server = self.mail_smtp_server.trim();
+        if server.is_empty() {
+            return Ok(None);
+        }
+        let list = |text: &str| -> Vec<String> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut thresholds = Vec::new();
+        for item in list(&self.notify_thresholds) {
+            let percent: u32 = item.trim_end_matches('%').parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "OS_CREDITS_NOTIFY_THRESHOLDS: {item:?} is not a whole percentage (e.g. 50,100)"
+                )
+            })?;
+            thresholds.push(percent);
+        }
+        let flag = self.mail_not_starttls.trim().to_ascii_lowercase();
+        let not_starttls = !matches!(flag.as_str(), "" | "0" | "false" | "no");
+        Ok(Some(MailConfig {
+            server: server.to_owned(),
+            port: self.mail_smtp_port,
+            credentials: (!self.mail_smtp_user.is_empty())
+                .then(|| (self.mail_smtp_user.clone(), self.mail_smtp_password.clone())),
+            from: self.mail_from.clone(),
+            starttls: !not_starttls,
+            governance: Some(self.cloud_governance_mail.trim().to_owned())
+                .filter(|m| !m.is_empty()),
+            overwrite: list(&self.notification_to_overwrite),
+            thresholds,
+            templates: Templates::load(
+                self.mail_subject_file.as_deref(),
+                self.mail_body_file.as_deref(),
+            )?,
+            precision: self.precision,
+            timeout: Duration::from_secs(10),
+        }))
     }
 
     /// The body limit in bytes.

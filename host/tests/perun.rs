@@ -4,83 +4,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{Service, policy_dir, post_sample, repo_file};
+use common::fake_perun::FakePerun;
+use common::{Service, await_until, policy_dir, post_sample, repo_file};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-
-/// The fake Perun, on a free port.
-struct FakePerun {
-    child: Child,
-    url: String,
-}
-
-impl FakePerun {
-    fn start() -> FakePerun {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-perun"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("fake-perun starts");
-        let stderr = child.stderr.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stderr).read_line(&mut line).expect("a line");
-        let address = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("the address")
-            .to_owned();
-        FakePerun {
-            child,
-            url: format!("http://{address}"),
-        }
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("OS_CREDITS_PERUN_URL", format!("{}/krb/rpc/json", self.url)),
-            ("OS_CREDITS_PERUN_LOGIN", "oscredits".into()),
-            ("OS_CREDITS_PERUN_PASSWORD", "secret".into()),
-            ("OS_CREDITS_PERUN_VO_ID", "201".into()),
-            ("OS_CREDITS_PERUN_SYNC_INTERVAL", "1".into()),
-        ]
-    }
-
-    fn group(&self, name: &str, id: i64, granted: &str) {
-        let body =
-            json!({ "name": name, "id": id, "attributes": { "denbiCreditsGranted": granted } });
-        let response = client()
-            .post(format!("{}/_fake/groups", self.url))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    }
-
-    fn faults(&self, faults: Value) {
-        let response = client()
-            .put(format!("{}/_fake/faults", self.url))
-            .json(&faults)
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    }
-
-    fn state(&self) -> Value {
-        common::get_json(&format!("{}/_fake/state", self.url))
-    }
-}
-
-impl Drop for FakePerun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn client() -> Client {
     common::http()
@@ -90,15 +21,6 @@ fn start(perun: &FakePerun, data: &std::path::Path, policies: &std::path::Path) 
     let env = perun.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Service::start(data, policies, &env)
-}
-
-/// Polls `condition` every 50 ms for up to 60 s.
-fn await_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The sample's projects that are Perun groups, with their expected rounded credits.

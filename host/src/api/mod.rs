@@ -3,6 +3,7 @@
 
 mod admin;
 mod credits;
+mod metrics;
 mod ops;
 mod write;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The Perun sync, when configured.
     pub perun: Option<Arc<crate::perun::sync::Sync>>,
+    /// The threshold mails, when configured.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// Replaces the log filter (`POST /logconfig`).
     pub log_filter: LogFilter,
     /// The key admin endpoints require; `None` disables them.
@@ -60,6 +63,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/ping", get(ops::ping))
         .route("/stats", get(ops::stats))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/metrics", get(credits::metrics))
         .route("/api/policies", get(admin::policies))
         .route("/api/policies/reload", post(admin::reload))

@@ -1,7 +1,7 @@
 //! `GET /ping` and `GET /stats`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -27,7 +27,33 @@ fn human(seconds: u64) -> String {
     }
 }
 
-pub async fn stats(State(app): State<AppState>) -> Response {
+/// `?verbose=true` adds the queue, the runtime's workers and the mails.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StatsQuery {
+    #[serde(default)]
+    verbose: bool,
+}
+
+/// Per worker thread of the async runtime: busy time and parks.
+fn runtime_detail() -> serde_json::Value {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let workers: Vec<_> = (0..metrics.num_workers())
+        .map(|worker| {
+            serde_json::json!({
+                "worker": worker,
+                "busy_seconds": metrics.worker_total_busy_duration(worker).as_secs_f64(),
+                "parks": metrics.worker_park_count(worker),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "workers": workers,
+        "alive_tasks": metrics.num_alive_tasks(),
+        "global_queue_depth": metrics.global_queue_depth(),
+    })
+}
+
+pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>) -> Response {
     let ledger = app.ledger.clone();
     let counts = match blocking(move || ledger.counts()).await {
         Ok(Ok(counts)) => counts,
@@ -47,7 +73,7 @@ pub async fn stats(State(app): State<AppState>) -> Response {
             })
         })
         .collect();
-    Json(serde_json::json!({
+    let mut stats = serde_json::json!({
         "uptime": human(uptime),
         "uptime_seconds": uptime,
         "workers": app.workers,
@@ -69,8 +95,29 @@ pub async fn stats(State(app): State<AppState>) -> Response {
         "policies": active,
         "policy_errors": app.registry.failures(),
         "perun": app.perun.as_ref().map(|p| p.status()).unwrap_or_default(),
-    }))
-    .into_response()
+        "mail": app.notifier.as_ref().map(|n| n.status()).unwrap_or_default(),
+    });
+    if query.verbose {
+        stats["queue"] = serde_json::json!({
+            "depth": app.engine.queue_size(),
+            "writes_committed": engine.writes,
+            "transactions": engine.commits,
+            "writes_per_transaction": if engine.commits == 0 { 0.0 } else { engine.writes as f64 / engine.commits as f64 },
+            "failed_transactions": engine.failed_commits,
+            "keys": engine.keys,
+            "oldest_unpublished": counts.oldest_outbox.map(|ns| {
+                chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
+        });
+        stats["runtime"] = runtime_detail();
+        stats["billing_thread"] = serde_json::json!({
+            "writes": engine.writes,
+            "points": engine.seen.lines,
+            "rejected": engine.seen.rejected,
+            "policy_errors": engine.seen.policy_errors,
+        });
+    }
+    Json(stats).into_response()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use os_credits::config::ServeConfig;
 use os_credits::engine::Engine;
 use os_credits::ledger::Ledger;
 use os_credits::ledger::sqlite::SqliteLedger;
+use os_credits::notify::Notifier;
 use os_credits::perun::client::PerunClient;
 use os_credits::perun::sync::Sync;
 use os_credits::policy::PolicyRuntime;
@@ -88,12 +89,29 @@ async fn run(
             None
         }
     };
+    let notifier = match config.mail()? {
+        Some(mail) => {
+            let server = format!("{}:{}", mail.server, mail.port);
+            let notifier = Arc::new(
+                Notifier::new(ledger.clone(), mail)
+                    .with_context(|| format!("cannot set up SMTP to {server}"))?,
+            );
+            tokio::spawn(Arc::clone(&notifier).run());
+            tracing::info!(%server, "threshold mails on");
+            Some(notifier)
+        }
+        None => {
+            tracing::info!("threshold mails are off (set MAIL_SMTP_SERVER to send them)");
+            None
+        }
+    };
     let state = AppState {
         engine: engine.clone(),
         ledger,
         policies,
         registry,
         perun,
+        notifier,
         log_filter,
         api_key: config.api_key.clone().filter(|k| !k.is_empty()),
         precision: config.precision,

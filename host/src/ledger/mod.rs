@@ -200,6 +200,8 @@ pub struct Counts {
     pub charges: u64,
     /// Projects waiting in the outbox.
     pub outbox: u64,
+    /// Since when (ns) the longest-waiting project has waited, if any.
+    pub oldest_outbox: Option<i64>,
 }
 
 /// The durable store behind the engine and the APIs.
@@ -245,6 +247,18 @@ pub trait Ledger: Send + Sync {
         project: &str,
         granted: Option<Decimal>,
         emails: &[String],
+    ) -> Result<(), LedgerError>;
+    /// Every project whose granted credits are known (to check thresholds).
+    fn notifiable(&self) -> Result<Vec<ProjectRecord>, LedgerError>;
+    /// The thresholds (percent) a project was mailed for, with the granted
+    /// credits at the time.
+    fn notified(&self, project: &str) -> Result<Vec<(u32, Decimal)>, LedgerError>;
+    /// Records that the mail for `threshold` was sent at `granted`.
+    fn record_notification(
+        &self,
+        project: &str,
+        threshold: u32,
+        granted: Decimal,
     ) -> Result<(), LedgerError>;
     /// Whether the project's credits used were adopted from Perun already.
     fn adopted(&self, project: &str) -> Result<bool, LedgerError>;

@@ -82,6 +82,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN awaiting_baseline INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE charges ADD COLUMN reversed_at INTEGER;
      ALTER TABLE projects ADD COLUMN emails TEXT NOT NULL DEFAULT '[]';",
+    // 5: threshold mails sent
+    "CREATE TABLE notifications (
+         project   TEXT NOT NULL,
+         threshold INTEGER NOT NULL,
+         granted   TEXT NOT NULL,
+         sent_at   INTEGER NOT NULL,
+         PRIMARY KEY (project, threshold)
+     ) WITHOUT ROWID;",
 ];
 
 /// How hard a commit is made durable.
@@ -522,6 +530,48 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    fn notifiable(&self) -> Result<Vec<ProjectRecord>, LedgerError> {
+        let names: Vec<String> = {
+            let connection = lock(&self.reader);
+            let mut statement = connection
+                .prepare_cached("SELECT project FROM projects WHERE granted IS NOT NULL")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        names
+            .iter()
+            .filter_map(|name| self.project(name).transpose())
+            .collect()
+    }
+
+    fn notified(&self, project: &str) -> Result<Vec<(u32, Decimal)>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection
+            .prepare_cached("SELECT threshold, granted FROM notifications WHERE project = ?1")?;
+        let rows = statement.query_map([project], |row| {
+            Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (threshold, granted) = row?;
+            Ok((threshold, decimal(&granted)?))
+        })
+        .collect()
+    }
+
+    fn record_notification(
+        &self,
+        project: &str,
+        threshold: u32,
+        granted: Decimal,
+    ) -> Result<(), LedgerError> {
+        lock(&self.writer).execute(
+            "INSERT INTO notifications (project, threshold, granted, sent_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (project, threshold) DO UPDATE SET granted = excluded.granted, sent_at = excluded.sent_at",
+            params![project, threshold, granted.to_string(), now_ns()],
+        )?;
+        Ok(())
+    }
+
     fn adopted(&self, project: &str) -> Result<bool, LedgerError> {
         let connection = lock(&self.reader);
         Ok(connection
@@ -675,6 +725,8 @@ impl Ledger for SqliteLedger {
             keys: count("SELECT COUNT(*) FROM keys")?,
             charges: count("SELECT COUNT(*) FROM charges")?,
             outbox: count("SELECT COUNT(*) FROM outbox")?,
+            oldest_outbox: connection
+                .query_row("SELECT MIN(since) FROM outbox", [], |row| row.get(0))?,
         })
     }
 }

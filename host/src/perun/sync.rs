@@ -84,6 +84,8 @@ pub struct SyncStatus {
     pub published: u64,
     /// RPC calls made since start.
     pub calls: u64,
+    /// Failed publishing attempts since start.
+    pub errors: u64,
 }
 
 /// Publishes the outbox to Perun.
@@ -366,6 +368,7 @@ impl Sync {
                     let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
                     status.last_error = Some(error.to_string());
                     status.last_error_at = Some(rfc3339_now());
+                    status.errors += 1;
                 }
                 let next = now_ns().saturating_add(delay.as_nanos() as i64);
                 let message = error.to_string();

@@ -389,6 +389,9 @@ impl Pricer for PolicySet {
     }
 
     fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
-        Pricer::bill(self.for_site(usage.location_id).as_ref(), usage)
+        let started = std::time::Instant::now();
+        let priced = Pricer::bill(self.for_site(usage.location_id).as_ref(), usage);
+        super::call_latency().observe(started.elapsed().as_secs_f64());
+        priced
     }
 }

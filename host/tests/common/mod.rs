@@ -2,6 +2,9 @@
 //! hostile fixtures) to Wasm, and finding the files of the repository.
 #![allow(dead_code)]
 
+pub mod fake_perun;
+pub mod smtp;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -199,4 +202,16 @@ pub fn post_sample(service: &Service) {
         204,
         "the sample was not accepted"
     );
+}
+
+/// Polls `condition` every 50 ms for up to 60 s.
+pub fn await_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

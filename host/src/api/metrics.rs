@@ -1,0 +1,194 @@
+//! `GET /metrics`: Prometheus text exposition (OpenMetrics), built at each
+//! scrape from the counters the engine, the sync and the notifier keep.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{AppState, blocking, error};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Counter::<u64>::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let metric = Gauge::<i64>::default();
+    metric.set(value);
+    registry.register(name, help, metric);
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let ledger = app.ledger.clone();
+    let counts = match blocking(move || ledger.counts()).await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => return response,
+    };
+    let engine = app.engine.stats();
+    let seen = &engine.seen;
+    let mut registry = Registry::with_prefix("os_credits");
+    counter(
+        &mut registry,
+        "points_received",
+        "Points received on /write.",
+        seen.lines as u64,
+    );
+    counter(
+        &mut registry,
+        "points_applied",
+        "Points that were charged.",
+        seen.billed as u64,
+    );
+    let ignored = Family::<Reason, Counter>::default();
+    for (reason, count) in &seen.ignored {
+        ignored
+            .get_or_create(&Reason {
+                reason: (*reason).to_owned(),
+            })
+            .inc_by(*count as u64);
+    }
+    registry.register(
+        "points_ignored",
+        "Points that charged nothing, by reason.",
+        ignored,
+    );
+    counter(
+        &mut registry,
+        "points_rejected",
+        "Broken or unusable lines.",
+        seen.rejected_count as u64,
+    );
+    counter(
+        &mut registry,
+        "charges",
+        "Charges recorded in the ledger.",
+        counts.charges,
+    );
+    counter(
+        &mut registry,
+        "policy_errors",
+        "Steps a policy failed to price (billed with the key's next point).",
+        seen.ignored
+            .get("policy error")
+            .copied()
+            .unwrap_or_default() as u64,
+    );
+    registry.register(
+        "policy_call_seconds",
+        "Duration of one pricing call into a policy.",
+        crate::policy::call_latency().clone(),
+    );
+    counter(
+        &mut registry,
+        "policy_load_failures",
+        "Policy modules refused at (re)load and not active.",
+        app.registry.failures().len() as u64,
+    );
+    gauge(
+        &mut registry,
+        "queue_depth",
+        "Writes waiting for the billing thread.",
+        app.engine.queue_size() as i64,
+    );
+    counter(
+        &mut registry,
+        "commits",
+        "Ledger transactions committed.",
+        engine.commits,
+    );
+    counter(
+        &mut registry,
+        "failed_commits",
+        "Ledger transactions that failed.",
+        engine.failed_commits,
+    );
+    gauge(
+        &mut registry,
+        "keys",
+        "Keys (project, site, metric) in the book.",
+        engine.keys as i64,
+    );
+    gauge(
+        &mut registry,
+        "perun_pending_projects",
+        "Projects waiting to be published to Perun.",
+        counts.outbox as i64,
+    );
+    let lag = counts.oldest_outbox.map_or(0, |since| {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        now.saturating_sub(since) / 1_000_000_000
+    });
+    gauge(
+        &mut registry,
+        "perun_sync_lag_seconds",
+        "How long the longest-waiting project has waited to be published.",
+        lag,
+    );
+    let perun = app.perun.as_ref().map(|p| p.status()).unwrap_or_default();
+    counter(
+        &mut registry,
+        "perun_calls",
+        "Perun RPC calls made.",
+        perun.calls,
+    );
+    counter(
+        &mut registry,
+        "perun_published",
+        "Projects published to Perun.",
+        perun.published,
+    );
+    counter(
+        &mut registry,
+        "perun_errors",
+        "Failed attempts to publish to Perun.",
+        perun.errors,
+    );
+    let mail = app
+        .notifier
+        .as_ref()
+        .map(|n| n.status())
+        .unwrap_or_default();
+    counter(
+        &mut registry,
+        "mails_sent",
+        "Threshold mails the SMTP server accepted.",
+        mail.sent,
+    );
+    counter(
+        &mut registry,
+        "mails_failed",
+        "Threshold mails that failed (retried later).",
+        mail.failed,
+    );
+    gauge(
+        &mut registry,
+        "uptime_seconds",
+        "Seconds since the service started.",
+        app.started.elapsed().as_secs() as i64,
+    );
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

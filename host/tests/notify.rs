@@ -1,0 +1,178 @@
+//! Threshold mails end to end: the real service, the fake Perun (granted
+//! credits and `toEmail`) and a real SMTP receiver over TCP.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::fake_perun::FakePerun;
+use common::smtp::{Mail, SmtpSink};
+use common::{Service, await_until, get_json, http, policy_dir};
+use serde_json::{Value, json};
+
+const PROJECT: &str = "mailproj";
+
+fn start(
+    perun: &FakePerun,
+    smtp_port: u16,
+    extra: &[(&str, &str)],
+) -> (Service, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let policies = policy_dir(&[]);
+    let port = smtp_port.to_string();
+    let mut env: Vec<(String, String)> = perun
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    for (k, v) in [
+        ("MAIL_SMTP_SERVER", "127.0.0.1"),
+        ("MAIL_SMTP_PORT", port.as_str()),
+        ("MAIL_NOT_STARTTLS", "true"),
+        ("MAIL_FROM", "credits@cloud.example"),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    (Service::start(data.path(), policies.path(), &env), data)
+}
+
+fn group(perun: &FakePerun) {
+    perun.add_group(&json!({
+        "name": PROJECT, "id": 4242,
+        "attributes": {
+            "denbiCreditsGranted": "200",
+            "toEmail": ["alice@lab.example", "bob@lab.example"],
+        },
+    }));
+}
+
+/// One vCPU counter of the project reaching `value` (vCPU-hours) at minute `minute`.
+fn use_up_to(service: &Service, value: u32, minute: i64) {
+    let ns = 1_714_600_000_000_000_000 + minute * 60_000_000_000;
+    let line =
+        format!("project_vcpu_usage,location_id=8676,project_name={PROJECT} value={value} {ns}\n");
+    let response = http().post(service.at("/write")).body(line).send().unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+}
+
+fn mail_stats(service: &Service) -> Value {
+    get_json(&service.at("/stats"))["mail"].clone()
+}
+
+/// Waits for two more passes of the notifier: whatever it would send, it has.
+fn settle(service: &Service) {
+    let passes = mail_stats(service)["passes"].as_u64().unwrap();
+    await_until("two more notifier passes", || {
+        mail_stats(service)["passes"].as_u64().unwrap() >= passes + 2
+    });
+}
+
+fn subjects(mails: &[Mail]) -> Vec<String> {
+    mails.iter().filter_map(|m| m.header("Subject")).collect()
+}
+
+#[test]
+fn one_mail_per_crossing_to_the_maintainers_with_governance_in_copy() {
+    let perun = FakePerun::start();
+    group(&perun);
+    let sink = SmtpSink::start();
+    let (service, _data) = start(
+        &perun,
+        sink.port,
+        &[("CLOUD_GOVERNANCE_MAIL", "governance@cloud.example")],
+    );
+    use_up_to(&service, 0, 0);
+    use_up_to(&service, 99, 1);
+    settle(&service);
+    assert!(sink.mails().is_empty(), "49.5 % used: no mail yet");
+    use_up_to(&service, 100, 2);
+    await_until("the 50 % mail", || sink.mails().len() == 1);
+    let mail = &sink.mails()[0];
+    assert_eq!(mail.from, "credits@cloud.example");
+    assert_eq!(
+        mail.recipients,
+        vec![
+            "alice@lab.example",
+            "bob@lab.example",
+            "governance@cloud.example"
+        ]
+    );
+    assert_eq!(
+        mail.header("To").unwrap(),
+        "alice@lab.example, bob@lab.example"
+    );
+    assert_eq!(mail.header("Cc").unwrap(), "governance@cloud.example");
+    assert_eq!(
+        mail.header("Subject").unwrap(),
+        format!("50% of the credits of project {PROJECT} used")
+    );
+    assert!(
+        mail.message
+            .contains("used 100.00 of its 200.00 granted credits")
+    );
+    // More use below the next threshold: nothing new.
+    use_up_to(&service, 150, 3);
+    settle(&service);
+    assert_eq!(sink.mails().len(), 1);
+    // All used: the second and last mail.
+    use_up_to(&service, 230, 4);
+    await_until("the 100 % mail", || sink.mails().len() == 2);
+    settle(&service);
+    assert_eq!(
+        subjects(&sink.mails()),
+        vec![
+            format!("50% of the credits of project {PROJECT} used"),
+            format!("100% of the credits of project {PROJECT} used"),
+        ]
+    );
+    assert_eq!(mail_stats(&service)["sent"], 2);
+    // Prometheus sees them too.
+    let metrics = http()
+        .get(service.at("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("os_credits_mails_sent_total 2"));
+}
+
+#[test]
+fn the_overwrite_replaces_every_recipient_and_a_down_smtp_server_gets_the_mail_later_once() {
+    let perun = FakePerun::start();
+    group(&perun);
+    // A port with nobody listening yet: SMTP is down.
+    let reserved = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    drop(reserved);
+    let (service, _data) = start(
+        &perun,
+        port,
+        &[
+            ("CLOUD_GOVERNANCE_MAIL", "governance@cloud.example"),
+            ("NOTIFICATION_TO_OVERWRITE", "ops@cloud.example"),
+        ],
+    );
+    use_up_to(&service, 0, 0);
+    use_up_to(&service, 120, 1);
+    await_until("a failed send", || {
+        mail_stats(&service)["failed"].as_u64().unwrap() >= 1
+    });
+    // Billing goes on while mail is down.
+    use_up_to(&service, 130, 2);
+    let current = get_json(&service.at(&format!("/api/current_credits/{PROJECT}")));
+    assert_eq!(current["current_credits"], json!(130.0));
+    assert!(service.log().contains("sending the threshold mail failed"));
+
+    let sink = SmtpSink::on(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    await_until("the mail after SMTP came back", || sink.mails().len() == 1);
+    settle(&service);
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1, "sent once, not once per attempt");
+    assert_eq!(mails[0].recipients, vec!["ops@cloud.example"]);
+    assert_eq!(mails[0].header("To").unwrap(), "ops@cloud.example");
+    assert_eq!(mails[0].header("Cc"), None);
+}
