@@ -1,10 +1,14 @@
 //! The HTTP API (axum): `/write` for the InfluxDB subscription, the portal's
-//! `/api/*` in the formats of the Python service, and `/ping`, `/stats`.
+//! `/api/*` in the formats of the Python service, the operational
+//! endpoints (`/ping`, `/stats`, `/metrics`, `/logconfig`), the OpenAPI
+//! document with its page, and the credits history page. Every route is
+//! described in `pages/openapi.json` (a test keeps the two equal).
 
 mod admin;
 mod credits;
 mod metrics;
 mod ops;
+mod pages;
 mod write;
 
 use std::sync::Arc;
@@ -77,6 +81,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/api/current_credits/{project}",
             get(credits::current_credits),
         )
+        .route("/api/openapi.json", get(pages::openapi))
+        .route("/api/docs", get(pages::docs))
+        .route("/credits_history/{project}", get(pages::history))
         .with_state(state)
 }
 

@@ -1,0 +1,134 @@
+//! The self-contained pages in a real browser: headless Chromium renders
+//! the credits history chart and the API docs from the running service.
+//!
+//! Needs Debian's `chromium` (`.ci/run` installs it; `CHROMIUM` overrides
+//! the binary). Without it these tests fail and say so: they never pass
+//! silently.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Service, get_json, http, policy_dir};
+
+fn chromium() -> PathBuf {
+    let candidates = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(PathBuf::from));
+    for candidate in candidates {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "headless Chromium is needed for the page tests and was not found: \
+         install Debian's `chromium` package (apt-get install chromium) or set CHROMIUM"
+    );
+}
+
+/// The DOM of `url` after its scripts ran, as headless Chromium sees it.
+fn rendered(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn write(service: &Service, body: &str) {
+    let response = http()
+        .post(service.at("/write"))
+        .body(body.to_owned())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+}
+
+#[test]
+fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = Service::start(data.path(), policies.path(), &[]);
+    let hour = 3_600_000_000_000i64;
+    let start = 1_714_600_000_000_000_000i64;
+    let body: String = [0, 2, 5, 9, 14, 20]
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            format!(
+                "project_vcpu_usage,location_id=8676,project_name=Chart\\ Lab value={value} {}\n",
+                start + i as i64 * hour
+            )
+        })
+        .collect();
+    write(&service, &body);
+    let history = get_json(&service.at("/api/credits_history/Chart%20Lab"));
+    let entries = history["timestamps"].as_array().unwrap().len() - 1;
+    assert_eq!(entries, 5);
+
+    let dom = rendered(&service.at("/credits_history/Chart%20Lab"));
+    assert!(
+        dom.contains(r#"data-state="ok""#),
+        "the page did not load its data:\n{dom}"
+    );
+    assert!(dom.contains("Credits history of <span id=\"project\">Chart Lab</span>"));
+    assert!(
+        dom.contains(&format!(r#"data-points="{entries}""#)),
+        "the chart does not hold every entry:\n{dom}"
+    );
+    assert!(dom.contains("<polyline"));
+    assert_eq!(dom.matches("<circle").count(), entries);
+    // The table, newest first, credits used (no granted credits known): 20.00 on top.
+    let rows: Vec<&str> = dom.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), entries);
+    assert!(
+        rows[0].contains("20.00") || rows[0].contains(">20<"),
+        "{}",
+        rows[0]
+    );
+    assert!(dom.contains("Credits used"));
+    // Nothing loaded from elsewhere: every script is inline.
+    assert!(!dom.contains("<script src"));
+
+    let unknown = rendered(&service.at("/credits_history/nobody"));
+    assert!(unknown.contains(r#"data-state="empty""#));
+    assert!(unknown.contains("No credits were billed for this project yet."));
+}
+
+#[test]
+fn the_docs_page_lists_every_operation_of_the_openapi_document() {
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = Service::start(data.path(), policies.path(), &[]);
+    let doc = get_json(&service.at("/api/openapi.json"));
+    assert_eq!(doc["openapi"], "3.1.0");
+    let operations: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|ops| ops.as_object().unwrap().len())
+        .sum();
+    let dom = rendered(&service.at("/api/docs"));
+    assert_eq!(dom.matches(r#"class="op""#).count(), operations, "{dom}");
+    assert!(dom.contains("/api/credits_history/{project}"));
+    assert!(dom.contains("needs X-API-KEY"));
+}
