@@ -1,0 +1,130 @@
+//! The operator's endpoints end to end: `/metrics` as Prometheus text
+//! (read back with a Prometheus parser), `/stats?verbose=true`, and the
+//! API key on every admin endpoint.
+
+mod common;
+
+use common::{Service, get_json, http, policy_dir, post_sample};
+use prometheus_parse::{Scrape, Value};
+use reqwest::StatusCode;
+
+/// The value of the sample `name` with `label` (name, value), if any.
+fn sample(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = Service::start(data.path(), policies.path(), &[]);
+    post_sample(&service);
+    let response = http().get(service.at("/metrics")).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+
+    let stats = get_json(&service.at("/stats"));
+    let points = &stats["points"];
+    let received = sample(&scrape, "os_credits_points_received_total", None).unwrap();
+    assert_eq!(received, points["received"].as_f64().unwrap());
+    assert!(received > 6000.0);
+    let applied = sample(&scrape, "os_credits_points_applied_total", None).unwrap();
+    assert_eq!(applied, points["billed"].as_f64().unwrap());
+    for (reason, count) in points["ignored"].as_object().unwrap() {
+        let scraped = sample(
+            &scrape,
+            "os_credits_points_ignored_total",
+            Some(("reason", reason.as_str())),
+        );
+        assert_eq!(scraped, count.as_f64(), "ignored for {reason}");
+    }
+    // One policy call per charge, each timed.
+    let calls = sample(&scrape, "os_credits_policy_call_seconds", None).unwrap();
+    assert_eq!(calls, applied);
+    let charges = sample(&scrape, "os_credits_charges_total", None).unwrap();
+    assert_eq!(charges, stats["charges"].as_f64().unwrap());
+    assert_eq!(sample(&scrape, "os_credits_queue_depth", None), Some(0.0));
+    for name in [
+        "os_credits_policy_errors_total",
+        "os_credits_perun_sync_lag_seconds",
+        "os_credits_perun_errors_total",
+        "os_credits_mails_sent_total",
+        "os_credits_mails_failed_total",
+    ] {
+        assert!(sample(&scrape, name, None).is_some(), "{name} missing");
+    }
+
+    let verbose = get_json(&service.at("/stats?verbose=true"));
+    assert_eq!(verbose["queue"]["depth"], 0);
+    assert!(verbose["queue"]["transactions"].as_u64().unwrap() >= 1);
+    let workers = verbose["runtime"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len() as u64, stats["workers"].as_u64().unwrap());
+    assert!(workers[0]["busy_seconds"].is_number());
+    assert!(stats.get("runtime").is_none(), "only with verbose=true");
+}
+
+#[test]
+fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = Service::start(data.path(), policies.path(), &[("API_KEY", "s3cret")]);
+    let admin = [
+        ("/logconfig", r#"{"filter":"os_credits=info"}"#),
+        ("/api/policies/reload", ""),
+    ];
+    for (path, body) in admin {
+        let send = |key: Option<&str>| {
+            let mut request = http()
+                .post(service.at(path))
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+            if let Some(key) = key {
+                request = request.header("X-API-KEY", key);
+            }
+            request.send().unwrap().status()
+        };
+        assert_eq!(send(None), StatusCode::UNAUTHORIZED, "{path} without a key");
+        assert_eq!(
+            send(Some("wrong")),
+            StatusCode::FORBIDDEN,
+            "{path} with a wrong key"
+        );
+        assert_eq!(
+            send(Some("s3cre")),
+            StatusCode::FORBIDDEN,
+            "{path} with a near miss"
+        );
+        assert!(send(Some("s3cret")).is_success(), "{path} with the key");
+    }
+    // The documented admin operations are exactly these.
+    let doc = get_json(&service.at("/api/openapi.json"));
+    let mut secured: Vec<String> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for op in ops.as_object().unwrap().values() {
+            if op.get("security").is_some() {
+                secured.push(path.clone());
+            }
+        }
+    }
+    secured.sort();
+    let mut expected: Vec<String> = admin.iter().map(|(p, _)| (*p).to_owned()).collect();
+    expected.sort();
+    assert_eq!(secured, expected);
+}
