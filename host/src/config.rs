@@ -59,8 +59,8 @@ pub struct ServeConfig {
     #[arg(long, env = "OS_CREDITS_PERUN_PASSWORD", hide_env_values = true)]
     pub perun_password: Option<String>,
     /// Perun VO id the project groups live in.
-    #[arg(long, env = "OS_CREDITS_PERUN_VO_ID")]
-    pub perun_vo_id: Option<i64>,
+    #[arg(long, env = "OS_CREDITS_PERUN_VO_ID", default_value = "")]
+    pub perun_vo_id: String,
     /// At most one write per project per this many seconds.
     #[arg(long, env = "OS_CREDITS_PERUN_SYNC_INTERVAL", default_value_t = 30)]
     pub perun_sync_interval: u64,
@@ -148,11 +148,11 @@ pub struct ServeConfig {
     pub notify_thresholds: String,
     /// File replacing the subject template (placeholders {project}, {used},
     /// {granted}, {left}, {threshold}).
-    #[arg(long, env = "OS_CREDITS_MAIL_SUBJECT_FILE")]
-    pub mail_subject_file: Option<PathBuf>,
+    #[arg(long, env = "OS_CREDITS_MAIL_SUBJECT_FILE", default_value = "")]
+    pub mail_subject_file: String,
     /// File replacing the body template (same placeholders).
-    #[arg(long, env = "OS_CREDITS_MAIL_BODY_FILE")]
-    pub mail_body_file: Option<PathBuf>,
+    #[arg(long, env = "OS_CREDITS_MAIL_BODY_FILE", default_value = "")]
+    pub mail_body_file: String,
 }
 
 /// Durability of ledger commits.
@@ -239,8 +239,12 @@ impl ServeConfig {
             overwrite: list(&self.notification_to_overwrite),
             thresholds,
             templates: Templates::load(
-                self.mail_subject_file.as_deref(),
-                self.mail_body_file.as_deref(),
+                Some(self.mail_subject_file.trim())
+                    .filter(|p| !p.is_empty())
+                    .map(std::path::Path::new),
+                Some(self.mail_body_file.trim())
+                    .filter(|p| !p.is_empty())
+                    .map(std::path::Path::new),
             )?,
             precision: self.precision,
             timeout: Duration::from_secs(10),
@@ -256,11 +260,20 @@ impl ServeConfig {
 impl ServeConfig {
     /// The Perun sync settings, or `None` (sync off) without login,
     /// password and VO id.
-    pub fn perun(&self) -> Option<(crate::perun::sync::SyncConfig, &str, &str)> {
+    pub fn perun(&self) -> anyhow::Result<Option<(crate::perun::sync::SyncConfig, &str, &str)>> {
         use crate::perun::sync::{AttributeDef, SyncConfig};
-        let login = self.perun_login.as_deref().filter(|l| !l.is_empty())?;
-        let password = self.perun_password.as_deref()?;
-        let vo = self.perun_vo_id?;
+        let vo =
+            match self.perun_vo_id.trim() {
+                "" => None,
+                text => Some(text.parse::<i64>().map_err(|_| {
+                    anyhow::anyhow!("OS_CREDITS_PERUN_VO_ID {text:?} is not a number")
+                })?),
+            };
+        let login = self.perun_login.as_deref().filter(|l| !l.is_empty());
+        let (Some(login), Some(password), Some(vo)) = (login, self.perun_password.as_deref(), vo)
+        else {
+            return Ok(None);
+        };
         let def = |id, name: &str, namespace: &str, kind: &str| AttributeDef {
             id,
             friendly_name: name.to_owned(),
@@ -291,6 +304,6 @@ impl ServeConfig {
             ),
             emails: self.perun_emails_name.clone(),
         };
-        Some((config, login, password))
+        Ok(Some((config, login, password)))
     }
 }

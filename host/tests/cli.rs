@@ -251,3 +251,77 @@ fn default_env_lists_every_variable_serve_reads() {
         "only {checked} variables found in serve --help"
     );
 }
+
+#[test]
+fn the_service_starts_with_default_env_as_it_is() {
+    // Every variable as documented (empty ones included), but a free port
+    // and temporary folders.
+    let documented = std::fs::read_to_string(repo_file(".default.env")).unwrap();
+    let env: Vec<(&str, &str)> = documented
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(name, _)| {
+            ![
+                "CREDITS_PORT",
+                "OS_CREDITS_DATA_DIR",
+                "OS_CREDITS_POLICY_DIR",
+            ]
+            .contains(name)
+        })
+        .collect();
+    assert!(env.len() > 20);
+    let (data, policies) = (tempfile::tempdir().unwrap(), common::policy_dir(&[]));
+    let service = common::Service::start(data.path(), policies.path(), &env);
+    let pong = common::http()
+        .get(service.at("/ping"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(pong, "Pong");
+    assert!(service.log().contains("threshold mails are off"));
+}
+
+#[test]
+fn the_dockerfile_builds_through_the_script_ci_runs_and_sets_up_the_runtime() {
+    let dockerfile = std::fs::read_to_string(repo_file("Dockerfile")).unwrap();
+    let script = std::fs::read_to_string(repo_file("docker/build.sh")).unwrap();
+    let ci = std::fs::read_to_string(repo_file(".ci/run")).unwrap();
+    assert!(dockerfile.contains("RUN sh docker/build.sh /out"));
+    assert!(dockerfile.contains("COPY --from=build /out/ /"));
+    assert!(
+        ci.contains("docker/build.sh"),
+        "CI must run the image's build steps"
+    );
+    for line in [
+        "EXPOSE 80",
+        "CREDITS_PORT=80",
+        "HEALTHCHECK",
+        r#"VOLUME ["/var/lib/os-credits", "/etc/os-credits/policies"]"#,
+    ] {
+        assert!(dockerfile.contains(line), "Dockerfile lacks {line}");
+    }
+    // The runtime's settings point where the script stages the files.
+    assert!(script.contains("$out/usr/local/bin/os-credits"));
+    assert!(script.contains("$out/etc/os-credits/policies"));
+    assert!(dockerfile.contains("OS_CREDITS_POLICY_DIR=/etc/os-credits/policies"));
+    assert!(dockerfile.contains("OS_CREDITS_DATA_DIR=/var/lib/os-credits"));
+}
+
+#[test]
+fn ping_says_whether_a_service_answers() {
+    let (data, policies) = (tempfile::tempdir().unwrap(), common::policy_dir(&[]));
+    let service = common::Service::start(data.path(), policies.path(), &[]);
+    let port = service.url.rsplit(':').next().unwrap();
+    let alive = os_credits(&["ping", "--port", port]);
+    assert!(alive.status.success());
+    assert_eq!(stdout(&alive).trim(), "Pong");
+    drop(service);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap().port().to_string();
+    drop(listener);
+    let dead = os_credits(&["ping", "--port", &closed, "--timeout", "2"]);
+    assert!(!dead.status.success());
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("no answer from"));
+}

@@ -27,7 +27,7 @@ fn human(seconds: u64) -> String {
     }
 }
 
-/// `?verbose=true` adds the queue, the runtime's workers and the mails.
+/// `?verbose=true` adds the queue, the runtime's worker threads and the billing thread.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct StatsQuery {
     #[serde(default)]

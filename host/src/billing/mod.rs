@@ -294,10 +294,10 @@ impl Book {
         floor: i64,
         reversed: Decimal,
     ) -> (Key, Account) {
-        if !reversed.is_zero() {
-            if let Some(total) = self.projects.get_mut(project) {
-                *total -= reversed;
-            }
+        if !reversed.is_zero()
+            && let Some(total) = self.projects.get_mut(project)
+        {
+            *total -= reversed;
         }
         if let Some((key, account)) =
             self.accounts

@@ -32,6 +32,16 @@ enum Command {
     /// Read the ledger (works while the service runs; never writes).
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Ask a running service whether it is alive (`GET /ping`); exit 0 if
+    /// it answers `Pong`. The container's HEALTHCHECK.
+    Ping {
+        /// The service's address.
+        #[arg(long, env = "CREDITS_PORT", default_value_t = 80)]
+        port: u16,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,5 +215,29 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             data_dir,
             format,
         }) => ledger::charges(&project, &data_dir, format),
+        Command::Ping { port, timeout } => ping(port, timeout),
+    }
+}
+
+/// `os-credits ping`: `GET /ping` on 127.0.0.1 (reqwest).
+fn ping(port: u16, timeout: u64) -> anyhow::Result<ExitCode> {
+    let url = format!("http://127.0.0.1:{port}/ping");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer: anyhow::Result<(reqwest::StatusCode, String)> = runtime.block_on(async {
+        let client =
+            os_credits::perun::client::http_client(std::time::Duration::from_secs(timeout))?;
+        let response = client.get(&url).send().await?;
+        let status = response.status();
+        Ok((status, response.text().await?))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() && body == "Pong" => {
+            println!("Pong");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((status, body)) => anyhow::bail!("{url} answered {status}: {body:?}, not Pong"),
+        Err(e) => anyhow::bail!("no answer from {url}: {e:#}"),
     }
 }

@@ -63,7 +63,7 @@ async fn run(
         tracing::info!("billing only the {} whitelisted projects", projects.len());
     }
     let engine = Arc::new(Engine::start(ledger.clone(), policies.clone(), whitelist)?);
-    let perun = match config.perun() {
+    let perun = match config.perun()? {
         Some((sync_config, login, password)) => {
             let client = PerunClient::new(
                 &config.perun_url,

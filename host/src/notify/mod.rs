@@ -457,6 +457,28 @@ mod tests {
     }
 
     #[test]
+    fn template_files_replace_the_built_in_ones_and_a_typo_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let subject = dir.path().join("subject.txt");
+        let body = dir.path().join("body.txt");
+        std::fs::write(&subject, "Credits of {project}: {left} left\n").unwrap();
+        std::fs::write(&body, "{used} of {granted}").unwrap();
+        let templates = Templates::load(Some(&subject), Some(&body)).unwrap();
+        let (s, b) = templates.render(&[
+            ("project", "p".into()),
+            ("used", "1".into()),
+            ("granted", "2".into()),
+            ("left", "1".into()),
+        ]);
+        assert_eq!((s.as_str(), b.as_str()), ("Credits of p: 1 left", "1 of 2"));
+        std::fs::write(&body, "{usd} of {granted}").unwrap();
+        let error = Templates::load(None, Some(&body)).unwrap_err().to_string();
+        assert!(error.contains("{usd}"), "{error}");
+        let missing = Templates::load(Some(&dir.path().join("nope.txt")), None);
+        assert!(missing.unwrap_err().to_string().contains("nope.txt"));
+    }
+
+    #[test]
     fn templates_fill_placeholders_and_refuse_unknown_ones() {
         let templates = Templates::default();
         let (subject, body) = templates.render(&[
