@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{AppState, blocking, error};
+use super::{AppState, error};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
@@ -31,10 +31,8 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let ledger = app.ledger.clone();
-    let counts = match blocking(move || ledger.counts()).await {
-        Ok(Ok(counts)) => counts,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let counts = match super::counts(&app).await {
+        Ok(counts) => counts,
         Err(response) => return response,
     };
     let engine = app.engine.stats();

@@ -104,6 +104,16 @@ pub(crate) fn number(value: Decimal) -> Box<RawValue> {
     })
 }
 
+/// The ledger's sizes, or the error response.
+pub(crate) async fn counts(app: &AppState) -> Result<crate::ledger::Counts, Response> {
+    let ledger = app.ledger.clone();
+    match blocking(move || ledger.counts()).await {
+        Ok(Ok(counts)) => Ok(counts),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(response) => Err(response),
+    }
+}
+
 /// Runs blocking work (ledger reads, policy calls) off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,

@@ -2,10 +2,9 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, blocking, error};
+use super::AppState;
 
 pub async fn ping() -> &'static str {
     "Pong"
@@ -54,10 +53,8 @@ fn runtime_detail() -> serde_json::Value {
 }
 
 pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>) -> Response {
-    let ledger = app.ledger.clone();
-    let counts = match blocking(move || ledger.counts()).await {
-        Ok(Ok(counts)) => counts,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let counts = match super::counts(&app).await {
+        Ok(counts) => counts,
         Err(response) => return response,
     };
     let engine = app.engine.stats();

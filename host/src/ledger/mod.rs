@@ -129,6 +129,15 @@ impl ProjectRecord {
     }
 }
 
+/// A project whose thresholds can be checked: granted credits known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifiable {
+    /// Its figures.
+    pub project: ProjectRecord,
+    /// The thresholds (percent) mailed, with the granted credits at the time.
+    pub mailed: Vec<(u32, Decimal)>,
+}
+
 /// One entry of a project's credit history: a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRow {
@@ -248,11 +257,10 @@ pub trait Ledger: Send + Sync {
         granted: Option<Decimal>,
         emails: &[String],
     ) -> Result<(), LedgerError>;
-    /// Every project whose granted credits are known (to check thresholds).
-    fn notifiable(&self) -> Result<Vec<ProjectRecord>, LedgerError>;
-    /// The thresholds (percent) a project was mailed for, with the granted
-    /// credits at the time.
-    fn notified(&self, project: &str) -> Result<Vec<(u32, Decimal)>, LedgerError>;
+    /// Every project whose granted credits are known, with the thresholds
+    /// (percent) it was mailed for and the granted credits at the time; two
+    /// queries whatever the number of projects.
+    fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError>;
     /// Records that the mail for `threshold` was sent at `granted`.
     fn record_notification(
         &self,

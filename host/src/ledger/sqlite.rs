@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Adjustment, AdjustmentKind, Batch, ChargeRecord, Counts, Floor, HistoryRow, Ledger,
-    LedgerError, OutboxEntry, PolicyStamp, ProjectRecord, Publishable,
+    LedgerError, Notifiable, OutboxEntry, PolicyStamp, ProjectRecord, Publishable,
 };
 use crate::billing::{Account, Key, State};
 
@@ -185,6 +185,11 @@ impl SqliteLedger {
 }
 
 /// The columns of a charge, in the order [`charge_row`] reads them.
+/// The charges a floor reverses (?1 project, ?2 site, ?3 metric, ?4 floor):
+/// not yet reversed, their step started before the floor.
+const REVERSIBLE: &str = "project = ?1 AND location_id = ?2 AND metric = ?3
+     AND previous_timestamp < ?4 AND reversed_at IS NULL";
+
 /// Stores key states (insert or replace).
 fn upsert_keys(
     tx: &rusqlite::Transaction<'_>,
@@ -530,30 +535,55 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
-    fn notifiable(&self) -> Result<Vec<ProjectRecord>, LedgerError> {
-        let names: Vec<String> = {
-            let connection = lock(&self.reader);
-            let mut statement = connection
-                .prepare_cached("SELECT project FROM projects WHERE granted IS NOT NULL")?;
-            let rows = statement.query_map([], |row| row.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        names
-            .iter()
-            .filter_map(|name| self.project(name).transpose())
-            .collect()
-    }
-
-    fn notified(&self, project: &str) -> Result<Vec<(u32, Decimal)>, LedgerError> {
+    fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError> {
         let connection = lock(&self.reader);
-        let mut statement = connection
-            .prepare_cached("SELECT threshold, granted FROM notifications WHERE project = ?1")?;
-        let rows = statement.query_map([project], |row| {
-            Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?))
+        let mut mailed: BTreeMap<String, Vec<(u32, Decimal)>> = BTreeMap::new();
+        {
+            let mut statement = connection
+                .prepare_cached("SELECT project, threshold, granted FROM notifications")?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (project, threshold, granted) = row?;
+                mailed
+                    .entry(project)
+                    .or_default()
+                    .push((threshold, decimal(&granted)?));
+            }
+        }
+        let mut statement = connection.prepare_cached(
+            "SELECT project, charged, adopted, granted, emails FROM projects WHERE granted IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+            ))
         })?;
         rows.map(|row| {
-            let (threshold, granted) = row?;
-            Ok((threshold, decimal(&granted)?))
+            let (project, charged, adopted, granted, emails) = row?;
+            let record = ProjectRecord {
+                charged: decimal(&charged)?,
+                adopted: decimal(&adopted)?,
+                granted: Some(decimal(&granted)?),
+                emails: serde_json::from_str(&emails).map_err(|e| {
+                    LedgerError::Corrupt(format!("mail addresses of {project}: {e}"))
+                })?,
+                project,
+            };
+            let mailed = mailed.remove(&record.project).unwrap_or_default();
+            Ok(Notifiable {
+                project: record,
+                mailed,
+            })
         })
         .collect()
     }
@@ -586,10 +616,8 @@ impl Ledger for SqliteLedger {
 
     fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError> {
         let connection = lock(&self.reader);
-        let mut statement = connection.prepare_cached(
-            "SELECT credits FROM charges WHERE project = ?1 AND location_id = ?2 AND metric = ?3
-                 AND previous_timestamp < ?4 AND reversed_at IS NULL",
-        )?;
+        let mut statement = connection
+            .prepare_cached(&format!("SELECT credits FROM charges WHERE {REVERSIBLE}"))?;
         floors
             .iter()
             .map(|floor| {

@@ -269,14 +269,11 @@ impl Notifier {
         let ledger = self.ledger.clone();
         let thresholds = self.config.thresholds.clone();
         let due = tokio::task::spawn_blocking(move || -> Result<Vec<Due>, String> {
-            let mut all = Vec::new();
-            for project in ledger.notifiable().map_err(|e| e.to_string())? {
-                let mailed = ledger
-                    .notified(&project.project)
-                    .map_err(|e| e.to_string())?;
-                all.extend(due(&project, &thresholds, &mailed));
-            }
-            Ok(all)
+            let projects = ledger.notifiable().map_err(|e| e.to_string())?;
+            Ok(projects
+                .iter()
+                .flat_map(|n| due(&n.project, &thresholds, &n.mailed))
+                .collect())
         })
         .await;
         let due = match due {
