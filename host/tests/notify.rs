@@ -45,7 +45,7 @@ fn group(perun: &FakePerun) {
         "name": PROJECT, "id": 4242,
         "attributes": {
             "denbiCreditsGranted": "200",
-            "toEmail": ["alice@lab.example", "bob@lab.example"],
+            "toEmail": ["alice@lab.example", "not an address", "bob@lab.example"],
         },
     }));
 }
@@ -105,6 +105,7 @@ fn one_mail_per_crossing_to_the_maintainers_with_governance_in_copy() {
         mail.header("To").unwrap(),
         "alice@lab.example, bob@lab.example"
     );
+    assert!(service.log().contains("skipping an invalid mail address"));
     assert_eq!(mail.header("Cc").unwrap(), "governance@cloud.example");
     assert_eq!(
         mail.header("Subject").unwrap(),
@@ -175,4 +176,37 @@ fn the_overwrite_replaces_every_recipient_and_a_down_smtp_server_gets_the_mail_l
     assert_eq!(mails[0].recipients, vec!["ops@cloud.example"]);
     assert_eq!(mails[0].header("To").unwrap(), "ops@cloud.example");
     assert_eq!(mails[0].header("Cc"), None);
+}
+
+#[test]
+fn bad_mail_settings_stop_the_start_with_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let policies = policy_dir(&[]);
+    let serve = |env: &[(&str, &str)]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
+            .arg("serve")
+            .env("CREDITS_PORT", "0")
+            .env("OS_CREDITS_DATA_DIR", data.path())
+            .env("OS_CREDITS_POLICY_DIR", policies.path())
+            .env("MAIL_SMTP_SERVER", "127.0.0.1")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = serve(&[("MAIL_FROM", "credits at cloud")]);
+    assert!(
+        stderr.contains("MAIL_FROM \"credits at cloud\" is not a mail address"),
+        "{stderr}"
+    );
+    let stderr = serve(&[("OS_CREDITS_NOTIFY_THRESHOLDS", "50,most")]);
+    assert!(
+        stderr.contains("\"most\" is not a whole percentage"),
+        "{stderr}"
+    );
+    let template = data.path().join("body.txt");
+    std::fs::write(&template, "{project} used {usde}").unwrap();
+    let stderr = serve(&[("OS_CREDITS_MAIL_BODY_FILE", template.to_str().unwrap())]);
+    assert!(stderr.contains("unknown placeholder {usde}"), "{stderr}");
 }

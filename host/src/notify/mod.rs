@@ -197,10 +197,27 @@ pub fn due(project: &ProjectRecord, thresholds: &[u32], mailed: &[(u32, Decimal)
         .collect()
 }
 
+/// Why the notifier cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The SMTP transport refused the settings.
+    #[error("SMTP settings: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    /// `MAIL_FROM` is not an address.
+    #[error("MAIL_FROM {address:?} is not a mail address: {reason}")]
+    From {
+        /// The value.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Sends the threshold mails.
 pub struct Notifier {
     ledger: Arc<dyn Ledger>,
     config: MailConfig,
+    from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     status: Mutex<NotifyStatus>,
     /// No send before this instant (SMTP failed); and the failures in a row.
@@ -209,10 +226,15 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier writing through `config`'s server.
-    pub fn new(
-        ledger: Arc<dyn Ledger>,
-        config: MailConfig,
-    ) -> Result<Self, lettre::transport::smtp::Error> {
+    pub fn new(ledger: Arc<dyn Ledger>, config: MailConfig) -> Result<Self, SetupError> {
+        let from = config
+            .from
+            .trim()
+            .parse()
+            .map_err(|e: lettre::address::AddressError| SetupError::From {
+                address: config.from.clone(),
+                reason: e.to_string(),
+            })?;
         let builder = if config.starttls {
             AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.server)?
         } else {
@@ -224,6 +246,7 @@ impl Notifier {
         }
         Ok(Notifier {
             ledger,
+            from,
             transport: builder.build(),
             status: Mutex::new(NotifyStatus {
                 enabled: true,
@@ -363,34 +386,27 @@ impl Notifier {
             ("threshold", due.threshold.to_string()),
         ];
         let (subject, body) = self.config.templates.render(&values);
-        let (to, cc): (Vec<String>, Vec<String>) = if self.config.overwrite.is_empty() {
-            let cc: Vec<String> = self.config.governance.iter().cloned().collect();
-            if project.emails.is_empty() {
-                (cc, Vec::new())
-            } else {
-                (project.emails.clone(), cc)
-            }
+        let maintainers = mailboxes(&project.emails);
+        let governance = mailboxes(self.config.governance.as_slice());
+        let (to, cc) = if !self.config.overwrite.is_empty() {
+            (mailboxes(&self.config.overwrite), Vec::new())
+        } else if maintainers.is_empty() {
+            (governance, Vec::new())
         } else {
-            (self.config.overwrite.clone(), Vec::new())
+            (maintainers, governance)
         };
         if to.is_empty() {
             return Err(Failure::NoRecipients);
         }
-        let mailbox = |address: &str| -> Result<Mailbox, Failure> {
-            address
-                .trim()
-                .parse()
-                .map_err(|e| Failure::Message(format!("{address:?}: {e}")))
-        };
         let mut message = Message::builder()
-            .from(mailbox(&self.config.from)?)
+            .from(self.from.clone())
             .subject(subject)
             .header(ContentType::TEXT_PLAIN);
-        for address in &to {
-            message = message.to(mailbox(address)?);
+        for mailbox in &to {
+            message = message.to(mailbox.clone());
         }
-        for address in &cc {
-            message = message.cc(mailbox(address)?);
+        for mailbox in &cc {
+            message = message.cc(mailbox.clone());
         }
         let message = message
             .body(body)
@@ -401,6 +417,20 @@ impl Notifier {
             .map_err(|e| Failure::Smtp(e.to_string()))?;
         Ok(to.len() + cc.len())
     }
+}
+
+/// The addresses that parse; each one that does not is logged and skipped.
+fn mailboxes(addresses: &[String]) -> Vec<Mailbox> {
+    addresses
+        .iter()
+        .filter_map(|address| match address.trim().parse() {
+            Ok(mailbox) => Some(mailbox),
+            Err(e) => {
+                tracing::warn!(address, "skipping an invalid mail address: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 enum Failure {
