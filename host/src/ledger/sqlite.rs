@@ -185,6 +185,22 @@ impl SqliteLedger {
 }
 
 /// The columns of a charge, in the order [`charge_row`] reads them.
+/// The text columns of a `projects` row: charged, adopted, granted, emails.
+type ProjectRow = (String, String, Option<String>, String);
+
+/// A project's figures from its `projects` row.
+fn project_record(project: String, row: ProjectRow) -> Result<ProjectRecord, LedgerError> {
+    let (charged, adopted, granted, emails) = row;
+    Ok(ProjectRecord {
+        charged: decimal(&charged)?,
+        adopted: decimal(&adopted)?,
+        granted: granted.as_deref().map(decimal).transpose()?,
+        emails: serde_json::from_str(&emails)
+            .map_err(|e| LedgerError::Corrupt(format!("mail addresses of {project}: {e}")))?,
+        project,
+    })
+}
+
 /// The charges a floor reverses (?1 project, ?2 site, ?3 metric, ?4 floor):
 /// not yet reversed, their step started before the floor.
 const REVERSIBLE: &str = "project = ?1 AND location_id = ?2 AND metric = ?3
@@ -391,17 +407,7 @@ impl Ledger for SqliteLedger {
             }
         };
         known
-            .map(|(charged, adopted, granted, emails)| {
-                Ok(ProjectRecord {
-                    project: project.to_owned(),
-                    charged: decimal(&charged)?,
-                    adopted: decimal(&adopted)?,
-                    granted: granted.as_deref().map(decimal).transpose()?,
-                    emails: serde_json::from_str(&emails).map_err(|e| {
-                        LedgerError::Corrupt(format!("mail addresses of {project}: {e}"))
-                    })?,
-                })
-            })
+            .map(|row| project_record(project.to_owned(), row))
             .transpose()
     }
 
@@ -560,25 +566,12 @@ impl Ledger for SqliteLedger {
             "SELECT project, charged, adopted, granted, emails FROM projects WHERE granted IS NOT NULL",
         )?;
         let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-            ))
+            let figures: ProjectRow = (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+            Ok((row.get::<_, String>(0)?, figures))
         })?;
         rows.map(|row| {
-            let (project, charged, adopted, granted, emails) = row?;
-            let record = ProjectRecord {
-                charged: decimal(&charged)?,
-                adopted: decimal(&adopted)?,
-                granted: Some(decimal(&granted)?),
-                emails: serde_json::from_str(&emails).map_err(|e| {
-                    LedgerError::Corrupt(format!("mail addresses of {project}: {e}"))
-                })?,
-                project,
-            };
+            let (project, figures) = row?;
+            let record = project_record(project, figures)?;
             let mailed = mailed.remove(&record.project).unwrap_or_default();
             Ok(Notifiable {
                 project: record,
