@@ -39,6 +39,12 @@ fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
     );
     let text = response.text().unwrap();
     assert!(text.ends_with("# EOF\n"));
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("# HELP") && l.ends_with("..")),
+        "help texts end with one period:\n{text}"
+    );
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
 
     let stats = get_json(&service.at("/stats"));

@@ -1,5 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition (OpenMetrics), built at each
 //! scrape from the counters the engine, the sync and the notifier keep.
+//! (prometheus-client ends every help text with a period itself.)
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -41,13 +42,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     counter(
         &mut registry,
         "points_received",
-        "Points received on /write.",
+        "Points received on /write",
         seen.lines as u64,
     );
     counter(
         &mut registry,
         "points_applied",
-        "Points that were charged.",
+        "Points that were charged",
         seen.billed as u64,
     );
     let ignored = Family::<Reason, Counter>::default();
@@ -60,25 +61,25 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     }
     registry.register(
         "points_ignored",
-        "Points that charged nothing, by reason.",
+        "Points that charged nothing, by reason",
         ignored,
     );
     counter(
         &mut registry,
         "points_rejected",
-        "Broken or unusable lines.",
+        "Broken or unusable lines",
         seen.rejected_count as u64,
     );
     counter(
         &mut registry,
         "charges",
-        "Charges recorded in the ledger.",
+        "Charges recorded in the ledger",
         counts.charges,
     );
     counter(
         &mut registry,
         "policy_errors",
-        "Steps a policy failed to price (billed with the key's next point).",
+        "Steps a policy failed to price (billed with the key's next point)",
         seen.ignored
             .get("policy error")
             .copied()
@@ -86,43 +87,43 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     );
     registry.register(
         "policy_call_seconds",
-        "Duration of one pricing call into a policy.",
+        "Duration of one pricing call into a policy",
         crate::policy::call_latency().clone(),
     );
     counter(
         &mut registry,
         "policy_load_failures",
-        "Policy modules refused at (re)load and not active.",
+        "Policy modules refused at (re)load and not active",
         app.registry.failures().len() as u64,
     );
     gauge(
         &mut registry,
         "queue_depth",
-        "Writes waiting for the billing thread.",
+        "Writes waiting for the billing thread",
         app.engine.queue_size() as i64,
     );
     counter(
         &mut registry,
         "commits",
-        "Ledger transactions committed.",
+        "Ledger transactions committed",
         engine.commits,
     );
     counter(
         &mut registry,
         "failed_commits",
-        "Ledger transactions that failed.",
+        "Ledger transactions that failed",
         engine.failed_commits,
     );
     gauge(
         &mut registry,
         "keys",
-        "Keys (project, site, metric) in the book.",
+        "Keys (project, site, metric) in the book",
         engine.keys as i64,
     );
     gauge(
         &mut registry,
         "perun_pending_projects",
-        "Projects waiting to be published to Perun.",
+        "Projects waiting to be published to Perun",
         counts.outbox as i64,
     );
     let lag = counts.oldest_outbox.map_or(0, |since| {
@@ -132,26 +133,26 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     gauge(
         &mut registry,
         "perun_sync_lag_seconds",
-        "How long the longest-waiting project has waited to be published.",
+        "How long the longest-waiting project has waited to be published",
         lag,
     );
     let perun = app.perun.as_ref().map(|p| p.status()).unwrap_or_default();
     counter(
         &mut registry,
         "perun_calls",
-        "Perun RPC calls made.",
+        "Perun RPC calls made",
         perun.calls,
     );
     counter(
         &mut registry,
         "perun_published",
-        "Projects published to Perun.",
+        "Projects published to Perun",
         perun.published,
     );
     counter(
         &mut registry,
         "perun_errors",
-        "Failed attempts to publish to Perun.",
+        "Failed attempts to publish to Perun",
         perun.errors,
     );
     let mail = app
@@ -162,19 +163,19 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     counter(
         &mut registry,
         "mails_sent",
-        "Threshold mails the SMTP server accepted.",
+        "Threshold mails the SMTP server accepted",
         mail.sent,
     );
     counter(
         &mut registry,
         "mails_failed",
-        "Threshold mails that failed (retried later).",
+        "Threshold mails that failed (retried later)",
         mail.failed,
     );
     gauge(
         &mut registry,
         "uptime_seconds",
-        "Seconds since the service started.",
+        "Seconds since the service started",
         app.started.elapsed().as_secs() as i64,
     );
     let mut text = String::new();
