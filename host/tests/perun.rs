@@ -250,11 +250,7 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
     register_groups(&perun);
     // The Python service left 100 credits used for os_credits_0.
     let body = json!({ "name": "os_credits_0", "id": 2000, "attributes": { "denbiCreditsGranted": "500", "denbiCreditsCurrent": "100.00" } });
-    client()
-        .post(format!("{}/_fake/groups", perun.url))
-        .json(&body)
-        .send()
-        .unwrap();
+    perun.add_group(&body);
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
     post_sample(&service);
@@ -386,12 +382,7 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
             "attributes": { "denbiCreditsGranted": "500", "denbiCreditsCurrent": "100.00" },
             "resources": resources,
         });
-        let response = client()
-            .post(format!("{}/_fake/groups", perun.url))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        perun.add_group(&body);
     }
     // Perun is down while the whole sample (old half included) is billed:
     // the old half's charges must be taken back on first contact.

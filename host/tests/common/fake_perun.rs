@@ -47,14 +47,9 @@ impl FakePerun {
 
     /// Creates group `name` with granted credits.
     pub fn group(&self, name: &str, id: i64, granted: &str) {
-        let body =
-            json!({ "name": name, "id": id, "attributes": { "denbiCreditsGranted": granted } });
-        let response = super::http()
-            .post(format!("{}/_fake/groups", self.url))
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        self.add_group(
+            &json!({ "name": name, "id": id, "attributes": { "denbiCreditsGranted": granted } }),
+        );
     }
 
     /// Creates or replaces a group from the fake's `/_fake/groups` body.
