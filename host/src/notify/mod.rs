@@ -315,44 +315,41 @@ impl Notifier {
     /// Sends one due mail and records it; `false` when the server failed
     /// (the rest of the pass waits for the backoff).
     async fn deliver(&self, due: &Due) -> bool {
-        {
-            match self.send(due).await {
-                Ok(recipients) => {
-                    self.status
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .sent += 1;
-                    *self.backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, 0);
-                    tracing::info!(recipients, "threshold mail sent");
-                    self.record(due).await;
+        match self.send(due).await {
+            Ok(recipients) => {
+                self.status
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .sent += 1;
+                *self.backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, 0);
+                tracing::info!(recipients, "threshold mail sent");
+                self.record(due).await;
+            }
+            Err(Failure::NoRecipients) => {
+                tracing::warn!(
+                    "no maintainers known (toEmail empty) and no CLOUD_GOVERNANCE_MAIL: threshold mail not sent"
+                );
+                self.record(due).await;
+            }
+            Err(Failure::Message(e)) => {
+                tracing::error!("threshold mail cannot be built: {e}");
+                self.record(due).await;
+            }
+            Err(Failure::Smtp(e)) => {
+                let delay = {
+                    let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                    backoff.1 = backoff.1.saturating_add(1);
+                    let delay = Duration::from_secs(1u64 << backoff.1.min(9)).min(MAX_BACKOFF);
+                    backoff.0 = Some(Instant::now() + delay);
+                    delay
+                };
+                {
+                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    status.failed += 1;
+                    status.last_error = Some(e.clone());
                 }
-                Err(Failure::NoRecipients) => {
-                    tracing::warn!(
-                        "no maintainers known (toEmail empty) and no CLOUD_GOVERNANCE_MAIL: threshold mail not sent"
-                    );
-                    self.record(due).await;
-                }
-                Err(Failure::Message(e)) => {
-                    tracing::error!("threshold mail cannot be built: {e}");
-                    self.record(due).await;
-                }
-                Err(Failure::Smtp(e)) => {
-                    let delay = {
-                        let mut backoff =
-                            self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
-                        backoff.1 = backoff.1.saturating_add(1);
-                        let delay = Duration::from_secs(1u64 << backoff.1.min(9)).min(MAX_BACKOFF);
-                        backoff.0 = Some(Instant::now() + delay);
-                        delay
-                    };
-                    {
-                        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-                        status.failed += 1;
-                        status.last_error = Some(e.clone());
-                    }
-                    tracing::warn!("sending the threshold mail failed, retrying in {delay:?}: {e}");
-                    return false;
-                }
+                tracing::warn!("sending the threshold mail failed, retrying in {delay:?}: {e}");
+                return false;
             }
         }
         true
