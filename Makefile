@@ -19,7 +19,7 @@ WASM_TARGET := wasm32-wasip2
 POLICIES := denbi tariff
 DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
-FIXTURE_PACKAGES := -p hostile-policy -p contract-v2-policy
+FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
 .PHONY: all host policies run test lint bench clean
 

@@ -1,6 +1,12 @@
 //! A billed step through the Wasm de.NBI policy against the same formula
-//! (the same crate, compiled natively), both as a bare pricing call and as
-//! a whole billing step (`Book::apply`: key lookup, rules, pricing, totals).
+//! (the same crate, compiled natively):
+//! - `billed step`: what the service does per step (key lookup, rules,
+//!   pricing, totals), the steps of a round of 256 keys priced as one
+//!   batch (`Book::decide`, then `Book::price`);
+//! - `pricing alone`: 256 steps priced, without the book; `wasm, one step
+//!   per call` shows what batching saves.
+//!
+//! Criterion reports the time of a round; `thrpt` is steps per second.
 //!
 //! Run with `make bench` or `cargo bench -p os-credits --bench policy`.
 
@@ -10,11 +16,11 @@ mod common;
 use std::borrow::Cow;
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use denbi_policy::Denbi;
-use os_credits::billing::{Book, Priced, Pricer};
+use os_credits::billing::{Book, Decided, Priced, Pricer};
 use os_credits::ingest::{Measurement, Tag};
-use os_credits::policy::{CallError, Limits, PolicyRuntime, Usage};
+use os_credits::policy::{CallError, Limits, MAX_BATCH, PolicyRuntime, Usage};
 use pricing_sdk::Policy as _;
 
 /// The de.NBI formula natively, behind the same `Pricer` interface: the
@@ -64,6 +70,9 @@ fn stack_tags() -> Vec<Tag<'static>> {
     .collect()
 }
 
+/// Steps in one round: one per key, as a write of the stack carries them.
+const STEPS: usize = MAX_BATCH;
+
 fn bench(c: &mut Criterion) {
     let runtime = PolicyRuntime::new(Limits::default()).expect("engine");
     let wasm = runtime
@@ -71,24 +80,49 @@ fn bench(c: &mut Criterion) {
         .expect("de.NBI policy loads");
     let native = Native(Denbi::configure("").expect("defaults"));
     let tags = stack_tags();
-    let usage = Usage {
-        metric: "project_vcpu_usage",
-        project: "os_credits_0",
-        location_id: "8676",
-        tags: &tags,
-        previous: (1_714_609_360_727_000_000, "10749.617071944445"),
-        current: (1_714_609_420_727_000_000, "10750.617071944445"),
-    };
+    let projects: Vec<String> = (0..STEPS).map(|i| format!("os_credits_{i}")).collect();
+    let values: Vec<(String, String)> = (0..STEPS)
+        .map(|i| {
+            let base = 10_749 + i;
+            (
+                format!("{base}.617071944445"),
+                format!("{}.617071944445", base + 1),
+            )
+        })
+        .collect();
+    let usages: Vec<Usage<'_>> = projects
+        .iter()
+        .zip(&values)
+        .map(|(project, (previous, current))| Usage {
+            metric: "project_vcpu_usage",
+            project,
+            location_id: "8676",
+            tags: &tags,
+            previous: (1_714_609_360_727_000_000, previous),
+            current: (1_714_609_420_727_000_000, current),
+        })
+        .collect();
 
-    let mut group = c.benchmark_group("price one step");
-    group.bench_function("wasm", |b| b.iter(|| wasm.bill(black_box(&usage))));
+    let mut group = c.benchmark_group("pricing alone");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    group.bench_function("wasm", |b| b.iter(|| wasm.bill_batch(black_box(&usages))));
     group.bench_function("native", |b| {
-        b.iter(|| Pricer::bill(&native, black_box(&usage)))
+        b.iter(|| Pricer::bill_batch(&native, black_box(&usages)))
+    });
+    group.bench_function("wasm, one step per call", |b| {
+        b.iter(|| {
+            for usage in &usages {
+                black_box(wasm.bill(black_box(usage))).expect("priced");
+            }
+        })
     });
     group.finish();
 
-    let mut group = c.benchmark_group("billing step (Book::apply)");
-    let values: Vec<String> = (0..100_000)
+    // Whole billing steps: the rules, the book's keys and totals, pricing
+    // in batches (`Book::decide` then `Book::price`, as `/write` does).
+    let mut group = c.benchmark_group("billed step");
+    group.throughput(Throughput::Elements(STEPS as u64));
+    let round_values: Vec<String> = (0..100_000)
         .map(|i| format!("{}.617071944445", 10_749 + i))
         .collect();
     for (name, pricer) in [
@@ -97,28 +131,37 @@ fn bench(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| {
             let mut book = Book::new();
-            let mut i = 0usize;
+            let mut round = 0usize;
+            let mut waiting = Vec::with_capacity(STEPS);
             b.iter(|| {
-                i += 1;
-                let text = &values[i % values.len()];
-                let m = Measurement {
-                    metric: "project_vcpu_usage",
-                    project: "os_credits_0",
-                    location_id: "8676",
-                    timestamp: i as i64 * 15_000_000_000,
-                    value: text.parse().unwrap_or_default(),
-                    text,
-                    tags: &tags,
-                };
-                // A wrap-around of `values` is a counter drop: re-baselined, cheap and rare.
-                book.apply(black_box(&m), &DynPricer(pricer))
+                round += 1;
+                let text = &round_values[round % round_values.len()];
+                let value = text.parse().unwrap_or_default();
+                for project in &projects {
+                    let m = Measurement {
+                        metric: "project_vcpu_usage",
+                        project,
+                        location_id: "8676",
+                        timestamp: round as i64 * 15_000_000_000,
+                        value,
+                        text,
+                        tags: &tags,
+                    };
+                    // A wrap-around of the values is a counter drop:
+                    // re-baselined, cheap and rare.
+                    if book.decide(black_box(&m), &DynPricer(pricer)) == Decided::Price {
+                        waiting.push(m);
+                    }
+                }
+                black_box(book.price(&waiting, &DynPricer(pricer)));
+                waiting.clear();
             })
         });
     }
     group.finish();
 }
 
-/// Lets `Book::apply` take a `&dyn Pricer`.
+/// Lets `Book` take a `&dyn Pricer`.
 struct DynPricer<'a>(&'a dyn Pricer);
 
 impl Pricer for DynPricer<'_> {
@@ -127,6 +170,9 @@ impl Pricer for DynPricer<'_> {
     }
     fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
         self.0.bill(usage)
+    }
+    fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
+        self.0.bill_batch(usages)
     }
 }
 

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashSet};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::billing::{Book, Outcome, Pricer, UNKNOWN_METRIC, round};
-use crate::ingest::{Measurement, Precision, parse_lines};
+use crate::billing::{Book, Decided, Outcome, Pricer, UNKNOWN_METRIC, round};
+use crate::ingest::{Measurement, Point, Precision, parse_lines};
+use crate::policy::MAX_BATCH;
 
 /// How many line problems a report lists (all are counted).
 pub const LISTED_ISSUES: usize = 100;
@@ -131,7 +132,11 @@ impl Replay {
     /// Applies every line of `body` in order, pricing with `pricer`.
     /// Timestamps are in `precision`; points without one get `received`
     /// (ns). `progress` is called now and then with the bytes consumed;
-    /// `observe` with every measurement's outcome and the book after it.
+    /// `observe` with every measurement's outcome and the book right after
+    /// it was settled. Steps are priced in batches of up to [`MAX_BATCH`]:
+    /// a charged step is observed when its batch is priced, after the
+    /// outcomes of later lines that needed no pricing; charges are
+    /// observed in line order.
     pub fn feed(
         &mut self,
         pricer: &impl Pricer,
@@ -142,6 +147,11 @@ impl Replay {
         mut observe: impl FnMut(&Measurement<'_>, &Outcome, &Book),
     ) -> FeedReport {
         let mut report = FeedReport::default();
+        let mut waiting = Waiting {
+            points: Vec::new(),
+            precision,
+            received,
+        };
         let mut lines = parse_lines(body);
         while let Some((number, parsed)) = lines.next() {
             report.lines += 1;
@@ -173,31 +183,58 @@ impl Replay {
                 report.ignore(NOT_WHITELISTED);
                 continue;
             }
-            let outcome = self.book.apply(&measurement, pricer);
-            match outcome.ignored_reason() {
-                None => report.billed += 1,
-                Some(reason) => report.ignore(reason),
+            let mut decided = self.book.decide(&measurement, pricer);
+            if decided == Decided::Wait {
+                self.price(&mut waiting, pricer, &mut report, &mut observe);
+                decided = self.book.decide(&measurement, pricer);
             }
-            if let Outcome::PolicyFailed(e) = &outcome {
-                tracing::warn!(
-                    project = measurement.project,
-                    site = measurement.location_id,
-                    metric = measurement.metric,
-                    line = number,
-                    "step not billed yet: {e}"
-                );
-                if report.policy_errors.len() < LISTED_ISSUES {
-                    report.policy_errors.push(LineIssue {
-                        line: number,
-                        error: e.to_string(),
-                    });
-                }
+            match decided {
+                Decided::Done(outcome) => settled(
+                    &mut report,
+                    &self.book,
+                    number,
+                    &measurement,
+                    &outcome,
+                    &mut observe,
+                ),
+                Decided::Price | Decided::Wait => waiting.points.push((number, point)),
             }
-            observe(&measurement, &outcome, &self.book);
+            if waiting.points.len() == MAX_BATCH {
+                self.price(&mut waiting, pricer, &mut report, &mut observe);
+            }
         }
+        self.price(&mut waiting, pricer, &mut report, &mut observe);
         progress(body.len());
         self.seen.add(&report);
         report
+    }
+
+    /// Prices the waiting steps as one batch and settles them in order.
+    fn price(
+        &mut self,
+        waiting: &mut Waiting<'_>,
+        pricer: &impl Pricer,
+        report: &mut FeedReport,
+        observe: &mut impl FnMut(&Measurement<'_>, &Outcome, &Book),
+    ) {
+        if waiting.points.is_empty() {
+            return;
+        }
+        // The same points gave these measurements before: cannot fail now.
+        let (lines, measurements): (Vec<usize>, Vec<Measurement<'_>>) = waiting
+            .points
+            .iter()
+            .filter_map(|(line, point)| {
+                let m = Measurement::from_point(point, waiting.precision, waiting.received);
+                Some((*line, m.ok()?))
+            })
+            .unzip();
+        let outcomes = self.book.price(&measurements, pricer);
+        for ((line, measurement), outcome) in lines.into_iter().zip(&measurements).zip(outcomes) {
+            settled(report, &self.book, line, measurement, &outcome, observe);
+        }
+        drop(measurements);
+        waiting.points.clear();
     }
 
     /// What was billed so far, with totals rounded to `precision` places.
@@ -291,4 +328,44 @@ pub struct Report {
     pub total_rounded: Decimal,
     /// Decimal places of the rounded figures.
     pub precision: u32,
+}
+
+/// Points whose steps wait to be priced, with their line numbers (the
+/// measurements borrow from them, so the points are kept).
+struct Waiting<'b> {
+    points: Vec<(usize, Point<'b>)>,
+    precision: Precision,
+    received: i64,
+}
+
+/// Counts a settled outcome, warns about a step the policy could not
+/// price, and tells the observer.
+fn settled(
+    report: &mut FeedReport,
+    book: &Book,
+    line: usize,
+    measurement: &Measurement<'_>,
+    outcome: &Outcome,
+    observe: &mut impl FnMut(&Measurement<'_>, &Outcome, &Book),
+) {
+    match outcome.ignored_reason() {
+        None => report.billed += 1,
+        Some(reason) => report.ignore(reason),
+    }
+    if let Outcome::PolicyFailed(e) = outcome {
+        tracing::warn!(
+            project = measurement.project,
+            site = measurement.location_id,
+            metric = measurement.metric,
+            line,
+            "step not billed yet: {e}"
+        );
+        if report.policy_errors.len() < LISTED_ISSUES {
+            report.policy_errors.push(LineIssue {
+                line,
+                error: e.to_string(),
+            });
+        }
+    }
+    observe(measurement, outcome, book);
 }

@@ -13,7 +13,11 @@ use serde::Serialize;
 
 use crate::billing::Pricer;
 use crate::ledger::ChargeRecord;
-use crate::policy::Usage;
+use crate::policy::{MAX_BATCH, Usage};
+
+/// Steps handed to the pricer at a time (it calls the policy in batches
+/// of [`MAX_BATCH`]).
+const CHUNK: usize = 16 * MAX_BATCH;
 
 /// One project's figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,10 +64,11 @@ pub struct Rerate {
     pub failures: Vec<RerateFailure>,
 }
 
-/// Prices every charge's step with `pricer` and compares.
+/// Prices every charge's step with `pricer` (in batches) and compares.
 pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
     let mut projects: BTreeMap<&str, ProjectRerate> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut priceable = Vec::new();
     for charge in charges {
         let key = &charge.key;
         let row = projects
@@ -77,26 +82,38 @@ pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
             });
         row.steps += 1;
         row.billed += charge.credits;
-        if !pricer.prices(&key.location_id, &key.metric) {
-            continue;
+        if pricer.prices(&key.location_id, &key.metric) {
+            priceable.push(charge);
         }
-        let usage = Usage {
-            metric: &key.metric,
-            project: &key.project,
-            location_id: &key.location_id,
-            tags: &[],
-            previous: (charge.previous.0, &charge.previous.1),
-            current: (charge.current.0, &charge.current.1),
-        };
-        match pricer.bill(&usage) {
-            Ok(priced) => row.would_be += priced.credits,
-            Err(e) => failures.push(RerateFailure {
-                project: key.project.to_string(),
-                location_id: key.location_id.to_string(),
-                metric: key.metric.to_string(),
-                timestamp: charge.current.0,
-                error: e.to_string(),
-            }),
+    }
+    for chunk in priceable.chunks(CHUNK) {
+        let usages: Vec<Usage<'_>> = chunk
+            .iter()
+            .map(|charge| Usage {
+                metric: &charge.key.metric,
+                project: &charge.key.project,
+                location_id: &charge.key.location_id,
+                tags: &[],
+                previous: (charge.previous.0, &charge.previous.1),
+                current: (charge.current.0, &charge.current.1),
+            })
+            .collect();
+        for (charge, priced) in chunk.iter().zip(pricer.bill_batch(&usages)) {
+            let key = &charge.key;
+            match priced {
+                Ok(priced) => {
+                    if let Some(row) = projects.get_mut(&*key.project) {
+                        row.would_be += priced.credits;
+                    }
+                }
+                Err(e) => failures.push(RerateFailure {
+                    project: key.project.to_string(),
+                    location_id: key.location_id.to_string(),
+                    metric: key.metric.to_string(),
+                    timestamp: charge.current.0,
+                    error: e.to_string(),
+                }),
+            }
         }
     }
     let mut projects: Vec<ProjectRerate> = projects.into_values().collect();

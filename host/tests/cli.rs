@@ -172,10 +172,11 @@ fn policy_check_describes_a_good_module_and_explains_a_bad_one() {
     assert!(text.contains("project_mb_usage    ram"), "{text}");
     assert!(text.contains("self-test passed"));
 
-    let bad = os_credits(&["policy", "check", path(&wasm("contract-v2-policy"))]);
+    let bad = os_credits(&["policy", "check", path(&wasm("contract-v1-policy"))]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("os-credits:pricing@2.0.0"), "{stderr}");
+    assert!(stderr.contains("os-credits:pricing@1.0.0"), "{stderr}");
+    assert!(stderr.contains("this host speaks @2.0.0"), "{stderr}");
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("site.toml");

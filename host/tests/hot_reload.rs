@@ -91,7 +91,7 @@ fn os_credits(args: &[&str]) -> Value {
 #[test]
 fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() {
     let denbi = std::fs::read(wasm("denbi-policy")).unwrap();
-    let wrong_contract = std::fs::read(wasm("contract-v2-policy")).unwrap();
+    let wrong_contract = std::fs::read(wasm("contract-v1-policy")).unwrap();
     let folder = policy_dir(&[("policies.toml", MAPPING)]);
     let first = variant(&denbi, "v0");
     deploy(folder.path(), "current.wasm", &first);

@@ -62,9 +62,13 @@ fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
         );
         assert_eq!(scraped, count.as_f64(), "ignored for {reason}");
     }
-    // One policy call per charge, each timed.
+    // Every pricing call timed; the charges of a write are priced in
+    // batches, so there are fewer calls than charges.
     let calls = sample(&scrape, "os_credits_policy_call_seconds", None).unwrap();
-    assert_eq!(calls, applied);
+    assert!(
+        calls >= 1.0 && calls < applied,
+        "{calls} calls for {applied} charges"
+    );
     let charges = sample(&scrape, "os_credits_charges_total", None).unwrap();
     assert_eq!(charges, stats["charges"].as_f64().unwrap());
     assert_eq!(sample(&scrape, "os_credits_queue_depth", None), Some(0.0));

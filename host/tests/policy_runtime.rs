@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::wasm;
 use os_credits::billing::round;
 use os_credits::ingest::Precision;
-use os_credits::policy::{CallError, Limits, LoadError, Policy, PolicyRuntime, Usage};
+use os_credits::policy::{CallError, Limits, LoadError, MAX_BATCH, Policy, PolicyRuntime, Usage};
 use os_credits::replay::Replay;
 use rust_decimal::Decimal;
 
@@ -73,7 +73,7 @@ fn denbi_reads_its_info_and_refuses_metrics_it_does_not_price() {
     let policy = denbi();
     let info = policy.info();
     assert_eq!(info.name, "denbi");
-    assert_eq!(info.contract, "1.0.0");
+    assert_eq!(info.contract, "2.0.0");
     assert_eq!(info.sha256.len(), 64);
     let names: Vec<_> = info
         .metrics
@@ -191,12 +191,12 @@ fn a_charge_that_is_not_a_decimal_or_negative_is_refused() {
 
 #[test]
 fn a_wrong_contract_version_is_refused_at_load() {
-    let err = load("contract-v2-policy", "").unwrap_err();
+    let err = load("contract-v1-policy", "").unwrap_err();
     assert!(
-        matches!(&err, LoadError::Contract { found } if found == "2.0.0"),
+        matches!(&err, LoadError::Contract { found } if found == "1.0.0"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("this host speaks @1.0.0"));
+    assert!(err.to_string().contains("this host speaks @2.0.0"));
     assert_eq!(denbi().bill(&cpu_step()), Ok(Decimal::from(5)));
 }
 
@@ -224,4 +224,79 @@ fn concurrent_calls_each_get_an_instance() {
     });
     let idle = policy.idle_instances();
     assert!((1..=4).contains(&idle), "{idle} instances");
+}
+
+/// A vCPU step for each project (values to be filled in).
+fn steps(projects: &[String]) -> Vec<Usage<'_>> {
+    projects
+        .iter()
+        .map(|project| Usage {
+            project,
+            ..usage("project_vcpu_usage", "0", "0")
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_prices_every_step_in_order_across_calls() {
+    // More steps than one call takes: priced in several calls, in order.
+    let projects: Vec<String> = (0..MAX_BATCH * 2 + 7).map(|i| format!("p{i}")).collect();
+    let values: Vec<(String, String)> = (0..projects.len())
+        .map(|i| (i.to_string(), (2 * i + 1).to_string()))
+        .collect();
+    let usages: Vec<Usage<'_>> = steps(&projects)
+        .into_iter()
+        .zip(&values)
+        .map(|(usage, (previous, current))| Usage {
+            previous: (0, previous),
+            current: (HOUR, current),
+            ..usage
+        })
+        .collect();
+    let policy = denbi();
+    let batched = policy.bill_batch(&usages);
+    let one_by_one: Vec<_> = usages.iter().map(|u| policy.bill(u)).collect();
+    let expected: Vec<_> = (0..projects.len())
+        .map(|i| Ok(Decimal::from(i as u64 + 1)))
+        .collect();
+    assert_eq!(batched, expected);
+    assert_eq!(one_by_one, expected);
+}
+
+#[test]
+fn a_step_that_breaks_the_policy_fails_alone_in_its_batch() {
+    let projects: Vec<String> = ["a", "bad", "c"].map(String::from).to_vec();
+    let values = [("1", "3"), ("1", "4"), ("1", "6")];
+    let usages: Vec<Usage<'_>> = steps(&projects)
+        .into_iter()
+        .zip(values)
+        .map(|(usage, (previous, current))| Usage {
+            previous: (0, previous),
+            current: (HOUR, current),
+            ..usage
+        })
+        .collect();
+    let hostile = load("hostile-policy", "trap-on:bad").unwrap();
+    let priced = hostile.bill_batch(&usages);
+    assert_eq!(priced[0], Ok(Decimal::from(2)));
+    assert!(
+        matches!(&priced[1], Err(CallError::Trap(m)) if m.contains("unreachable")),
+        "{:?}",
+        priced[1]
+    );
+    assert_eq!(priced[2], Ok(Decimal::from(5)));
+
+    // A policy that answers a batch with the wrong number of charges
+    // prices nothing, with an error that says so.
+    let short = load("hostile-policy", "short").unwrap();
+    for priced in short.bill_batch(&usages) {
+        assert_eq!(
+            priced,
+            Err(CallError::ResultCount {
+                steps: 1,
+                results: 0
+            })
+        );
+    }
+    assert_eq!(denbi().bill_batch(&usages[..1]), vec![Ok(Decimal::from(2))]);
 }

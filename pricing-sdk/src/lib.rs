@@ -12,10 +12,13 @@
 //! - the [`Policy`] trait and the [`export_policy!`] macro that turns an
 //!   implementation into a component exporting the `os-credits:pricing` world
 //!   (`wit/pricing.wit`);
-//! - [`parse_config`] for site parameters (TOML or JSON) and [`parse_decimal`];
+//! - [`parse_config`] for site parameters (TOML or JSON), [`parse_decimal`]
+//!   and [`decimal_text`] (exact, and fast for plain decimals);
 //! - [`testing`]: helpers to unit-test a policy natively with `cargo test`.
 //!
 //! Money never crosses the boundary as a float: decimals travel as text.
+//! The host sends steps in batches; the generated glue unpacks them and
+//! calls [`Policy::bill`] once per step.
 //!
 //! ```
 //! use pricing_sdk::{Decimal, Error, MetricInfo, Policy, PolicyInfo, Timestamp, Usage};
@@ -52,12 +55,12 @@ pub mod testing;
 
 pub use rust_decimal::Decimal;
 pub use types::{
-    Error, Example, HOUR_NS, Measurement, MetricInfo, PolicyInfo, Timestamp, Usage, parse_config,
-    parse_decimal,
+    Error, Example, HOUR_NS, Measurement, MetricInfo, PolicyInfo, Timestamp, Usage, decimal_text,
+    parse_config, parse_decimal, push_decimal,
 };
 
 /// The version of the WIT contract (`os-credits:pricing@…`) this SDK builds.
-pub const CONTRACT_VERSION: &str = "1.0.0";
+pub const CONTRACT_VERSION: &str = "2.0.0";
 
 /// A pricing policy: implement this, then call [`export_policy!`] once.
 ///
@@ -109,10 +112,8 @@ macro_rules! export_policy {
                 fn configure(config: ::std::string::String) -> Result<(), ::std::string::String> {
                     $crate::__private::configure::<$policy>(&config)
                 }
-                fn bill(
-                    usage: $crate::__private::wit::Usage,
-                ) -> Result<::std::string::String, ::std::string::String> {
-                    $crate::__private::bill::<$policy>(usage)
+                fn bill(batch: $crate::__private::wit::Batch) -> $crate::__private::wit::Charges {
+                    $crate::__private::bill::<$policy>(batch)
                 }
                 fn cost_per_hour(
                     metric: ::std::string::String,
@@ -132,6 +133,7 @@ macro_rules! export_policy {
 }
 
 /// Glue between the generated bindings and [`Policy`]; not a public API.
-#[cfg(target_arch = "wasm32")]
+/// Built for Wasm, and natively for its own tests.
+#[cfg(any(target_arch = "wasm32", test))]
 #[doc(hidden)]
 pub mod __private;

@@ -87,7 +87,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     );
     registry.register(
         "policy_call_seconds",
-        "Duration of one pricing call into a policy",
+        "Duration of one pricing call into a policy (a batch of up to 256 steps)",
         crate::policy::call_latency().clone(),
     );
     counter(

@@ -17,6 +17,10 @@
 //!
 //! A step the policy cannot price (error, trap, timeout) leaves the state as
 //! it was: the next point prices the whole span, so nothing is lost.
+//!
+//! Steps are priced in batches ([`Book::decide`], then [`Book::price`]):
+//! one call into a Wasm policy serves many steps. A key has at most one
+//! step waiting to be priced; its next point waits until that is settled.
 //! Totals stay exact; [`round`] applies the precision only when a total is
 //! shown or written. This module knows nothing of HTTP, storage or Perun.
 
@@ -45,6 +49,11 @@ pub trait Pricer {
     fn prices(&self, location_id: &str, metric: &str) -> bool;
     /// The exact charge for one step.
     fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError>;
+    /// The exact charges for several steps, in order. The default prices
+    /// them one by one; a Wasm policy prices a batch per call.
+    fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
+        usages.iter().map(|usage| self.bill(usage)).collect()
+    }
 }
 
 impl Pricer for Policy {
@@ -57,6 +66,18 @@ impl Pricer for Policy {
             credits: Policy::bill(self, usage)?,
             policy: Some(Arc::clone(self.info())),
         })
+    }
+
+    fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
+        Policy::bill_batch(self, usages)
+            .into_iter()
+            .map(|credits| {
+                Ok(Priced {
+                    credits: credits?,
+                    policy: Some(Arc::clone(self.info())),
+                })
+            })
+            .collect()
     }
 }
 
@@ -176,6 +197,18 @@ impl Outcome {
     }
 }
 
+/// What [`Book::decide`] made of a measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// Settled without pricing.
+    Done(Outcome),
+    /// A step to price: pass the measurement to [`Book::price`].
+    Price,
+    /// A step of this key already waits to be priced: price the waiting
+    /// steps first, then decide again.
+    Wait,
+}
+
 /// A key: project, site, metric.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
@@ -215,6 +248,9 @@ pub struct Account {
     /// Adopted from elsewhere: the state's timestamp is a floor, and the
     /// first point newer than it is a baseline, not a step.
     pub awaiting_baseline: bool,
+    /// A step of this key waits to be priced ([`Book::price`]); only ever
+    /// set between [`Book::decide`] and [`Book::price`], never stored.
+    pub pending: bool,
 }
 
 impl Account {
@@ -224,6 +260,7 @@ impl Account {
             state,
             charged: Decimal::ZERO,
             awaiting_baseline: false,
+            pending: false,
         }
     }
 }
@@ -319,6 +356,7 @@ impl Book {
             },
             charged: Decimal::ZERO,
             awaiting_baseline: true,
+            pending: false,
         };
         self.accounts.insert(key.clone(), account.clone());
         (key, account)
@@ -340,43 +378,103 @@ impl Book {
             .get_key_value(&KeyRef(project, location_id, metric))
     }
 
-    /// Applies one measurement, pricing it with `pricer` when the rules say so.
+    /// Applies one measurement, pricing it with `pricer` when the rules say
+    /// so (a batch of one; [`Book::decide`] and [`Book::price`] batch).
     pub fn apply(&mut self, m: &Measurement<'_>, pricer: &impl Pricer) -> Outcome {
+        match self.decide(m, pricer) {
+            Decided::Done(outcome) => outcome,
+            Decided::Price | Decided::Wait => {
+                let mut outcomes = self.price(std::slice::from_ref(m), pricer);
+                outcomes.pop().unwrap_or(Outcome::Decided(Decision::Bill))
+            }
+        }
+    }
+
+    /// Applies the rules to one measurement. A step to price changes
+    /// nothing yet: the key is marked pending until [`Book::price`]
+    /// settles it with the other waiting steps.
+    pub fn decide(&mut self, m: &Measurement<'_>, pricer: &impl Pricer) -> Decided {
         if !pricer.prices(m.location_id, m.metric) {
-            return Outcome::UnknownMetric;
+            return Decided::Done(Outcome::UnknownMetric);
         }
         let key = KeyRef(m.project, m.location_id, m.metric);
         let Some(account) = self.accounts.get_mut(&key) else {
             let key = self.intern(m.project, m.location_id, m.metric);
             self.accounts.insert(key, Account::baseline(State::of(m)));
-            return Outcome::Decided(Decision::Baseline);
+            return Decided::Done(Outcome::Decided(Decision::Baseline));
         };
+        if account.pending {
+            return Decided::Wait;
+        }
         if account.awaiting_baseline {
             if m.timestamp <= account.state.timestamp {
-                return Outcome::Decided(Decision::Stale);
+                return Decided::Done(Outcome::Decided(Decision::Stale));
             }
             account.state = State::of(m);
             account.awaiting_baseline = false;
-            return Outcome::Decided(Decision::Baseline);
+            return Decided::Done(Outcome::Decided(Decision::Baseline));
         }
         match decide(Some(&account.state), m.timestamp, m.value) {
-            Decision::Bill => {}
+            Decision::Bill => {
+                account.pending = true;
+                Decided::Price
+            }
             Decision::Reset => {
                 account.state = State::of(m);
-                return Outcome::Decided(Decision::Reset);
+                Decided::Done(Outcome::Decided(Decision::Reset))
             }
-            other => return Outcome::Decided(other),
+            other => Decided::Done(Outcome::Decided(other)),
         }
-        let usage = Usage {
-            metric: m.metric,
-            project: m.project,
-            location_id: m.location_id,
-            tags: m.tags,
-            previous: (account.state.timestamp, &account.state.text),
-            current: (m.timestamp, m.text),
+    }
+
+    /// Prices the steps [`Book::decide`] left waiting, in one batch, and
+    /// settles them in order: a charge moves the key's state and adds to
+    /// the totals; a failure leaves the state as it was. `waiting` are the
+    /// measurements `decide` answered [`Decided::Price`] for.
+    pub fn price(&mut self, waiting: &[Measurement<'_>], pricer: &impl Pricer) -> Vec<Outcome> {
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        let usages: Vec<Usage<'_>> = waiting
+            .iter()
+            .filter_map(|m| {
+                let account = self.account(m.project, m.location_id, m.metric)?;
+                Some(Usage {
+                    metric: m.metric,
+                    project: m.project,
+                    location_id: m.location_id,
+                    tags: m.tags,
+                    previous: (account.state.timestamp, &account.state.text),
+                    current: (m.timestamp, m.text),
+                })
+            })
+            .collect();
+        let priced = if usages.len() == waiting.len() {
+            pricer.bill_batch(&usages)
+        } else {
+            Vec::new()
         };
-        match pricer.bill(&usage) {
-            Ok(Priced { credits, policy }) => {
+        drop(usages);
+        let mut priced = priced.into_iter();
+        waiting
+            .iter()
+            .map(|m| self.settle(m, priced.next()))
+            .collect()
+    }
+
+    /// Settles one priced step (`None`: it was not priced).
+    fn settle(
+        &mut self,
+        m: &Measurement<'_>,
+        priced: Option<Result<Priced, CallError>>,
+    ) -> Outcome {
+        let key = KeyRef(m.project, m.location_id, m.metric);
+        let Some(account) = self.accounts.get_mut(&key) else {
+            return Outcome::Decided(Decision::Bill);
+        };
+        account.pending = false;
+        match priced {
+            Some(Ok(Priced { credits, policy })) => {
                 let previous = std::mem::replace(&mut account.state, State::of(m));
                 account.charged += credits;
                 match self.projects.get_mut(m.project) {
@@ -392,7 +490,8 @@ impl Book {
                     policy,
                 })
             }
-            Err(e) => Outcome::PolicyFailed(e),
+            Some(Err(e)) => Outcome::PolicyFailed(e),
+            None => Outcome::Decided(Decision::Bill),
         }
     }
 
@@ -440,7 +539,10 @@ mod tests {
     struct Native {
         price: Decimal,
         calls: Cell<usize>,
+        batches: Cell<usize>,
         fail: bool,
+        /// Fails the next step of this project, once.
+        fail_once: Cell<Option<&'static str>>,
     }
 
     impl Native {
@@ -448,7 +550,9 @@ mod tests {
             Native {
                 price: price.parse().unwrap(),
                 calls: Cell::new(0),
+                batches: Cell::new(0),
                 fail: false,
+                fail_once: Cell::new(None),
             }
         }
     }
@@ -459,7 +563,8 @@ mod tests {
         }
         fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
             self.calls.set(self.calls.get() + 1);
-            if self.fail {
+            if self.fail || self.fail_once.get() == Some(usage.project) {
+                self.fail_once.set(None);
                 return Err(CallError::Refused("down".into()));
             }
             let current: Decimal = usage.current.1.parse().unwrap();
@@ -469,6 +574,106 @@ mod tests {
                 policy: None,
             })
         }
+    }
+
+    impl Native {
+        fn batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
+            self.batches.set(self.batches.get() + 1);
+            usages.iter().map(|usage| self.bill(usage)).collect()
+        }
+    }
+
+    /// `Native`, pricing through its batch entry point.
+    struct Batched<'a>(&'a Native);
+
+    impl Pricer for Batched<'_> {
+        fn prices(&self, location_id: &str, metric: &str) -> bool {
+            self.0.prices(location_id, metric)
+        }
+        fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
+            self.0.bill(usage)
+        }
+        fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
+            self.0.batch(usages)
+        }
+    }
+
+    /// Applies `body` as the service does: steps wait and are priced
+    /// together, a key's next point waits until its step is settled.
+    /// Outcomes in line order.
+    fn run_batched(book: &mut Book, pricer: &Native, body: &str) -> Vec<Outcome> {
+        let pricer = Batched(pricer);
+        let points: Vec<_> = parse_lines(body.as_bytes())
+            .map(|(_, point)| point.unwrap())
+            .collect();
+        let measurements: Vec<_> = points
+            .iter()
+            .map(|point| Measurement::from_point(point, Precision::Seconds, 0).unwrap())
+            .collect();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; measurements.len()];
+        let mut waiting: Vec<usize> = Vec::new();
+        let price = |book: &mut Book, waiting: &mut Vec<usize>, outcomes: &mut Vec<_>| {
+            let batch: Vec<_> = waiting.iter().map(|&i| measurements[i].clone()).collect();
+            for (i, outcome) in waiting.drain(..).zip(book.price(&batch, &pricer)) {
+                outcomes[i] = Some(outcome);
+            }
+        };
+        for (i, m) in measurements.iter().enumerate() {
+            let mut decided = book.decide(m, &pricer);
+            if decided == Decided::Wait {
+                price(book, &mut waiting, &mut outcomes);
+                decided = book.decide(m, &pricer);
+            }
+            match decided {
+                Decided::Done(outcome) => outcomes[i] = Some(outcome),
+                Decided::Price | Decided::Wait => waiting.push(i),
+            }
+        }
+        price(book, &mut waiting, &mut outcomes);
+        outcomes.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[test]
+    fn steps_priced_in_batches_settle_as_if_priced_one_by_one() {
+        // p and q interleaved; q's first step fails once and is billed with
+        // its next point; p's third point waits for its second to settle.
+        let body = [
+            line("p", "1", 1),
+            line("q", "1", 1),
+            line("p", "3", 2),
+            line("q", "5", 2),
+            line("p", "4", 3),
+            line("q", "6", 3),
+            line("r", "7", 3),
+            line("p", "4", 4),
+            line("q", "2", 4),
+        ]
+        .concat();
+        let one_by_one = Native::at("2");
+        one_by_one.fail_once.set(Some("q"));
+        let mut sequential = Book::new();
+        let expected = run(&mut sequential, &one_by_one, &body);
+
+        let batched = Native::at("2");
+        batched.fail_once.set(Some("q"));
+        let mut book = Book::new();
+        let outcomes = run_batched(&mut book, &batched, &body);
+
+        assert_eq!(outcomes, expected);
+        assert!(matches!(outcomes[3], Outcome::PolicyFailed(_)));
+        // q billed 1 -> 6 at its third point: the whole span.
+        assert_eq!(outcomes[5].credits(), Some(Decimal::from(10)));
+        assert_eq!(book.project_total("p"), Decimal::from(6));
+        assert_eq!(book.project_total("q"), Decimal::from(10));
+        for (key, account) in sequential.accounts() {
+            let batched = book.account(&key.project, &key.location_id, &key.metric);
+            assert_eq!(batched, Some(account));
+            assert!(!account.pending);
+        }
+        // Two batches (p's third point, then its fourth, forced them), not
+        // one call per step; nothing left waiting makes no call.
+        assert_eq!(batched.calls.get(), one_by_one.calls.get());
+        assert_eq!(batched.batches.get(), 2);
     }
 
     fn run(book: &mut Book, pricer: &Native, body: &str) -> Vec<Outcome> {

@@ -321,6 +321,7 @@ impl Ledger for SqliteLedger {
                 state,
                 charged: decimal(&charged)?,
                 awaiting_baseline,
+                pending: false,
             };
             accounts.push((key, account));
         }
@@ -773,6 +774,7 @@ mod tests {
             },
             charged: charged.parse().unwrap(),
             awaiting_baseline: false,
+            pending: false,
         }
     }
 

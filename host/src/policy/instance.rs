@@ -5,8 +5,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rust_decimal::Decimal;
 use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentType, Linker, Lower, ResourceTable, TypedFunc,
-    WasmStr,
+    Component, ComponentExportIndex, ComponentType, Lift, Linker, Lower, ResourceTable, TypedFunc,
 };
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -45,72 +44,134 @@ pub struct Usage<'a> {
     pub current: (i64, &'a str),
 }
 
-impl<'a> Usage<'a> {
-    /// The WIT record, borrowing every string (lowered straight into the
-    /// guest's memory, no host copies), with only the tags in `read` (all
-    /// when `None`).
-    fn lower(self, read: Option<&[String]>, tags: &'a mut Vec<WitTag<'a>>) -> WitUsage<'a> {
-        tags.extend(
-            self.tags
-                .iter()
-                .filter(|(key, _)| read.is_none_or(|keys| keys.iter().any(|k| k == key)))
-                .map(|(key, value)| WitTag { key, value }),
-        );
-        WitUsage {
-            metric: self.metric,
-            project: self.project,
-            location_id: self.location_id,
-            tags,
-            previous: WitMeasurement::of(self.previous),
-            current: WitMeasurement::of(self.current),
+/// The most steps priced in one call: keeps a call well inside its
+/// deadline and the batch's memory small.
+pub const MAX_BATCH: usize = 256;
+
+/// `batch` of the WIT contract, borrowing the packed columns: lowered
+/// straight into the guest's memory as four block copies.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct WitBatch<'a> {
+    text: &'a str,
+    ends: &'a [u32],
+    timestamps: &'a [i64],
+    #[component(name = "tag-counts")]
+    tag_counts: &'a [u32],
+}
+
+/// Steps packed for one `bill` call, in the contract's columns.
+#[derive(Default)]
+struct Packer {
+    text: String,
+    ends: Vec<u32>,
+    timestamps: Vec<i64>,
+    tag_counts: Vec<u32>,
+}
+
+/// A length or offset as the contract's `u32`. A batch's text stays far
+/// below 4 GiB: at most [`MAX_BATCH`] steps from one request body.
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Packer {
+    fn string(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(u32_of(self.text.len()));
+    }
+
+    /// Adds a step with only the tags in `read` (all when `None`).
+    fn push(&mut self, usage: &Usage<'_>, read: Option<&[String]>) {
+        for s in [
+            usage.metric,
+            usage.project,
+            usage.location_id,
+            usage.previous.1,
+            usage.current.1,
+        ] {
+            self.string(s);
+        }
+        self.timestamps.extend([usage.previous.0, usage.current.0]);
+        let mut count = 0;
+        for (key, value) in usage.tags {
+            if read.is_none_or(|keys| keys.iter().any(|k| k == key)) {
+                self.string(key);
+                self.string(value);
+                count += 1;
+            }
+        }
+        self.tag_counts.push(count);
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+        self.timestamps.clear();
+        self.tag_counts.clear();
+    }
+
+    fn batch(&self) -> WitBatch<'_> {
+        WitBatch {
+            text: &self.text,
+            ends: &self.ends,
+            timestamps: &self.timestamps,
+            tag_counts: &self.tag_counts,
         }
     }
 }
 
-/// `measurement` of the WIT contract, borrowed.
-#[derive(ComponentType, Lower)]
+/// `charges` of the WIT contract, lifted as owned columns (the guest frees
+/// its copies when the call returns).
+#[derive(ComponentType, Lift)]
 #[component(record)]
-struct WitMeasurement<'a> {
-    #[component(name = "timestamp-ns")]
-    timestamp_ns: i64,
-    value: &'a str,
+struct WitCharges {
+    text: String,
+    ends: Vec<u32>,
+    failed: Vec<u32>,
 }
 
-impl<'a> WitMeasurement<'a> {
-    fn of((timestamp_ns, value): (i64, &'a str)) -> Self {
-        WitMeasurement {
-            timestamp_ns,
-            value,
+impl WitCharges {
+    /// Each step's charge, checked: `steps` texts that cover the text
+    /// in order, failures named by valid indices.
+    fn charges(&self, steps: usize) -> Result<Vec<Result<Decimal, CallError>>, CallError> {
+        if self.ends.len() != steps {
+            return Err(CallError::ResultCount {
+                steps,
+                results: self.ends.len(),
+            });
+        }
+        let mut failed = self.failed.iter().map(|&i| i as usize).peekable();
+        let mut start = 0;
+        let charges = self
+            .ends
+            .iter()
+            .enumerate()
+            .map(|(index, &end)| {
+                let end = end as usize;
+                let text = self.text.get(start..end);
+                start = end.max(start);
+                let is_error = failed.next_if_eq(&index).is_some();
+                match text {
+                    None => Err(CallError::BadResult(format!(
+                        "charge {index} ends at byte {end}, outside the charges' text"
+                    ))),
+                    Some(message) if is_error => Err(CallError::Refused(message.to_owned())),
+                    Some(charge) => self::charge(charge),
+                }
+            })
+            .collect();
+        match failed.next() {
+            Some(index) => Err(CallError::BadResult(format!(
+                "step {index} reported failed is not a step of the batch (or out of order)"
+            ))),
+            None => Ok(charges),
         }
     }
 }
 
-/// `tag` of the WIT contract, borrowed.
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct WitTag<'a> {
-    key: &'a str,
-    value: &'a str,
-}
-
-/// `usage` of the WIT contract, borrowed: the same canonical ABI as the
-/// generated (owned) record, checked against the component's type when an
-/// instance is made.
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct WitUsage<'a> {
-    metric: &'a str,
-    project: &'a str,
-    #[component(name = "location-id")]
-    location_id: &'a str,
-    tags: &'a [WitTag<'a>],
-    previous: WitMeasurement<'a>,
-    current: WitMeasurement<'a>,
-}
-
-/// The typed `bill` export: a borrowed usage in, the result's strings left
-/// in guest memory until read.
-type BillFunc = TypedFunc<(WitUsage<'static>,), (Result<WasmStr, WasmStr>,)>;
+/// The typed `bill` export: a borrowed batch in, the charges out.
+type BillFunc = TypedFunc<(WitBatch<'static>,), (WitCharges,)>;
 
 /// What `describe` returned, before the host adds the module's identity.
 pub(super) struct Described {
@@ -346,21 +407,57 @@ impl Pool {
         self.with_instance(|b, store| b.policy().call_examples(store))
     }
 
-    /// Prices one step; only the tags in `read` cross (all when `None`).
-    pub fn bill(&self, usage: &Usage<'_>, read: Option<&[String]>) -> Result<Decimal, CallError> {
-        let mut tags = Vec::new();
-        let usage = usage.lower(read, &mut tags);
-        self.with_instance(|exports, store| {
-            let (result,) = exports.bill.call(&mut *store, (usage,))?;
-            Ok(match result {
-                Ok(text) => charge(Ok(text.to_str(&*store)?.as_ref())),
-                Err(message) => charge(Err(message.to_str(&*store)?.as_ref())),
-            })
-        })?
+    /// Prices `usages` in calls of at most [`MAX_BATCH`] steps, with only
+    /// the tags in `read` (all when `None`); one result per usage, in
+    /// order. A call that fails as a whole (a trap, a timeout, the memory
+    /// cap, a wrong number of results) is retried one step per call, so
+    /// that a step that breaks the policy fails alone.
+    pub fn bill(
+        &self,
+        usages: &[Usage<'_>],
+        read: Option<&[String]>,
+    ) -> Vec<Result<Decimal, CallError>> {
+        let mut packer = Packer::default();
+        let mut priced = Vec::with_capacity(usages.len());
+        for chunk in usages.chunks(MAX_BATCH) {
+            match self.call_bill(&mut packer, chunk, read) {
+                Ok(results) => priced.extend(results),
+                Err(e) if chunk.len() == 1 => priced.push(Err(e)),
+                Err(_) => priced.extend(chunk.iter().map(|usage| {
+                    self.call_bill(&mut packer, std::slice::from_ref(usage), read)
+                        .and_then(|mut one| {
+                            one.pop().unwrap_or(Err(CallError::ResultCount {
+                                steps: 1,
+                                results: 0,
+                            }))
+                        })
+                })),
+            }
+        }
+        priced
+    }
+
+    /// One `bill` call for `usages`.
+    fn call_bill(
+        &self,
+        packer: &mut Packer,
+        usages: &[Usage<'_>],
+        read: Option<&[String]>,
+    ) -> Result<Vec<Result<Decimal, CallError>>, CallError> {
+        packer.clear();
+        for usage in usages {
+            packer.push(usage, read);
+        }
+        let batch = packer.batch();
+        let (charges,) = self.with_instance(|exports, store| exports.bill.call(store, (batch,)))?;
+        charges.charges(usages.len())
     }
 
     /// Prices one of the policy's own examples.
-    pub fn bill_example(&self, usage: &wit::Usage) -> Result<Decimal, CallError> {
+    pub fn bill_example(
+        &self,
+        usage: &bindings::os_credits::pricing::types::Usage,
+    ) -> Result<Decimal, CallError> {
         let tags: Vec<Tag<'_>> = usage
             .tags
             .iter()
@@ -374,7 +471,12 @@ impl Pool {
             previous: (usage.previous.timestamp_ns, &usage.previous.value),
             current: (usage.current.timestamp_ns, &usage.current.value),
         };
-        self.bill(&usage, None)
+        self.bill(&[usage], None)
+            .pop()
+            .unwrap_or(Err(CallError::ResultCount {
+                steps: 1,
+                results: 0,
+            }))
     }
 
     pub fn cost_per_hour(
@@ -387,7 +489,7 @@ impl Pool {
         let result = self.with_instance(|b, store| {
             b.policy().call_cost_per_hour(store, metric, &amount, at_ns)
         })?;
-        charge(result.as_ref().map(String::as_str).map_err(String::as_str))
+        charge(result.map_err(CallError::Refused)?.as_str())
     }
 }
 
@@ -410,8 +512,7 @@ enum InstantiateError {
 }
 
 /// A policy's answer as a charge: a non-negative decimal.
-fn charge(result: Result<&str, &str>) -> Result<Decimal, CallError> {
-    let text = result.map_err(|message| CallError::Refused(message.to_owned()))?;
+fn charge(text: &str) -> Result<Decimal, CallError> {
     match pricing_sdk::parse_decimal(text) {
         Ok(value) if !value.is_sign_negative() || value.is_zero() => Ok(value),
         _ => Err(CallError::BadResult(text.to_owned())),

@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use instance::Usage;
 use instance::{HostState, Pool};
+pub use instance::{MAX_BATCH, Usage};
 
 /// The contract version this host speaks (`os-credits:pricing@…`).
 pub const CONTRACT_VERSION: &str = pricing_sdk::CONTRACT_VERSION;
@@ -178,6 +178,14 @@ pub enum CallError {
     /// The policy returned something that is not a valid charge.
     #[error("policy returned an invalid charge {0:?}")]
     BadResult(String),
+    /// The policy returned another number of charges than steps it got.
+    #[error("policy returned {results} charges for a batch of {steps} steps")]
+    ResultCount {
+        /// Steps in the batch.
+        steps: usize,
+        /// Charges returned.
+        results: usize,
+    },
     /// No instance could be created.
     #[error("cannot instantiate policy: {0}")]
     Instantiate(String),
@@ -328,9 +336,21 @@ impl Policy {
         &self.config
     }
 
-    /// The exact credits for one step of usage.
+    /// The exact credits for one step of usage (a batch of one).
     pub fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
-        self.pool.bill(usage, self.info.tags.as_deref())
+        self.bill_batch(std::slice::from_ref(usage))
+            .pop()
+            .unwrap_or(Err(CallError::ResultCount {
+                steps: 1,
+                results: 0,
+            }))
+    }
+
+    /// The exact credits for each step, in order, priced in batches of
+    /// up to [`MAX_BATCH`] steps per call: much cheaper per step than
+    /// [`Policy::bill`], as one call into the module serves the batch.
+    pub fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Decimal, CallError>> {
+        self.pool.bill(usages, self.info.tags.as_deref())
     }
 
     /// The credits one hour of `amount` units of `metric` costs at `at_ns`.

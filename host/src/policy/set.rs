@@ -389,9 +389,47 @@ impl Pricer for PolicySet {
     }
 
     fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
-        let started = std::time::Instant::now();
-        let priced = Pricer::bill(self.for_site(usage.location_id).as_ref(), usage);
-        super::call_latency().observe(started.elapsed().as_secs_f64());
+        let mut priced = self.bill_batch(std::slice::from_ref(usage));
+        priced.pop().unwrap_or(Err(CallError::ResultCount {
+            steps: 1,
+            results: 0,
+        }))
+    }
+
+    /// Each site's steps go to its policy, one batch per policy.
+    fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
+        let timed = |policy: &Policy, usages: &[Usage<'_>]| {
+            let started = std::time::Instant::now();
+            let priced = Pricer::bill_batch(policy, usages);
+            super::call_latency().observe(started.elapsed().as_secs_f64());
+            priced
+        };
+        if self.sites.is_empty() {
+            return timed(&self.default.policy, usages);
+        }
+        let mut groups: Vec<(&Arc<Policy>, Vec<usize>)> = Vec::new();
+        for (index, usage) in usages.iter().enumerate() {
+            let policy = self.for_site(usage.location_id);
+            match groups.iter_mut().find(|(p, _)| Arc::ptr_eq(p, policy)) {
+                Some((_, indices)) => indices.push(index),
+                None => groups.push((policy, vec![index])),
+            }
+        }
+        let mut priced: Vec<Option<Result<Priced, CallError>>> = vec![None; usages.len()];
+        for (policy, indices) in groups {
+            let batch: Vec<Usage<'_>> = indices.iter().map(|&i| usages[i]).collect();
+            for (index, result) in indices.into_iter().zip(timed(policy, &batch)) {
+                priced[index] = Some(result);
+            }
+        }
         priced
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or(Err(CallError::ResultCount {
+                    steps: 1,
+                    results: 0,
+                }))
+            })
+            .collect()
     }
 }

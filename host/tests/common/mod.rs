@@ -14,7 +14,7 @@ const POLICY_PACKAGES: [&str; 4] = [
     "denbi-policy",
     "tariff-policy",
     "hostile-policy",
-    "contract-v2-policy",
+    "contract-v1-policy",
 ];
 
 /// The repository root.

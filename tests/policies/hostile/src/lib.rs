@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 wit_bindgen::generate!({ path: "../../../pricing-sdk/wit", world: "pricing" });
 
-use exports::os_credits::pricing::policy::{Example, Guest, PolicyInfo, Usage};
+use exports::os_credits::pricing::policy::{Batch, Charges, Example, Guest, PolicyInfo};
 use os_credits::pricing::types::MetricInfo;
 
 thread_local! {
@@ -41,8 +41,27 @@ impl Guest for Hostile {
         Ok(())
     }
 
-    fn bill(usage: Usage) -> Result<String, String> {
-        match MODE.with(|m| m.borrow().clone()).as_str() {
+    fn bill(batch: Batch) -> Charges {
+        let mode = MODE.with(|m| m.borrow().clone());
+        // Per step, its five strings (metric, project, location-id,
+        // previous and current value) and two per tag.
+        let mut strings = Vec::new();
+        let mut start = 0;
+        for &end in &batch.ends {
+            strings.push(&batch.text[start..end as usize]);
+            start = end as usize;
+        }
+        let mut first = 0;
+        let steps: Vec<&[&str]> = batch
+            .tag_counts
+            .iter()
+            .map(|&tags| {
+                let step = &strings[first..first + 5 + 2 * tags as usize];
+                first += step.len();
+                step
+            })
+            .collect();
+        match mode.as_str() {
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
@@ -57,13 +76,28 @@ impl Guest for Hostile {
                 }
             }
             "trap" => panic!("policy bug"),
-            "garbage" => Ok("twelve credits".into()),
-            "negative" => Ok("-1".into()),
-            _ => {
-                let current: i64 = usage.current.value.parse().map_err(|_| "not an integer")?;
-                let previous: i64 = usage.previous.value.parse().map_err(|_| "not an integer")?;
-                Ok((current - previous).to_string())
-            }
+            "short" => written(Vec::new()),
+            _ => written(
+                steps
+                    .iter()
+                    .map(|step| {
+                        if let Some(project) = mode.strip_prefix("trap-on:")
+                            && step[1] == project
+                        {
+                            panic!("policy bug on {project}");
+                        }
+                        match mode.as_str() {
+                            "garbage" => Ok("twelve credits".into()),
+                            "negative" => Ok("-1".into()),
+                            _ => {
+                                let value =
+                                    |text: &str| text.parse::<i64>().map_err(|_| "not an integer");
+                                Ok((value(step[4])? - value(step[3])?).to_string())
+                            }
+                        }
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -74,6 +108,26 @@ impl Guest for Hostile {
     fn examples() -> Vec<Example> {
         Vec::new()
     }
+}
+
+/// Per-step results in the contract's columns.
+fn written(results: Vec<Result<String, String>>) -> Charges {
+    let mut charges = Charges {
+        text: String::new(),
+        ends: Vec::new(),
+        failed: Vec::new(),
+    };
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(text) => charges.text.push_str(&text),
+            Err(message) => {
+                charges.failed.push(index as u32);
+                charges.text.push_str(&message);
+            }
+        }
+        charges.ends.push(charges.text.len() as u32);
+    }
+    charges
 }
 
 export!(Hostile);
