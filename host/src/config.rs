@@ -61,8 +61,9 @@ pub struct ServeConfig {
     /// Perun VO id the project groups live in.
     #[arg(long, env = "OS_CREDITS_PERUN_VO_ID", default_value = "")]
     pub perun_vo_id: String,
-    /// At most one write per project per this many seconds.
-    #[arg(long, env = "OS_CREDITS_PERUN_SYNC_INTERVAL", default_value_t = 30)]
+    /// At most one read and one write per site per project per this many
+    /// seconds: the portal shows values at most this old.
+    #[arg(long, env = "OS_CREDITS_PERUN_SYNC_INTERVAL", default_value_t = 300)]
     pub perun_sync_interval: u64,
     /// Timeout of one Perun call, in seconds.
     #[arg(long, env = "OS_CREDITS_PERUN_TIMEOUT", default_value_t = 30)]
@@ -108,6 +109,38 @@ pub struct ServeConfig {
     /// Friendly name of the maintainers' mail addresses attribute (read only).
     #[arg(long, env = "OS_CREDITS_PERUN_EMAILS_NAME", default_value = "toEmail")]
     pub perun_emails_name: String,
+    /// Namespace of the credits-used attribute (Perun reads by full name,
+    /// `namespace:friendlyName`).
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_CREDITS_CURRENT_NAMESPACE",
+        default_value = "urn:perun:group:attribute-def:opt"
+    )]
+    pub perun_credits_current_namespace: String,
+    /// Namespace of the credits-granted attribute.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_CREDITS_GRANTED_NAMESPACE",
+        default_value = "urn:perun:group:attribute-def:opt"
+    )]
+    pub perun_credits_granted_namespace: String,
+    /// Namespace of the timestamps attribute.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_TIMESTAMPS_NAMESPACE",
+        default_value = "urn:perun:group_resource:attribute-def:opt"
+    )]
+    pub perun_timestamps_namespace: String,
+    /// Namespace of the maintainers' mail addresses attribute.
+    #[arg(
+        long,
+        env = "OS_CREDITS_PERUN_EMAILS_NAMESPACE",
+        default_value = "urn:perun:group:attribute-def:def"
+    )]
+    pub perun_emails_namespace: String,
+    /// Attribute id of the maintainers' mail addresses (group, java.util.ArrayList).
+    #[arg(long, env = "OS_CREDITS_PERUN_EMAILS_ID", default_value_t = 2020)]
+    pub perun_emails_id: i64,
     /// Wall-clock limit of one policy call, in milliseconds.
     #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
     pub policy_timeout_ms: u64,
@@ -261,7 +294,8 @@ impl ServeConfig {
     /// The Perun sync settings, or `None` (sync off) without login,
     /// password and VO id.
     pub fn perun(&self) -> anyhow::Result<Option<(crate::perun::sync::SyncConfig, &str, &str)>> {
-        use crate::perun::sync::{AttributeDef, SyncConfig};
+        use crate::perun::client::AttributeDef;
+        use crate::perun::sync::SyncConfig;
         let vo =
             match self.perun_vo_id.trim() {
                 "" => None,
@@ -287,22 +321,27 @@ impl ServeConfig {
             credits_current: def(
                 self.perun_credits_current_id,
                 &self.perun_credits_current_name,
-                "urn:perun:group:attribute-def:opt",
+                &self.perun_credits_current_namespace,
                 "java.lang.String",
             ),
             credits_granted: def(
                 self.perun_credits_granted_id,
                 &self.perun_credits_granted_name,
-                "urn:perun:group:attribute-def:opt",
+                &self.perun_credits_granted_namespace,
                 "java.lang.String",
             ),
             timestamps: def(
                 self.perun_timestamps_id,
                 &self.perun_timestamps_name,
-                "urn:perun:group_resource:attribute-def:opt",
+                &self.perun_timestamps_namespace,
                 "java.util.LinkedHashMap",
             ),
-            emails: self.perun_emails_name.clone(),
+            emails: def(
+                self.perun_emails_id,
+                &self.perun_emails_name,
+                &self.perun_emails_namespace,
+                "java.util.ArrayList",
+            ),
         };
         Ok(Some((config, login, password)))
     }

@@ -11,8 +11,11 @@
 //! Control (no auth): `POST /_fake/groups`
 //! `{"name","id","attributes":{friendlyName: value},"resources":{"<id>":{friendlyName: value}}}`
 //! creates or replaces a group assigned to those resources; `PUT /_fake/faults`
-//! `{"down":bool,"delay_ms":n,"error_every":n,"password":"..."}`;
+//! `{"down":bool,"delay_ms":n,"error_every":n,"drop_after_write":n,"password":"..."}`;
 //! `GET /_fake/state` dumps groups, attributes and call counts.
+//!
+//! As Perun, `attrNames` are full names (`namespace:friendlyName`): a
+//! friendly name alone matches nothing and is left out of the answer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -66,6 +69,11 @@ struct Faults {
     delay_ms: u64,
     #[serde(default)]
     error_every: u64,
+    /// The next this many `setAttributes` are applied, then the connection
+    /// is dropped without an answer (a crash or network cut right after
+    /// Perun committed).
+    #[serde(default)]
+    drop_after_write: u64,
     password: Option<String>,
 }
 
@@ -85,6 +93,7 @@ struct Perun {
     assigned: HashMap<i64, std::collections::BTreeSet<i64>>,
     calls: u64,
     by_method: BTreeMap<String, u64>,
+    dropped_writes: u64,
 }
 
 type Shared = Arc<Mutex<Perun>>;
@@ -125,8 +134,20 @@ fn html(status: StatusCode, text: &str) -> Response {
     response
 }
 
-fn definition(name: &str) -> Option<(&'static str, i64, &'static str, &'static str, &'static str)> {
+type Definition = (&'static str, i64, &'static str, &'static str, &'static str);
+
+fn definition(name: &str) -> Option<Definition> {
     DEFINITIONS.iter().copied().find(|d| d.0 == name)
+}
+
+/// The definition `attrNames` asks for: Perun matches the full name
+/// (`namespace:friendlyName`); a friendly name alone matches nothing.
+fn definition_by_full_name(full: &str) -> Option<Definition> {
+    DEFINITIONS.iter().copied().find(|d| {
+        full.strip_prefix(d.2)
+            .and_then(|rest| rest.strip_prefix(':'))
+            == Some(d.0)
+    })
 }
 
 fn attribute_json(name: &str, stored: Option<&Stored>) -> Value {
@@ -262,10 +283,18 @@ async fn rpc(
                 })
                 .unwrap_or_default();
             let empty = BTreeMap::new();
-            match (
-                params["resource"].as_i64(),
-                params.get("workWithGroupAttributes"),
-            ) {
+            let wanted = |entities: &[&str]| -> Vec<(&'static str, &'static str)> {
+                names
+                    .iter()
+                    .filter_map(|n| definition_by_full_name(n))
+                    .filter(|d| entities.contains(&d.4))
+                    .map(|d| (d.0, d.4))
+                    .collect()
+            };
+            let resource = params["resource"].as_i64();
+            let with_group = params.get("workWithGroupAttributes");
+            let group_stored = perun.group_attributes.get(&group).unwrap_or(&empty);
+            match (resource, with_group) {
                 (Some(resource), None) => {
                     // quirk: attrNames ignored, every non-empty group_resource attribute
                     let stored = perun
@@ -280,24 +309,33 @@ async fn rpc(
                     )
                     .into_response()
                 }
-                (Some(resource), Some(_)) => {
+                (Some(resource), Some(with_group)) => {
                     let stored = perun
                         .resource_attributes
                         .get(&(group, resource))
                         .unwrap_or(&empty);
-                    let list: Vec<Value> = names
-                        .iter()
-                        .filter(|n| definition(n).is_some_and(|d| d.4 == "group_resource"))
-                        .map(|n| attribute_json(n, stored.get(n)))
+                    let entities: &[&str] = if with_group.as_bool() == Some(true) {
+                        &["group_resource", "group"]
+                    } else {
+                        &["group_resource"]
+                    };
+                    let list: Vec<Value> = wanted(entities)
+                        .into_iter()
+                        .map(|(n, entity)| {
+                            let from = if entity == "group" {
+                                group_stored
+                            } else {
+                                stored
+                            };
+                            attribute_json(n, from.get(n))
+                        })
                         .collect();
                     Json(list).into_response()
                 }
                 (None, _) => {
-                    let stored = perun.group_attributes.get(&group).unwrap_or(&empty);
-                    let list: Vec<Value> = names
-                        .iter()
-                        .filter(|n| definition(n).is_some_and(|d| d.4 == "group"))
-                        .map(|n| attribute_json(n, stored.get(n)))
+                    let list: Vec<Value> = wanted(&["group"])
+                        .into_iter()
+                        .map(|(n, _)| attribute_json(n, group_stored.get(n)))
                         .collect();
                     Json(list).into_response()
                 }
@@ -397,6 +435,14 @@ async fn rpc(
                         },
                     );
                 }
+            }
+            if perun.faults.drop_after_write > 0 {
+                perun.faults.drop_after_write -= 1;
+                perun.dropped_writes += 1;
+                drop(perun);
+                // Unwinding the connection's task closes it without an
+                // answer (resume_unwind skips the panic message).
+                std::panic::resume_unwind(Box::new("dropped after the write"));
             }
             Json(Value::Null).into_response()
         }
@@ -516,7 +562,10 @@ async fn dump(State(state): State<Shared>) -> Json<Value> {
             )
         })
         .collect();
-    Json(json!({ "groups": groups, "calls": perun.calls, "by_method": perun.by_method }))
+    Json(json!({
+        "groups": groups, "calls": perun.calls, "by_method": perun.by_method,
+        "dropped_writes": perun.dropped_writes,
+    }))
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -1,4 +1,4 @@
-//! `os-credits ledger charges`: the audit trail of a project.
+//! `os-credits ledger charges|adjustments`: the audit trail.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -74,6 +74,63 @@ pub fn charges(project: &str, data_dir: &Path, format: Format) -> anyhow::Result
                         "CREDITS",
                         "POLICY",
                         "SHA256"
+                    ],
+                    rows
+                )
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the adjustments (adopted values, hand edits), oldest first.
+pub fn adjustments(
+    project: Option<&str>,
+    data_dir: &Path,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let ledger = SqliteLedger::open_read_only(data_dir)?;
+    let adjustments: Vec<_> = ledger
+        .adjustments()?
+        .into_iter()
+        .filter(|a| project.is_none_or(|p| a.project == p))
+        .collect();
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = adjustments
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "project": a.project, "kind": a.adjustment.kind.as_str(),
+                        "amount": a.adjustment.amount, "perun_modified_at": a.perun_modified_at,
+                        "recorded_at": a.recorded_at,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Format::Table => {
+            let rows = adjustments
+                .iter()
+                .map(|a| {
+                    vec![
+                        date(a.recorded_at),
+                        a.project.clone(),
+                        a.adjustment.kind.as_str().to_owned(),
+                        a.adjustment.amount.to_string(),
+                        a.perun_modified_at.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "RECORDED (UTC)",
+                        "PROJECT",
+                        "KIND",
+                        "AMOUNT",
+                        "PERUN MODIFIED AT"
                     ],
                     rows
                 )

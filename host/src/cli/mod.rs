@@ -58,6 +58,19 @@ enum LedgerCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Every change of credits used that no charge explains: values adopted
+    /// from Perun on first contact and hand edits found there.
+    Adjustments {
+        /// Only this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// The service's data directory.
+        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +228,11 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             data_dir,
             format,
         }) => ledger::charges(&project, &data_dir, format),
+        Command::Ledger(LedgerCommand::Adjustments {
+            project,
+            data_dir,
+            format,
+        }) => ledger::adjustments(project.as_deref(), &data_dir, format),
         Command::Ping { port, timeout } => ping(port, timeout),
     }
 }

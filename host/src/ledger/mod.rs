@@ -198,6 +198,64 @@ pub struct Adjustment {
     pub amount: Decimal,
 }
 
+/// A recorded adjustment, for the audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustmentRecord {
+    /// The project.
+    pub project: String,
+    /// What and how much.
+    pub adjustment: Adjustment,
+    /// Perun's `valueModifiedAt` of the value, when it said.
+    pub perun_modified_at: Option<String>,
+    /// When it was recorded (ns).
+    pub recorded_at: i64,
+}
+
+/// Where a value of credits used that this service recognises came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueSource {
+    /// A write of this service (confirmed or only intended).
+    Write,
+    /// Adopted from Perun on first contact.
+    Adopted,
+    /// Found in Perun, changed by hand, and accepted.
+    ManualEdit,
+}
+
+impl ValueSource {
+    /// The name stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueSource::Write => "write",
+            ValueSource::Adopted => AdjustmentKind::Adopted.as_str(),
+            ValueSource::ManualEdit => AdjustmentKind::ManualEdit.as_str(),
+        }
+    }
+}
+
+/// A value of credits used this service recognises as its own in Perun.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownValue {
+    /// Its id (increasing with time).
+    pub id: i64,
+    /// The value.
+    pub value: Decimal,
+    /// Where it came from.
+    pub source: ValueSource,
+    /// Whether Perun is known to have held it (`false`: a write intended,
+    /// its answer never arrived).
+    pub confirmed: bool,
+}
+
+/// What this service knows of a project's credits used in Perun.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerunRecord {
+    /// When Perun's value was adopted (ns); `None` before first contact.
+    pub adopted_at: Option<i64>,
+    /// The values it recognises, oldest first.
+    pub known: Vec<KnownValue>,
+}
+
 /// Sizes for `/stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -231,25 +289,46 @@ pub trait Ledger: Send + Sync {
     fn counts(&self) -> Result<Counts, LedgerError>;
     /// Outbox entries due at `now` (ns), oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError>;
-    /// The entry was published: removed unless charged again meanwhile, in
-    /// which case it is due again at `next_attempt`.
+    /// The entry's version was published: the project waits again only if
+    /// it was charged meanwhile, and either way is not published again
+    /// before `next_attempt` (the interval holds for the next charge too).
     fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError>;
     /// Publishing failed: retry at `next_attempt`.
     fn sync_failed(&self, project: &str, next_attempt: i64, error: &str)
     -> Result<(), LedgerError>;
     /// What to publish for a project.
     fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError>;
-    /// Compares Perun's credits used with what was last written there: on
-    /// first contact adopts it, after a hand edit records the difference
-    /// as an adjustment; both change `adopted`, in one transaction.
-    fn reconcile(
+    /// What this service knows of the project's credits used in Perun:
+    /// whether it was adopted, and every value it still recognises as its
+    /// own (written, about to be written, adopted or accepted as a hand edit).
+    fn perun_record(&self, project: &str) -> Result<PerunRecord, LedgerError>;
+    /// Records a change of credits used that no charge explains, in one
+    /// transaction: `adopted` moves by the adjustment's amount, the
+    /// adjustment is kept for the audit, and `perun_value` (the value Perun
+    /// showed) becomes a value this service recognises.
+    fn adjust(
         &self,
         project: &str,
-        perun_current: Option<Decimal>,
+        adjustment: Adjustment,
+        perun_value: Decimal,
         modified_at: Option<&str>,
-    ) -> Result<Option<Adjustment>, LedgerError>;
-    /// Remembers the value last written to Perun.
-    fn written(&self, project: &str, value: Decimal) -> Result<(), LedgerError>;
+    ) -> Result<(), LedgerError>;
+    /// Records, durably and before the write, that `value` (with the per
+    /// site `timestamps`, JSON) is about to be written to Perun; returns
+    /// the intent's id for [`Ledger::confirm_write`].
+    fn record_intent(
+        &self,
+        project: &str,
+        value: Decimal,
+        timestamps: &str,
+    ) -> Result<i64, LedgerError>;
+    /// Perun holds the value of intent `id` (it answered the write, or the
+    /// value was read back). Values recorded before the newest confirmed
+    /// one and before `forget_before` (ns) are forgotten: no write of
+    /// theirs can still be on its way.
+    fn confirm_write(&self, project: &str, id: i64, forget_before: i64) -> Result<(), LedgerError>;
+    /// Every adjustment recorded, oldest first (for the audit).
+    fn adjustments(&self) -> Result<Vec<AdjustmentRecord>, LedgerError>;
     /// Records the project's granted credits and maintainers (from Perun).
     fn set_contacts(
         &self,
@@ -268,8 +347,6 @@ pub trait Ledger: Send + Sync {
         threshold: u32,
         granted: Decimal,
     ) -> Result<(), LedgerError>;
-    /// Whether the project's credits used were adopted from Perun already.
-    fn adopted(&self, project: &str) -> Result<bool, LedgerError>;
     /// Per floor, the exact sum of the key's charges not yet reversed whose
     /// step started at or before the floor: what [`Ledger::rebase`] will
     /// take back.

@@ -14,8 +14,9 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
 use super::{
-    Adjustment, AdjustmentKind, Batch, ChargeRecord, Counts, Floor, HistoryRow, Ledger,
-    LedgerError, Notifiable, OutboxEntry, PolicyStamp, ProjectRecord, Publishable,
+    Adjustment, AdjustmentKind, AdjustmentRecord, Batch, ChargeRecord, Counts, Floor, HistoryRow,
+    KnownValue, Ledger, LedgerError, Notifiable, OutboxEntry, PerunRecord, PolicyStamp,
+    ProjectRecord, Publishable, ValueSource,
 };
 use crate::billing::{Account, Key, State};
 
@@ -90,7 +91,37 @@ const MIGRATIONS: &[&str] = &[
          sent_at   INTEGER NOT NULL,
          PRIMARY KEY (project, threshold)
      ) WITHOUT ROWID;",
+    // 6: the values of credits used this service recognises in Perun:
+    //    writes (intended before, confirmed after), adoptions, hand edits
+    "CREATE TABLE perun_values (
+         id           INTEGER PRIMARY KEY,
+         project      TEXT NOT NULL,
+         value        TEXT NOT NULL,
+         source       TEXT NOT NULL,
+         timestamps   TEXT,
+         recorded_at  INTEGER NOT NULL,
+         confirmed_at INTEGER
+     );
+     CREATE INDEX perun_values_by_project ON perun_values (project, id);
+     INSERT INTO perun_values (project, value, source, recorded_at, confirmed_at)
+         SELECT project, last_written, 'write', updated_at, updated_at
+         FROM projects WHERE last_written IS NOT NULL;
+     INSERT INTO perun_values (project, value, source, recorded_at, confirmed_at)
+         SELECT project, adopted, 'adopted', adopted_at, adopted_at
+         FROM projects WHERE adopted_at IS NOT NULL AND last_written IS NULL;
+     -- outbox rows stay once published, so the interval holds for the next charge
+     ALTER TABLE outbox ADD COLUMN published_version INTEGER NOT NULL DEFAULT 0;",
 ];
+
+/// Queues a project for publishing (?1 project, ?2 now): bumps its version;
+/// a project that was up to date starts waiting now, but not before the
+/// next attempt its last publishing set.
+const QUEUE: &str = "INSERT INTO outbox (project, since) VALUES (?1, ?2)
+     ON CONFLICT (project) DO UPDATE SET version = version + 1,
+         since = CASE WHEN version = published_version THEN excluded.since ELSE since END";
+
+/// Outbox rows waiting to be published.
+const WAITING: &str = "version > published_version";
 
 /// How hard a commit is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -347,10 +378,7 @@ impl Ledger for SqliteLedger {
                 "INSERT INTO projects (project, charged, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (project) DO UPDATE SET charged = excluded.charged, updated_at = excluded.updated_at",
             )?;
-            let mut queue = tx.prepare_cached(
-                "INSERT INTO outbox (project, since) VALUES (?1, ?2)
-                 ON CONFLICT (project) DO UPDATE SET version = version + 1",
-            )?;
+            let mut queue = tx.prepare_cached(QUEUE)?;
             for charge in &batch.charges {
                 insert_charge.execute(params![
                     &*charge.key.project,
@@ -457,10 +485,10 @@ impl Ledger for SqliteLedger {
 
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError> {
         let connection = lock(&self.reader);
-        let mut statement = connection.prepare_cached(
-            "SELECT project, version, attempts FROM outbox WHERE next_attempt <= ?1
-             ORDER BY next_attempt, since LIMIT ?2",
-        )?;
+        let mut statement = connection.prepare_cached(&format!(
+            "SELECT project, version, attempts FROM outbox WHERE {WAITING} AND next_attempt <= ?1
+             ORDER BY next_attempt, since LIMIT ?2"
+        ))?;
         let rows = statement.query_map(params![now, limit as i64], |row| {
             Ok(OutboxEntry {
                 project: row.get(0)?,
@@ -472,18 +500,13 @@ impl Ledger for SqliteLedger {
     }
 
     fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError> {
-        let connection = lock(&self.writer);
-        let deleted = connection.execute(
-            "DELETE FROM outbox WHERE project = ?1 AND version = ?2",
-            params![entry.project, entry.version],
+        // Charged again meanwhile: still waiting. Either way not published
+        // again before the interval.
+        lock(&self.writer).execute(
+            "UPDATE outbox SET published_version = MAX(published_version, ?2), next_attempt = ?3,
+                 attempts = 0, last_error = NULL WHERE project = ?1",
+            params![entry.project, entry.version, next_attempt],
         )?;
-        if deleted == 0 {
-            // Charged again meanwhile: publish again, but not before the interval.
-            connection.execute(
-                "UPDATE outbox SET next_attempt = ?2, attempts = 0, last_error = NULL WHERE project = ?1",
-                params![entry.project, next_attempt],
-            )?;
-        }
         Ok(())
     }
 
@@ -596,18 +619,6 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
-    fn adopted(&self, project: &str) -> Result<bool, LedgerError> {
-        let connection = lock(&self.reader);
-        Ok(connection
-            .query_row(
-                "SELECT adopted_at IS NOT NULL FROM projects WHERE project = ?1",
-                [project],
-                |row| row.get(0),
-            )
-            .optional()?
-            .unwrap_or(false))
-    }
-
     fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError> {
         let connection = lock(&self.reader);
         let mut statement = connection
@@ -670,22 +681,64 @@ impl Ledger for SqliteLedger {
                 running += decimal(&credits)?;
                 update.execute(params![id, running.to_string()])?;
             }
-            tx.execute(
-                "INSERT INTO outbox (project, since) VALUES (?1, ?2)
-                 ON CONFLICT (project) DO UPDATE SET version = version + 1",
-                params![project, now],
-            )?;
+            tx.execute(QUEUE, params![project, now])?;
         }
         tx.commit()?;
         Ok(reversed)
     }
 
-    fn reconcile(
+    fn perun_record(&self, project: &str) -> Result<PerunRecord, LedgerError> {
+        let connection = lock(&self.reader);
+        let adopted_at = connection
+            .query_row(
+                "SELECT adopted_at FROM projects WHERE project = ?1",
+                [project],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten();
+        let mut statement = connection.prepare_cached(
+            "SELECT id, value, source, confirmed_at IS NOT NULL FROM perun_values
+             WHERE project = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([project], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, bool>(3)?,
+            ))
+        })?;
+        let mut known = Vec::new();
+        for row in rows {
+            let (id, value, source, confirmed) = row?;
+            let source = match source.as_str() {
+                "write" => ValueSource::Write,
+                "adopted" => ValueSource::Adopted,
+                "manual edit" => ValueSource::ManualEdit,
+                other => {
+                    return Err(LedgerError::Corrupt(format!(
+                        "unknown source {other:?} of a Perun value of {project}"
+                    )));
+                }
+            };
+            known.push(KnownValue {
+                id,
+                value: decimal(&value)?,
+                source,
+                confirmed,
+            });
+        }
+        Ok(PerunRecord { adopted_at, known })
+    }
+
+    fn adjust(
         &self,
         project: &str,
-        perun_current: Option<Decimal>,
+        adjustment: Adjustment,
+        perun_value: Decimal,
         modified_at: Option<&str>,
-    ) -> Result<Option<Adjustment>, LedgerError> {
+    ) -> Result<(), LedgerError> {
         let mut connection = lock(&self.writer);
         let tx = connection.transaction()?;
         let now = now_ns();
@@ -693,48 +746,111 @@ impl Ledger for SqliteLedger {
             "INSERT INTO projects (project, updated_at) VALUES (?1, ?2) ON CONFLICT (project) DO NOTHING",
             params![project, now],
         )?;
-        let (adopted, last_written, adopted_at): (String, Option<String>, Option<i64>) = tx
-            .query_row(
-                "SELECT adopted, last_written, adopted_at FROM projects WHERE project = ?1",
-                [project],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )?;
-        let adopted = decimal(&adopted)?;
-        let perun = perun_current.unwrap_or_default();
-        let adjustment = match (
-            adopted_at,
-            last_written.as_deref().map(decimal).transpose()?,
-        ) {
-            (None, _) => Some(Adjustment {
-                kind: AdjustmentKind::Adopted,
-                amount: perun,
-            }),
-            (Some(_), Some(written)) if written != perun => Some(Adjustment {
-                kind: AdjustmentKind::ManualEdit,
-                amount: perun - written,
-            }),
-            _ => None,
-        };
-        if let Some(adjustment) = &adjustment {
-            tx.execute(
-                "UPDATE projects SET adopted = ?2, adopted_at = COALESCE(adopted_at, ?3), updated_at = ?3 WHERE project = ?1",
-                params![project, (adopted + adjustment.amount).to_string(), now],
-            )?;
-            tx.execute(
-                "INSERT INTO adjustments (project, kind, amount, perun_modified_at, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![project, adjustment.kind.as_str(), adjustment.amount.to_string(), modified_at, now],
-            )?;
-        }
+        let adopted: String = tx.query_row(
+            "SELECT adopted FROM projects WHERE project = ?1",
+            [project],
+            |row| row.get(0),
+        )?;
+        let adopted = decimal(&adopted)? + adjustment.amount;
+        tx.execute(
+            "UPDATE projects SET adopted = ?2, adopted_at = COALESCE(adopted_at, ?3), updated_at = ?3
+             WHERE project = ?1",
+            params![project, adopted.to_string(), now],
+        )?;
+        tx.execute(
+            "INSERT INTO adjustments (project, kind, amount, perun_modified_at, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                project,
+                adjustment.kind.as_str(),
+                adjustment.amount.to_string(),
+                modified_at,
+                now
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO perun_values (project, value, source, recorded_at, confirmed_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![
+                project,
+                perun_value.to_string(),
+                adjustment.kind.as_str(),
+                now
+            ],
+        )?;
         tx.commit()?;
-        Ok(adjustment)
+        Ok(())
     }
 
-    fn written(&self, project: &str, value: Decimal) -> Result<(), LedgerError> {
-        lock(&self.writer).execute(
-            "UPDATE projects SET last_written = ?2 WHERE project = ?1",
-            params![project, value.to_string()],
+    fn record_intent(
+        &self,
+        project: &str,
+        value: Decimal,
+        timestamps: &str,
+    ) -> Result<i64, LedgerError> {
+        let connection = lock(&self.writer);
+        connection.execute(
+            "INSERT INTO perun_values (project, value, source, timestamps, recorded_at)
+             VALUES (?1, ?2, 'write', ?3, ?4)",
+            params![project, value.to_string(), timestamps, now_ns()],
         )?;
+        Ok(connection.last_insert_rowid())
+    }
+
+    fn confirm_write(&self, project: &str, id: i64, forget_before: i64) -> Result<(), LedgerError> {
+        let mut connection = lock(&self.writer);
+        let tx = connection.transaction()?;
+        tx.execute(
+            "UPDATE perun_values SET confirmed_at = ?3
+             WHERE project = ?1 AND id = ?2 AND confirmed_at IS NULL",
+            params![project, id, now_ns()],
+        )?;
+        tx.execute(
+            "DELETE FROM perun_values WHERE project = ?1 AND recorded_at < ?2
+                 AND id < (SELECT MAX(id) FROM perun_values
+                           WHERE project = ?1 AND confirmed_at IS NOT NULL)",
+            params![project, forget_before],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    fn adjustments(&self) -> Result<Vec<AdjustmentRecord>, LedgerError> {
+        let connection = lock(&self.reader);
+        let mut statement = connection.prepare_cached(
+            "SELECT project, kind, amount, perun_modified_at, recorded_at FROM adjustments ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (project, kind, amount, perun_modified_at, recorded_at) = row?;
+            let kind = match kind.as_str() {
+                "adopted" => AdjustmentKind::Adopted,
+                "manual edit" => AdjustmentKind::ManualEdit,
+                other => {
+                    return Err(LedgerError::Corrupt(format!(
+                        "unknown adjustment kind {other:?} of {project}"
+                    )));
+                }
+            };
+            Ok(AdjustmentRecord {
+                project,
+                adjustment: Adjustment {
+                    kind,
+                    amount: decimal(&amount)?,
+                },
+                perun_modified_at,
+                recorded_at,
+            })
+        })
+        .collect()
     }
 
     fn counts(&self) -> Result<Counts, LedgerError> {
@@ -746,9 +862,12 @@ impl Ledger for SqliteLedger {
             projects: count("SELECT COUNT(DISTINCT project) FROM keys")?,
             keys: count("SELECT COUNT(*) FROM keys")?,
             charges: count("SELECT COUNT(*) FROM charges")?,
-            outbox: count("SELECT COUNT(*) FROM outbox")?,
-            oldest_outbox: connection
-                .query_row("SELECT MIN(since) FROM outbox", [], |row| row.get(0))?,
+            outbox: count(&format!("SELECT COUNT(*) FROM outbox WHERE {WAITING}"))?,
+            oldest_outbox: connection.query_row(
+                &format!("SELECT MIN(since) FROM outbox WHERE {WAITING}"),
+                [],
+                |row| row.get(0),
+            )?,
         })
     }
 }
@@ -897,7 +1016,7 @@ mod tests {
     }
 
     #[test]
-    fn first_contact_adopts_and_a_hand_edit_becomes_an_adjustment() {
+    fn adjustments_intents_and_confirmed_writes_are_kept_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = SqliteLedger::open(dir.path(), Durability::Normal).unwrap();
         ledger
@@ -907,28 +1026,111 @@ mod tests {
             })
             .unwrap();
         let d = |s: &str| s.parse::<Decimal>().unwrap();
-        let adopted = ledger
-            .reconcile("a", Some(d("100")), None)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (adopted.kind, adopted.amount),
-            (AdjustmentKind::Adopted, d("100"))
-        );
+        assert_eq!(ledger.perun_record("a").unwrap(), PerunRecord::default());
+        let adopted = Adjustment {
+            kind: AdjustmentKind::Adopted,
+            amount: d("100"),
+        };
+        ledger.adjust("a", adopted, d("100"), None).unwrap();
         assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("105.5"));
-        ledger.written("a", d("105.50")).unwrap();
-        // unchanged in Perun: nothing to record
-        assert_eq!(ledger.reconcile("a", Some(d("105.5")), None).unwrap(), None);
-        // changed by hand to 50
-        let edit = ledger
-            .reconcile("a", Some(d("50.00")), Some("2026-11-28 08:00:00.0"))
-            .unwrap()
-            .unwrap();
+        let first = ledger.record_intent("a", d("105.50"), "{}").unwrap();
+        ledger.confirm_write("a", first, 0).unwrap();
+        let second = ledger.record_intent("a", d("110.00"), "{}").unwrap();
+        let record = ledger.perun_record("a").unwrap();
+        assert!(record.adopted_at.is_some());
+        let values: Vec<_> = record
+            .known
+            .iter()
+            .map(|k| (k.value, k.source, k.confirmed))
+            .collect();
         assert_eq!(
-            (edit.kind, edit.amount),
-            (AdjustmentKind::ManualEdit, d("-55.50"))
+            values,
+            vec![
+                (d("100"), ValueSource::Adopted, true),
+                (d("105.50"), ValueSource::Write, true),
+                (d("110.00"), ValueSource::Write, false),
+            ]
         );
-        assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("50.00"));
+        // A hand edit moves `adopted` and is recognised from then on.
+        let edit = Adjustment {
+            kind: AdjustmentKind::ManualEdit,
+            amount: d("-60"),
+        };
+        ledger
+            .adjust("a", edit, d("50"), Some("2026-11-28 08:00:00.0"))
+            .unwrap();
+        assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("45.5"));
+        let audit = ledger.adjustments().unwrap();
+        assert_eq!(audit.len(), 2);
+        assert_eq!(audit[1].adjustment, edit);
+        assert_eq!(
+            audit[1].perun_modified_at.as_deref(),
+            Some("2026-11-28 08:00:00.0")
+        );
+        // Confirming the newest forgets what was recorded before it (and
+        // before the in-flight limit), never the newest itself.
+        let third = ledger.record_intent("a", d("45.50"), "{}").unwrap();
+        ledger.confirm_write("a", third, i64::MAX).unwrap();
+        let known = ledger.perun_record("a").unwrap().known;
+        assert_eq!(known.len(), 1);
+        assert_eq!((known[0].id, known[0].confirmed), (third, true));
+        assert!(second < third);
+    }
+
+    #[test]
+    fn a_published_project_waits_out_the_interval_even_after_a_new_charge() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(dir.path(), Durability::Normal).unwrap();
+        let charged = |after: &str| Batch {
+            states: vec![(key("a"), account(2, "15.5", after))],
+            charges: vec![charge("a", "1", after)],
+        };
+        ledger.commit(&charged("1")).unwrap();
+        let due = ledger.due(100, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        ledger.synced(&due[0], 1_000).unwrap();
+        // Published and nothing new: nothing due, nothing pending.
+        assert!(ledger.due(5_000, 10).unwrap().is_empty());
+        assert_eq!(ledger.counts().unwrap().outbox, 0);
+        // A new charge waits for the interval, then is due once.
+        ledger.commit(&charged("2")).unwrap();
+        assert_eq!(ledger.counts().unwrap().outbox, 1);
+        assert!(ledger.due(999, 10).unwrap().is_empty());
+        let due = ledger.due(1_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        // Charged again while being published: still due after the interval.
+        ledger.commit(&charged("3")).unwrap();
+        ledger.synced(&due[0], 2_000).unwrap();
+        assert!(ledger.due(1_999, 10).unwrap().is_empty());
+        assert_eq!(ledger.due(2_000, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn migration_6_keeps_the_last_written_value_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let connection = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            for (version, migration) in MIGRATIONS.iter().take(5).enumerate() {
+                connection.execute_batch(migration).unwrap();
+                connection
+                    .pragma_update(None, "user_version", version as i64 + 1)
+                    .unwrap();
+            }
+            connection
+                .execute_batch(
+                    "INSERT INTO projects (project, adopted, adopted_at, last_written, updated_at)
+                         VALUES ('a', '100', 5, '120.00', 6), ('b', '7', 5, NULL, 6);",
+                )
+                .unwrap();
+        }
+        let ledger = SqliteLedger::open(dir.path(), Durability::Normal).unwrap();
+        let known = |p: &str| -> Vec<(Decimal, ValueSource)> {
+            let record = ledger.perun_record(p).unwrap();
+            record.known.iter().map(|k| (k.value, k.source)).collect()
+        };
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(known("a"), vec![(d("120.00"), ValueSource::Write)]);
+        assert_eq!(known("b"), vec![(d("7"), ValueSource::Adopted)]);
     }
 
     #[test]

@@ -87,6 +87,44 @@ pub struct Attribute {
     pub value_modified_at: Option<String>,
 }
 
+/// An attribute definition: id, friendly name, namespace, type. Ids and
+/// namespaces differ between Perun instances; they come from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeDef {
+    /// Definition id.
+    pub id: i64,
+    /// Friendly name, e.g. `denbiCreditsCurrent`.
+    pub friendly_name: String,
+    /// Namespace, e.g. `urn:perun:group:attribute-def:opt`.
+    pub namespace: String,
+    /// Java type, e.g. `java.lang.String`.
+    pub kind: String,
+}
+
+impl AttributeDef {
+    /// The full name Perun matches `attrNames` against
+    /// (`namespace:friendlyName`); a friendly name alone matches nothing.
+    pub fn full_name(&self) -> String {
+        format!("{}:{}", self.namespace, self.friendly_name)
+    }
+
+    /// Whether `attribute` (as Perun returned it) is this one.
+    pub fn is(&self, attribute: &Attribute) -> bool {
+        attribute.friendly_name == self.friendly_name && attribute.namespace == self.namespace
+    }
+
+    /// This attribute with `value`, as `setAttributes` takes it.
+    pub fn write(&self, value: Value) -> AttributeWrite {
+        AttributeWrite {
+            id: self.id,
+            friendly_name: self.friendly_name.clone(),
+            namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            value,
+        }
+    }
+}
+
 /// An attribute to write: exactly the fields Perun accepts back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -240,24 +278,27 @@ impl PerunClient {
         Ok(group.id)
     }
 
-    /// Group attributes by name (unknown names are left out by Perun).
+    /// Group attributes, asked for by their full names (Perun silently
+    /// leaves out every name it does not know, friendly names included).
     pub async fn group_attributes(
         &self,
         group: i64,
-        names: &[&str],
+        attributes: &[&AttributeDef],
     ) -> Result<Vec<Attribute>, PerunError> {
+        let names: Vec<String> = attributes.iter().map(|a| a.full_name()).collect();
         let body = serde_json::json!({ "group": group, "attrNames": names });
         self.call("attributesManager", "getAttributes", &body).await
     }
 
-    /// Group-resource attributes by name (`workWithGroupAttributes: false`,
-    /// without which Perun ignores `attrNames`).
+    /// Group-resource attributes by full name (`workWithGroupAttributes:
+    /// false`, without which Perun ignores `attrNames`).
     pub async fn group_resource_attributes(
         &self,
         group: i64,
         resource: i64,
-        names: &[&str],
+        attributes: &[&AttributeDef],
     ) -> Result<Vec<Attribute>, PerunError> {
+        let names: Vec<String> = attributes.iter().map(|a| a.full_name()).collect();
         let body = serde_json::json!({
             "group": group, "resource": resource, "attrNames": names,
             "workWithGroupAttributes": false,

@@ -9,7 +9,8 @@ use chrono::{DateTime, NaiveDateTime};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::{AttributeWrite, PerunClient, PerunError};
+use super::client::{AttributeDef, PerunClient, PerunError};
+use super::reconcile::{Reading, Verdict, judge};
 use crate::billing::round;
 use crate::engine::Rebaser;
 use crate::ledger::{AdjustmentKind, Floor, Ledger, OutboxEntry};
@@ -24,31 +25,10 @@ const NOT_A_GROUP_RETRY: Duration = Duration::from_secs(3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Projects published at once.
 const CONCURRENCY: usize = 8;
-
-/// An attribute definition: id, friendly name, namespace, type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttributeDef {
-    /// Definition id (differs between Perun instances).
-    pub id: i64,
-    /// Friendly name.
-    pub friendly_name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Java type.
-    pub kind: String,
-}
-
-impl AttributeDef {
-    fn write(&self, value: Value) -> AttributeWrite {
-        AttributeWrite {
-            id: self.id,
-            friendly_name: self.friendly_name.clone(),
-            namespace: self.namespace.clone(),
-            kind: self.kind.clone(),
-            value,
-        }
-    }
-}
+/// How long a write may still be on its way to Perun after it was sent
+/// (far beyond any call timeout): its value is recognised as ours that long
+/// even after a newer write was confirmed.
+const IN_FLIGHT: Duration = Duration::from_secs(3600);
 
 /// What the sync needs to know.
 #[derive(Debug, Clone)]
@@ -65,8 +45,8 @@ pub struct SyncConfig {
     pub credits_granted: AttributeDef,
     /// `denbiCreditTimestamps` (group-resource).
     pub timestamps: AttributeDef,
-    /// Friendly name of `toEmail` (read only).
-    pub emails: String,
+    /// `toEmail` (read only).
+    pub emails: AttributeDef,
 }
 
 /// The sync's state for `/stats`.
@@ -98,6 +78,7 @@ pub struct Sync {
     status: Mutex<SyncStatus>,
     login_warned: AtomicBool,
     missing_warned: Mutex<std::collections::HashSet<String>>,
+    unset_warned: Mutex<std::collections::HashSet<String>>,
 }
 
 fn now_ns() -> i64 {
@@ -145,6 +126,7 @@ impl Sync {
             }),
             login_warned: AtomicBool::new(false),
             missing_warned: Mutex::new(std::collections::HashSet::new()),
+            unset_warned: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -210,16 +192,16 @@ impl Sync {
     /// Reads the per-site timestamps the service we replace stored: the
     /// floors below which it billed already.
     async fn floors(&self, group: i64) -> Result<Vec<Floor>, PerunError> {
-        let name = self.config.timestamps.friendly_name.as_str();
+        let definition = &self.config.timestamps;
         let mut floors = Vec::new();
         for resource in self.client.assigned_resources(group).await? {
             let attributes = self
                 .client
-                .group_resource_attributes(group, resource, &[name])
+                .group_resource_attributes(group, resource, &[definition])
                 .await?;
             let stamps = attributes
                 .iter()
-                .filter(|a| a.friendly_name == name)
+                .filter(|a| definition.is(a))
                 .filter_map(|a| a.value.as_object());
             for (metric, text) in stamps.flatten() {
                 match text.as_str().and_then(parse_timestamp) {
@@ -246,11 +228,11 @@ impl Sync {
     async fn adopt_floors(&self, project: &str, group: i64) -> Result<(), PerunError> {
         let ledger = self.ledger.clone();
         let owned = project.to_owned();
-        let adopted = tokio::task::spawn_blocking(move || ledger.adopted(&owned))
+        let record = tokio::task::spawn_blocking(move || ledger.perun_record(&owned))
             .await
             .map_err(|e| PerunError::Local(e.to_string()))?
             .map_err(|e| PerunError::Local(e.to_string()))?;
-        if adopted {
+        if record.adopted_at.is_some() {
             return Ok(());
         }
         let floors = self.floors(group).await?;
@@ -272,25 +254,51 @@ impl Sync {
         Ok(())
     }
 
+    /// Runs `work` on the ledger off the async threads.
+    async fn on_ledger<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Ledger) -> Result<T, crate::ledger::LedgerError> + Send + 'static,
+    ) -> Result<T, PerunError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || work(ledger.as_ref()))
+            .await
+            .map_err(|e| PerunError::Local(e.to_string()))?
+            .map_err(|e| PerunError::Local(e.to_string()))
+    }
+
     /// Reads credits used and granted and the maintainers; stores granted
-    /// and maintainers; adopts or records a hand edit of credits used.
+    /// and maintainers; adopts Perun's credits used on first contact and
+    /// records a hand edit (see [`super::reconcile`]).
     async fn reconcile(&self, project: &str, group: i64) -> Result<(), PerunError> {
         self.adopt_floors(project, group).await?;
-        let current_name = self.config.credits_current.friendly_name.as_str();
-        let granted_name = self.config.credits_granted.friendly_name.as_str();
-        let emails_name = self.config.emails.as_str();
+        let config = &self.config;
         let attributes = self
             .client
-            .group_attributes(group, &[current_name, granted_name, emails_name])
+            .group_attributes(
+                group,
+                &[
+                    &config.credits_current,
+                    &config.credits_granted,
+                    &config.emails,
+                ],
+            )
             .await?;
-        let find = |name: &str| attributes.iter().find(|a| a.friendly_name == name);
-        let decimal = |name: &str| {
-            find(name)
-                .and_then(|a| a.value.as_str())
-                .and_then(|v| pricing_sdk::parse_decimal(v.trim()).ok())
+        let find = |def: &AttributeDef| attributes.iter().find(|a| def.is(a));
+        let current = find(&config.credits_current);
+        let reading = Reading::of(current.map(|a| &a.value));
+        let granted = match Reading::of(find(&config.credits_granted).map(|a| &a.value)) {
+            Reading::Value(granted) => Some(granted),
+            Reading::Unset => None,
+            Reading::Unreadable(text) => {
+                tracing::warn!(
+                    project,
+                    "ignoring an unreadable {}: {text:?}",
+                    config.credits_granted.friendly_name
+                );
+                None
+            }
         };
-        let (granted, current) = (decimal(granted_name), decimal(current_name));
-        let emails: Vec<String> = find(emails_name)
+        let emails: Vec<String> = find(&config.emails)
             .and_then(|a| a.value.as_array())
             .map(|list| {
                 list.iter()
@@ -299,26 +307,57 @@ impl Sync {
                     .collect()
             })
             .unwrap_or_default();
-        let modified_at = find(current_name).and_then(|a| a.value_modified_at.clone());
-        let ledger = self.ledger.clone();
+        let modified_at = current.and_then(|a| a.value_modified_at.clone());
         let owned = project.to_owned();
-        let reconciled = tokio::task::spawn_blocking(move || {
-            ledger.set_contacts(&owned, granted, &emails)?;
-            ledger.reconcile(&owned, current, modified_at.as_deref())
-        })
-        .await;
-        match reconciled {
-            Ok(Ok(Some(adjustment))) => match adjustment.kind {
-                AdjustmentKind::Adopted => {
-                    tracing::info!(project, credits = %adjustment.amount, "adopted credits used from Perun")
+        let record = self
+            .on_ledger(move |ledger| {
+                ledger.set_contacts(&owned, granted, &emails)?;
+                ledger.perun_record(&owned)
+            })
+            .await?;
+        let owned = project.to_owned();
+        match judge(&reading, &record) {
+            Verdict::Ours { landed: None } => {}
+            Verdict::Ours { landed: Some(id) } => {
+                let forget = now_ns().saturating_sub(IN_FLIGHT.as_nanos() as i64);
+                self.on_ledger(move |ledger| ledger.confirm_write(&owned, id, forget))
+                    .await?;
+            }
+            Verdict::Missing => {
+                let first = self
+                    .unset_warned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(project.to_owned());
+                if first {
+                    tracing::warn!(
+                        project,
+                        "{} in Perun is unset or unreadable ({reading:?}): not a hand edit; publishing the ledger's value again",
+                        config.credits_current.friendly_name
+                    );
                 }
-                AdjustmentKind::ManualEdit => {
-                    tracing::warn!(project, difference = %adjustment.amount, "credits used were changed in Perun by hand: recorded as an adjustment, continuing from Perun's value")
+            }
+            Verdict::CannotAdopt(text) => {
+                return Err(PerunError::Local(format!(
+                    "cannot adopt {} {text:?} from Perun: not a decimal; fix it in Perun (nothing is published until then)",
+                    config.credits_current.friendly_name
+                )));
+            }
+            Verdict::Adopt(adjustment, value) | Verdict::HandEdit(adjustment, value) => {
+                let at = modified_at.clone();
+                self.on_ledger(move |ledger| {
+                    ledger.adjust(&owned, adjustment, value, at.as_deref())
+                })
+                .await?;
+                match adjustment.kind {
+                    AdjustmentKind::Adopted => {
+                        tracing::info!(project, credits = %adjustment.amount, "adopted credits used from Perun")
+                    }
+                    AdjustmentKind::ManualEdit => {
+                        tracing::warn!(project, difference = %adjustment.amount, perun = %value, modified_at, "credits used were changed in Perun by hand: recorded as an adjustment, continuing from Perun's value")
+                    }
                 }
-            },
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(project, "cannot record Perun's values: {e}"),
-            Err(e) => tracing::error!(project, "{e}"),
+            }
         }
         Ok(())
     }
@@ -384,14 +423,11 @@ impl Sync {
     async fn try_publish(&self, entry: &OutboxEntry) -> Result<(), PerunError> {
         let group = self.group(&entry.project).await?;
         self.reconcile(&entry.project, group).await?;
-        let ledger = self.ledger.clone();
         let project = entry.project.clone();
-        let publishable = tokio::task::spawn_blocking(move || ledger.publishable(&project))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        let Some(publishable) = publishable else {
+        let Some(publishable) = self
+            .on_ledger(move |ledger| ledger.publishable(&project))
+            .await?
+        else {
             return Ok(());
         };
         let used = round(publishable.used, self.config.precision);
@@ -399,11 +435,7 @@ impl Sync {
             .config
             .credits_current
             .write(Value::String(used.to_string()));
-        if publishable.sites.is_empty() {
-            self.client
-                .set_attributes(group, None, std::slice::from_ref(&current))
-                .await?;
-        }
+        let mut writes = Vec::new();
         for (site, metrics) in &publishable.sites {
             let Ok(resource) = site.parse::<i64>() else {
                 tracing::warn!(
@@ -422,6 +454,25 @@ impl Sync {
                     (metric.clone(), Value::String(text))
                 })
                 .collect();
+            writes.push((resource, stamps));
+        }
+        // The intent first: if we die once Perun applied a write and before
+        // its answer is recorded, the value read back later is still ours.
+        let intended: serde_json::Map<String, Value> = writes
+            .iter()
+            .map(|(resource, stamps)| (resource.to_string(), Value::Object(stamps.clone())))
+            .collect();
+        let project = entry.project.clone();
+        let intended = Value::Object(intended).to_string();
+        let intent = self
+            .on_ledger(move |ledger| ledger.record_intent(&project, used, &intended))
+            .await?;
+        if writes.is_empty() {
+            self.client
+                .set_attributes(group, None, std::slice::from_ref(&current))
+                .await?;
+        }
+        for (resource, stamps) in writes {
             let attributes = [
                 current.clone(),
                 self.config.timestamps.write(Value::Object(stamps)),
@@ -430,10 +481,13 @@ impl Sync {
                 .set_attributes(group, Some(resource), &attributes)
                 .await?;
         }
-        let ledger = self.ledger.clone();
         let project = entry.project.clone();
-        let recorded = tokio::task::spawn_blocking(move || ledger.written(&project, used)).await;
-        if let Ok(Err(e)) = recorded {
+        let forget = now_ns().saturating_sub(IN_FLIGHT.as_nanos() as i64);
+        if let Err(e) = self
+            .on_ledger(move |ledger| ledger.confirm_write(&project, intent, forget))
+            .await
+        {
+            // The intent stays: the value read back is still recognised.
             tracing::error!(
                 project = entry.project,
                 "cannot record the value written to Perun: {e}"
