@@ -7,12 +7,14 @@
 #   make run        build everything, then run the service with its defaults
 #   make test       the test suite (what CI runs, with `make lint`)
 #   make lint       rustfmt and clippy on every target, native and Wasm
-#   make bench      the criterion benchmarks
+#   make bench      the benchmarks
 #   make clean      remove build output
 #
 # Tests and the shipped binary share the release profile, so wasmtime is
-# built once. Policies build for wasm32-wasip2 (`rustup target add
-# wasm32-wasip2` once; .ci/run does it).
+# built once. Every target first makes sure the toolchain of
+# rust-toolchain.toml is there, with the wasm32-wasip2 target the policies
+# build for (`rustup toolchain install` adds what is missing); `make test`
+# also finds or installs headless Chromium (scripts/chromium.sh).
 
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
@@ -21,14 +23,20 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: all host policies run test lint bench clean
+.PHONY: all toolchain chromium host policies run test lint bench clean
 
 all: policies host
 
-host:
+toolchain:
+	@rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
+
+chromium:
+	@sh scripts/chromium.sh
+
+host: toolchain
 	$(CARGO) build --release -p os-credits
 
-policies:
+policies: toolchain
 	$(CARGO) build --profile policy --target $(WASM_TARGET) $(POLICY_PACKAGES)
 	mkdir -p $(DIST)
 	for p in $(POLICIES); do \
@@ -40,15 +48,15 @@ policies:
 run: all
 	target/release/os-credits serve
 
-test:
+test: toolchain chromium
 	$(CARGO) test --release --workspace
 
-lint:
+lint: toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p pricing-sdk $(POLICY_PACKAGES) $(FIXTURE_PACKAGES) -- -D warnings
 
-bench:
+bench: toolchain
 	$(CARGO) bench -p os-credits
 
 clean:

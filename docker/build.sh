@@ -17,7 +17,7 @@ set -eu
 out=${1:-/out}
 cd "$(dirname "$0")/.."
 
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+rustup toolchain install >/dev/null 2>&1 || true
 make policies host
 
 rm -rf "$out"
