@@ -8,14 +8,14 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use os_credits::ingest::{Measurement, Precision, parse_lines};
+use os_credits::ingest::{Item, Precision, lines, parse_lines};
 
 fn bench(c: &mut Criterion) {
     let body = std::fs::read(common::repo_file("examples/stack-sample.lp")).expect("sample");
-    let lines = parse_lines(&body).count() as u64;
+    let count = parse_lines(&body).count() as u64;
 
     let mut group = c.benchmark_group("line protocol");
-    group.throughput(Throughput::Elements(lines));
+    group.throughput(Throughput::Elements(count));
     group.bench_function("parse", |b| {
         b.iter(|| {
             parse_lines(black_box(&body))
@@ -23,11 +23,10 @@ fn bench(c: &mut Criterion) {
                 .count()
         })
     });
-    group.bench_function("parse + measurement", |b| {
+    group.bench_function("parse + sample", |b| {
         b.iter(|| {
-            parse_lines(black_box(&body))
-                .filter_map(|(_, p)| p.ok())
-                .filter(|p| Measurement::from_point(p, Precision::Nanoseconds, 0).is_ok())
+            lines(black_box(&body), Precision::Nanoseconds, 0)
+                .filter(|(_, item)| matches!(item, Item::Sample(_)))
                 .count()
         })
     });

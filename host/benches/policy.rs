@@ -1,8 +1,8 @@
 //! A billed step through the Wasm de.NBI policy against the same formula
 //! (the same crate, compiled natively):
 //! - `billed step`: what the service does per step (key lookup, rules,
-//!   pricing, totals), the steps of a round of 256 keys priced as one
-//!   batch (`Book::decide`, then `Book::price`);
+//!   pricing, totals), a round of 256 keys through `Book::apply`, which
+//!   prices their steps as one batch;
 //! - `pricing alone`: 256 steps priced, without the book; `wasm, one step
 //!   per call` shows what batching saves.
 //!
@@ -18,9 +18,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use denbi_policy::Denbi;
-use os_credits::billing::{Book, Decided, Priced, Pricer};
-use os_credits::ingest::{Measurement, Tag};
-use os_credits::policy::{CallError, Limits, MAX_BATCH, PolicyRuntime, Usage};
+use os_credits::billing::{Book, Priced, Pricer};
+use os_credits::ingest::Sample;
+use os_credits::policy::Tag;
+use os_credits::policy::{CallError, Limits, MAX_BATCH, PolicyRuntime, Step};
 use pricing_sdk::Policy as _;
 
 /// The de.NBI formula natively, behind the same `Pricer` interface: the
@@ -33,7 +34,13 @@ impl Pricer for Native {
         metric == "project_vcpu_usage" || metric == "project_mb_usage"
     }
 
-    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
+    fn price(&self, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>> {
+        steps.iter().map(|step| self.bill(step)).collect()
+    }
+}
+
+impl Native {
+    fn bill(&self, usage: &Step<'_>) -> Result<Priced, CallError> {
         let usage = pricing_sdk::Usage {
             metric: usage.metric.to_owned(),
             project: usage.project.to_owned(),
@@ -90,10 +97,10 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    let usages: Vec<Usage<'_>> = projects
+    let usages: Vec<Step<'_>> = projects
         .iter()
         .zip(&values)
-        .map(|(project, (previous, current))| Usage {
+        .map(|(project, (previous, current))| Step {
             metric: "project_vcpu_usage",
             project,
             location_id: "8676",
@@ -107,7 +114,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(STEPS as u64));
     group.bench_function("wasm", |b| b.iter(|| wasm.bill_batch(black_box(&usages))));
     group.bench_function("native", |b| {
-        b.iter(|| Pricer::bill_batch(&native, black_box(&usages)))
+        b.iter(|| Pricer::price(&native, black_box(&usages)))
     });
     group.bench_function("wasm, one step per call", |b| {
         b.iter(|| {
@@ -119,7 +126,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Whole billing steps: the rules, the book's keys and totals, pricing
-    // in batches (`Book::decide` then `Book::price`, as `/write` does).
+    // in batches (`Book::apply`, as `/write` does).
     let mut group = c.benchmark_group("billed step");
     group.throughput(Throughput::Elements(STEPS as u64));
     let round_values: Vec<String> = (0..100_000)
@@ -132,29 +139,32 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             let mut book = Book::new();
             let mut round = 0usize;
-            let mut waiting = Vec::with_capacity(STEPS);
+            // One sample per key, updated in place each round (the parser
+            // builds them; here only billing is timed).
+            let mut samples: Vec<Sample<'_>> = projects
+                .iter()
+                .map(|project| Sample {
+                    metric: Cow::Borrowed("project_vcpu_usage"),
+                    project: Cow::Borrowed(project),
+                    location_id: Cow::Borrowed("8676"),
+                    timestamp: 0,
+                    value: Default::default(),
+                    text: Cow::Borrowed(""),
+                    tags: tags.clone(),
+                })
+                .collect();
             b.iter(|| {
                 round += 1;
                 let text = &round_values[round % round_values.len()];
                 let value = text.parse().unwrap_or_default();
-                for project in &projects {
-                    let m = Measurement {
-                        metric: "project_vcpu_usage",
-                        project,
-                        location_id: "8676",
-                        timestamp: round as i64 * 15_000_000_000,
-                        value,
-                        text,
-                        tags: &tags,
-                    };
-                    // A wrap-around of the values is a counter drop:
-                    // re-baselined, cheap and rare.
-                    if book.decide(black_box(&m), &DynPricer(pricer)) == Decided::Price {
-                        waiting.push(m);
-                    }
+                for sample in &mut samples {
+                    sample.timestamp = round as i64 * 15_000_000_000;
+                    sample.value = value;
+                    sample.text = Cow::Borrowed(text);
                 }
-                black_box(book.price(&waiting, &DynPricer(pricer)));
-                waiting.clear();
+                // A wrap-around of the values is a counter drop:
+                // re-baselined, cheap and rare.
+                black_box(book.apply(black_box(&samples), &DynPricer(pricer)));
             })
         });
     }
@@ -168,11 +178,8 @@ impl Pricer for DynPricer<'_> {
     fn prices(&self, location_id: &str, metric: &str) -> bool {
         self.0.prices(location_id, metric)
     }
-    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
-        self.0.bill(usage)
-    }
-    fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
-        self.0.bill_batch(usages)
+    fn price(&self, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>> {
+        self.0.price(steps)
     }
 }
 

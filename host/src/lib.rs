@@ -4,28 +4,31 @@
 //! project usage exporter publishes. Data flows one way:
 //!
 //! ```text
-//! ingest (line protocol) -> billing (rules, exact decimals) -> ledger -> perun / notify
-//!                              |
-//!                            policy (Wasm pricing modules)
+//! api -> ingest (decoders) -> billing (rules, exact decimals) -> ledger -> perun / notify
+//!                                |
+//!                              Pricer port -> policy (Wasm pricing modules)
 //! ```
 //!
-//! - [`ingest`]: InfluxDB line protocol to [`ingest::Measurement`]s;
-//! - [`billing`]: the per-key rules and the exact [`billing::Book`];
-//! - [`policy`]: the wasmtime host for pricing policies;
-//! - [`ledger`]: the durable truth (SQLite): states, charges, outbox;
+//! - [`api`]: the HTTP routes;
+//! - [`ingest`]: line protocol to [`ingest::Sample`]s (imports nothing of
+//!   the crate);
+//! - [`billing`]: the rules, the exact [`billing::Book`], the billing
+//!   thread, `policy run`'s intake; prices only through [`billing::Pricer`];
+//! - [`policy`]: the wasmtime host for pricing policies (knows nothing of
+//!   billing);
+//! - [`ledger`]: the durable truth, one role trait per client;
 //! - [`perun`]: the outbox published to Perun, adoption from the old service;
 //! - [`notify`]: threshold mails to the maintainers;
-//! - [`replay`]: a file of measurements through the same parser and rules,
-//!   as `os-credits policy run` shows it.
+//! - [`credits`]: how totals are shown (rounding), for api, perun and notify.
+//!
+//! `tests/layers.rs` keeps these import rules.
 
 pub mod api;
 pub mod billing;
 pub mod config;
-pub mod engine;
+pub mod credits;
 pub mod ingest;
 pub mod ledger;
 pub mod notify;
 pub mod perun;
 pub mod policy;
-pub mod replay;
-pub mod rerate;

@@ -38,7 +38,7 @@ fn expected_rounded() -> BTreeMap<String, String> {
             let exact: Decimal = v.as_str().unwrap().parse().unwrap();
             (
                 name.clone(),
-                os_credits::billing::round(exact, 2).to_string(),
+                os_credits::credits::round(exact, 2).to_string(),
             )
         })
         .collect()
@@ -354,19 +354,20 @@ type SampleKey = (String, String, String);
 /// The sample's billable points, parsed by the service's own parser: each
 /// line with its key (project, site, metric), value text and timestamp.
 fn sample_points(sample: &str) -> Vec<(&str, SampleKey, String, i64)> {
-    use os_credits::ingest::{Measurement, Precision, parse_lines};
+    use os_credits::ingest::{Item, Precision, lines};
     sample
         .lines()
         .filter_map(|line| {
-            let (_, point) = parse_lines(line.as_bytes()).next()?;
-            let point = point.ok()?;
-            let m = Measurement::from_point(&point, Precision::Nanoseconds, 0).ok()?;
+            let (_, Item::Sample(m)) = lines(line.as_bytes(), Precision::Nanoseconds, 0).next()?
+            else {
+                return None;
+            };
             let key = (
-                m.project.to_owned(),
-                m.location_id.to_owned(),
-                m.metric.to_owned(),
+                m.project.to_string(),
+                m.location_id.to_string(),
+                m.metric.to_string(),
             );
-            Some((line, key, m.text.to_owned(), m.timestamp))
+            Some((line, key, m.text.to_string(), m.timestamp))
         })
         .collect()
 }
@@ -439,7 +440,7 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
             let used = Decimal::from(100) + newer.get(name).copied().unwrap_or_default();
             (
                 name.clone(),
-                os_credits::billing::round(used, 2).to_string(),
+                os_credits::credits::round(used, 2).to_string(),
             )
         })
         .collect();

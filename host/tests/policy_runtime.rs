@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::wasm;
-use os_credits::billing::round;
+use os_credits::billing::intake::Intake;
+use os_credits::credits::round;
 use os_credits::ingest::Precision;
-use os_credits::policy::{CallError, Limits, LoadError, MAX_BATCH, Policy, PolicyRuntime, Usage};
-use os_credits::replay::Replay;
+use os_credits::policy::{CallError, Limits, LoadError, MAX_BATCH, Module, PolicyRuntime, Step};
 use rust_decimal::Decimal;
 
 const LIMITS: Limits = Limits {
@@ -24,18 +24,18 @@ fn runtime() -> &'static PolicyRuntime {
     RUNTIME.get_or_init(|| PolicyRuntime::new(LIMITS).expect("engine starts"))
 }
 
-fn load(package: &str, config: &str) -> Result<Policy, LoadError> {
+fn load(package: &str, config: &str) -> Result<Module, LoadError> {
     runtime().load(&wasm(package), config)
 }
 
-fn denbi() -> Policy {
+fn denbi() -> Module {
     load("denbi-policy", "").expect("de.NBI policy loads")
 }
 
 const HOUR: i64 = 3_600_000_000_000;
 
-fn usage<'a>(metric: &'a str, previous: &'a str, current: &'a str) -> Usage<'a> {
-    Usage {
+fn usage<'a>(metric: &'a str, previous: &'a str, current: &'a str) -> Step<'a> {
+    Step {
         metric,
         project: "p",
         location_id: "8676",
@@ -45,7 +45,7 @@ fn usage<'a>(metric: &'a str, previous: &'a str, current: &'a str) -> Usage<'a> 
     }
 }
 
-fn cpu_step() -> Usage<'static> {
+fn cpu_step() -> Step<'static> {
     usage("project_vcpu_usage", "100", "105")
 }
 
@@ -94,22 +94,16 @@ fn small_steps_accumulate_exactly_through_the_wasm_policy() {
     let line = |value: u32| {
         format!("project_vcpu_usage,location_id=8676,project_name=p value={value} {value}\n")
     };
-    let mut replay = Replay::new();
-    let feed = |replay: &mut Replay, body: String| {
-        replay.feed(
-            &policy,
-            body.as_bytes(),
-            Precision::Seconds,
-            0,
-            |_| {},
-            |_, _, _| {},
-        );
-        replay.book().project_total("p")
+    let mut intake = Intake::new();
+    let feed = |intake: &mut Intake, body: String| {
+        let items = os_credits::ingest::lines(body.as_bytes(), Precision::Seconds, 0);
+        intake.feed(&policy, items, |_| {}, |_, _, _| {});
+        intake.book().project_total("p")
     };
-    let five = feed(&mut replay, (0..=5).map(line).collect());
+    let five = feed(&mut intake, (0..=5).map(line).collect());
     assert_eq!(five.to_string(), "0.005");
     assert_eq!(round(five, 2).to_string(), "0.00");
-    let six = feed(&mut replay, line(6));
+    let six = feed(&mut intake, line(6));
     assert_eq!(six.to_string(), "0.006");
     assert_eq!(round(six, 2).to_string(), "0.01");
 }
@@ -227,10 +221,10 @@ fn concurrent_calls_each_get_an_instance() {
 }
 
 /// A vCPU step for each project (values to be filled in).
-fn steps(projects: &[String]) -> Vec<Usage<'_>> {
+fn steps(projects: &[String]) -> Vec<Step<'_>> {
     projects
         .iter()
-        .map(|project| Usage {
+        .map(|project| Step {
             project,
             ..usage("project_vcpu_usage", "0", "0")
         })
@@ -244,10 +238,10 @@ fn a_batch_prices_every_step_in_order_across_calls() {
     let values: Vec<(String, String)> = (0..projects.len())
         .map(|i| (i.to_string(), (2 * i + 1).to_string()))
         .collect();
-    let usages: Vec<Usage<'_>> = steps(&projects)
+    let usages: Vec<Step<'_>> = steps(&projects)
         .into_iter()
         .zip(&values)
-        .map(|(usage, (previous, current))| Usage {
+        .map(|(usage, (previous, current))| Step {
             previous: (0, previous),
             current: (HOUR, current),
             ..usage
@@ -267,10 +261,10 @@ fn a_batch_prices_every_step_in_order_across_calls() {
 fn a_step_that_breaks_the_policy_fails_alone_in_its_batch() {
     let projects: Vec<String> = ["a", "bad", "c"].map(String::from).to_vec();
     let values = [("1", "3"), ("1", "4"), ("1", "6")];
-    let usages: Vec<Usage<'_>> = steps(&projects)
+    let usages: Vec<Step<'_>> = steps(&projects)
         .into_iter()
         .zip(values)
-        .map(|(usage, (previous, current))| Usage {
+        .map(|(usage, (previous, current))| Step {
             previous: (0, previous),
             current: (HOUR, current),
             ..usage

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{AppState, blocking, error, number};
-use crate::billing::round;
+use crate::credits::round;
 use crate::ledger::{HistoryRow, ProjectRecord};
 
 /// The date format of the history API.
@@ -65,7 +65,7 @@ pub async fn costs_per_hour(
     let policies = app.policies.load_full();
     let policy = match &site.location_id {
         Some(location) => policies.for_site(location).clone(),
-        None => policies.default_policy().clone(),
+        None => policies.default_module().clone(),
     };
     let mut requests = Vec::new();
     for (friendly, raw) in &amounts {

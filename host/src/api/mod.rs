@@ -23,8 +23,8 @@ use axum::routing::{get, post};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 
-use crate::engine::Engine;
-use crate::ledger::Ledger;
+use crate::billing::engine::Engine;
+use crate::ledger::Reads;
 use crate::policy::registry::Registry;
 use crate::policy::set::PolicySet;
 
@@ -37,13 +37,13 @@ pub struct AppState {
     /// The billing engine.
     pub engine: Arc<Engine>,
     /// The ledger, for reads.
-    pub ledger: Arc<dyn Ledger>,
+    pub ledger: Arc<dyn Reads>,
     /// The policies in force.
     pub policies: Arc<ArcSwap<PolicySet>>,
     /// Where they come from (hot reload).
     pub registry: Arc<Registry>,
     /// The Perun sync, when configured.
-    pub perun: Option<Arc<crate::perun::sync::Sync>>,
+    pub perun: Option<Arc<crate::perun::sync::Publisher>>,
     /// The threshold mails, when configured.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// Replaces the log filter (`POST /logconfig`).

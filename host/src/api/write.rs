@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{AppState, error};
-use crate::engine::{WriteRequest, WriteResult};
+use crate::billing::engine::{WriteRequest, WriteResult};
 use crate::ingest::Precision;
 
 /// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use chrono::DateTime;
-use os_credits::ledger::Ledger;
+use os_credits::ledger::Reads;
 use os_credits::ledger::sqlite::SqliteLedger;
 
 use super::Format;

@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use os_credits::billing::intake::{Intake, Report};
 use os_credits::ingest::Precision;
-use os_credits::policy::{Policy, PolicyInfo};
-use os_credits::replay::{Replay, Report};
+use os_credits::policy::{Module, ModuleInfo};
 use serde::Serialize;
 
 use super::{Format, PolicyOptions};
@@ -20,7 +20,7 @@ const SHOWN_WARNINGS: usize = 10;
 /// Files larger than this get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: usize = 4 << 20;
 
-fn load(module: &Path, options: &PolicyOptions) -> anyhow::Result<Policy> {
+fn load(module: &Path, options: &PolicyOptions) -> anyhow::Result<Module> {
     let runtime = options.runtime()?;
     let config = options.config_text()?;
     runtime
@@ -83,8 +83,8 @@ pub struct PolicySummary<'a> {
     config_sha256: &'a str,
 }
 
-impl<'a> From<&'a PolicyInfo> for PolicySummary<'a> {
-    fn from(info: &'a PolicyInfo) -> Self {
+impl<'a> From<&'a ModuleInfo> for PolicySummary<'a> {
+    fn from(info: &'a ModuleInfo) -> Self {
         PolicySummary {
             name: &info.name,
             version: &info.version,
@@ -131,18 +131,16 @@ pub fn run(
     } else {
         ProgressBar::hidden()
     };
-    let mut replay = Replay::new();
-    replay.feed(
+    let mut intake = Intake::new();
+    intake.feed(
         &policy,
-        &body,
-        precision,
-        received,
+        os_credits::ingest::lines(&body, precision, received),
         |done| bar.set_position(done as u64),
         |_, _, _| {},
     );
     bar.finish_and_clear();
 
-    let report = replay.report(decimals);
+    let report = intake.report(decimals);
     let issues = report.errors.iter().chain(&report.policy_errors);
     for issue in issues.clone().take(SHOWN_WARNINGS) {
         eprintln!("warning: line {}: {}", issue.line, issue.error);
@@ -163,7 +161,7 @@ pub fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(info: &PolicyInfo, report: &Report) {
+fn print_report(info: &ModuleInfo, report: &Report) {
     println!(
         "policy {} {} (sha256 {})",
         info.name, info.version, info.sha256
@@ -268,9 +266,9 @@ pub fn rerate(
     let (start, end) = (parse_instant(from)?, parse_instant(to)?);
     anyhow::ensure!(end > start, "--to must be after --from");
     let ledger = os_credits::ledger::sqlite::SqliteLedger::open_read_only(data_dir)?;
-    let charges = os_credits::ledger::Ledger::charges_between(&ledger, start, end)?;
+    let charges = os_credits::ledger::Reads::charges_between(&ledger, start, end)?;
     let policy = load(module, options)?;
-    let result = os_credits::rerate::rerate(&charges, &policy);
+    let result = os_credits::billing::rerate::rerate(&charges, &policy);
     for failure in result.failures.iter().take(SHOWN_WARNINGS) {
         eprintln!(
             "warning: {} {} {}: {}",

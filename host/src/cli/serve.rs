@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use os_credits::api::{AppState, LogFilter, router};
+use os_credits::billing::engine::{Engine, Rebaser};
 use os_credits::config::ServeConfig;
-use os_credits::engine::Engine;
-use os_credits::ledger::Ledger;
 use os_credits::ledger::sqlite::SqliteLedger;
+use os_credits::ledger::{Floor, Ledger};
 use os_credits::notify::Notifier;
 use os_credits::perun::client::PerunClient;
-use os_credits::perun::sync::Sync;
+use os_credits::perun::sync::{Publisher, Rebase};
 use os_credits::policy::PolicyRuntime;
 use os_credits::policy::registry::Registry;
 
@@ -71,10 +71,10 @@ async fn run(
                 password,
                 Duration::from_secs(config.perun_timeout),
             )?;
-            let sync = Arc::new(Sync::new(
+            let sync = Arc::new(Publisher::new(
                 client,
                 ledger.clone(),
-                engine.rebaser(),
+                Arc::new(EngineFloors(engine.rebaser())),
                 sync_config,
             ));
             tokio::spawn(Arc::clone(&sync).run());
@@ -141,6 +141,21 @@ async fn run(
             tracing::error!("shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// The Perun sync's port for adopted floors, wired to the billing engine
+/// (perun knows nothing of billing).
+struct EngineFloors(Rebaser);
+
+impl Rebase for EngineFloors {
+    fn rebase<'a>(
+        &'a self,
+        project: &'a str,
+        floors: Vec<Floor>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + 'a>>
+    {
+        Box::pin(self.0.rebase(project, floors))
     }
 }
 

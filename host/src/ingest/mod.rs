@@ -1,13 +1,16 @@
-//! From line protocol to [`Measurement`]s: the first stage of the flow
-//! `ingest -> billing -> ledger`.
+//! Decoders: what arrives becomes [`Sample`]s, the first stage of the
+//! flow `ingest -> billing -> ledger`. This module knows nothing else of the
+//! service.
 //!
-//! [`parse_lines`] parses InfluxDB line protocol (see [`line_protocol`]);
-//! [`Measurement::from_point`] picks what billing needs from a point: the
-//! metric (measurement name), project (`project_name` tag), site
-//! (`location_id` tag), timestamp and the exact text of the `value` field.
+//! A sample is one reading of a cumulative usage counter: the metric
+//! (measurement name), project (`project_name` tag), site (`location_id`
+//! tag), timestamp and the exact text of the value. [`line_protocol`]
+//! parses InfluxDB line protocol; [`lines`] turns a body into numbered
+//! [`Item`]s, each converted once; every decoder yields [`Decoded`] items.
 
 pub mod line_protocol;
 
+use std::borrow::Cow;
 use std::fmt;
 
 use rust_decimal::Decimal;
@@ -91,30 +94,33 @@ impl fmt::Display for Unusable {
     }
 }
 
-/// One usage measurement: a cumulative counter of a project at a site.
+/// One sample of a cumulative usage counter: a project's usage of a metric
+/// at a site, at a time. Borrows from the body it was decoded from
+/// wherever nothing had to be unescaped.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Measurement<'a> {
+pub struct Sample<'a> {
     /// Measurement name, e.g. `project_vcpu_usage`.
-    pub metric: &'a str,
+    pub metric: Cow<'a, str>,
     /// The project (`project_name` tag).
-    pub project: &'a str,
+    pub project: Cow<'a, str>,
     /// The site (`location_id` tag).
-    pub location_id: &'a str,
+    pub location_id: Cow<'a, str>,
     /// Unix time in ns.
     pub timestamp: i64,
     /// The value, exact.
     pub value: Decimal,
     /// The value's text as it arrived.
-    pub text: &'a str,
-    /// All tags of the point.
-    pub tags: &'a [Tag<'a>],
+    pub text: Cow<'a, str>,
+    /// Every tag of the point, in the order they arrived.
+    pub tags: Vec<Tag<'a>>,
 }
 
-impl<'a> Measurement<'a> {
-    /// Picks the measurement out of `point`, whose timestamp is in
-    /// `precision`; a point without one gets `received` (ns).
+impl<'a> Sample<'a> {
+    /// Takes the sample out of `point`, whose timestamp is in `precision`;
+    /// a point without one gets `received` (ns). The point's tags move
+    /// into the sample.
     pub fn from_point(
-        point: &'a Point<'a>,
+        point: Point<'a>,
         precision: Precision,
         received: i64,
     ) -> Result<Self, Unusable> {
@@ -124,25 +130,116 @@ impl<'a> Measurement<'a> {
             .ok_or_else(|| Unusable::BadValue("is not a number".into()))?;
         let value = pricing_sdk::parse_decimal(text)
             .map_err(|e| Unusable::BadValue(e.message().to_owned()))?;
-        let project = point
-            .tag(PROJECT_TAG)
-            .ok_or(Unusable::MissingTag(PROJECT_TAG))?;
-        let location_id = point
-            .tag(LOCATION_TAG)
-            .ok_or(Unusable::MissingTag(LOCATION_TAG))?;
+        let tag = |key: &'static str| {
+            point
+                .tags
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .ok_or(Unusable::MissingTag(key))
+        };
+        let project = tag(PROJECT_TAG)?;
+        let location_id = tag(LOCATION_TAG)?;
         let timestamp = match point.timestamp {
             Some(ts) => precision.to_nanos(ts).ok_or(Unusable::BadTimestamp)?,
             None => received,
         };
-        Ok(Measurement {
-            metric: point.measurement.as_ref(),
+        Ok(Sample {
+            metric: point.measurement,
             project,
             location_id,
             timestamp,
             value,
-            text,
-            tags: &point.tags,
+            text: Cow::Borrowed(text),
+            tags: point.tags,
         })
+    }
+
+    /// The value of tag `key`.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// One decoded piece of a body, as billing receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item<'a> {
+    /// A sample.
+    Sample(Sample<'a>),
+    /// Not decodable at all (a broken line): why.
+    Invalid(String),
+    /// Decoded, but not a sample billing can use: the metric and site it
+    /// names (billing tells an unknown metric from a broken sample), and why.
+    Unusable {
+        /// The measurement name.
+        metric: Cow<'a, str>,
+        /// The `location_id` tag, if any.
+        location_id: Option<Cow<'a, str>>,
+        /// Why it is unusable.
+        why: Unusable,
+    },
+}
+
+/// The items of a body of line protocol, each with its 1-based line
+/// number; timestamps are in `precision`, points without one get
+/// `received` (ns).
+pub fn lines(body: &[u8], precision: Precision, received: i64) -> Items<'_> {
+    Items {
+        lines: parse_lines(body),
+        precision,
+        received,
+    }
+}
+
+/// The iterator [`lines`] returns.
+pub struct Items<'a> {
+    lines: Lines<'a>,
+    precision: Precision,
+    received: i64,
+}
+
+/// The items of one body from any decoder: numbered (line, or sample in a
+/// request), in arrival order.
+pub trait Decoded<'a>: Iterator<Item = (usize, Item<'a>)> {
+    /// How far into its input the decoder got, in bytes (for progress).
+    fn offset(&self) -> usize;
+}
+
+impl<'a> Decoded<'a> for Items<'a> {
+    fn offset(&self) -> usize {
+        self.lines.offset()
+    }
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = (usize, Item<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (line, parsed) = self.lines.next()?;
+        let item = match parsed {
+            Err(e) => Item::Invalid(e.to_string()),
+            Ok(point) => {
+                // Cheap clones: both borrow from the body unless escaped.
+                let metric = point.measurement.clone();
+                let location_id = point
+                    .tags
+                    .iter()
+                    .find(|(k, _)| k == LOCATION_TAG)
+                    .map(|(_, v)| v.clone());
+                match Sample::from_point(point, self.precision, self.received) {
+                    Ok(sample) => Item::Sample(sample),
+                    Err(why) => Item::Unusable {
+                        metric,
+                        location_id,
+                        why,
+                    },
+                }
+            }
+        };
+        Some((line, item))
     }
 }
 
@@ -162,7 +259,7 @@ mod tests {
         let p = point(
             r"project_mb_usage,location_id=8676,project_name=Genome\ Lab value=1847808 1556813561",
         );
-        let m = Measurement::from_point(&p, Precision::Seconds, 0).unwrap();
+        let m = Sample::from_point(p, Precision::Seconds, 0).unwrap();
         assert_eq!(m.metric, "project_mb_usage");
         assert_eq!(m.project, "Genome Lab");
         assert_eq!(m.location_id, "8676");
@@ -191,16 +288,16 @@ mod tests {
         for (line, expected) in cases {
             let p = point(line);
             assert_eq!(
-                Measurement::from_point(&p, Precision::default(), 0),
+                Sample::from_point(p, Precision::default(), 0),
                 Err(expected)
             );
         }
         let p = point("m,location_id=1,project_name=p value=\"x\" 1");
-        let err = Measurement::from_point(&p, Precision::default(), 0).unwrap_err();
+        let err = Sample::from_point(p, Precision::default(), 0).unwrap_err();
         assert_eq!(err.to_string(), "field `value` is not a number");
         let p = point("m,location_id=1,project_name=p value=1 9223372036854775807");
         assert_eq!(
-            Measurement::from_point(&p, Precision::Hours, 0),
+            Sample::from_point(p, Precision::Hours, 0),
             Err(Unusable::BadTimestamp)
         );
     }
@@ -208,9 +305,25 @@ mod tests {
     #[test]
     fn a_point_without_timestamp_gets_the_receive_time() {
         let p = point("m,location_id=1,project_name=p value=5i");
-        let m = Measurement::from_point(&p, Precision::Seconds, 42).unwrap();
+        let m = Sample::from_point(p, Precision::Seconds, 42).unwrap();
         assert_eq!(m.timestamp, 42);
         assert_eq!(m.text, "5");
+    }
+
+    #[test]
+    fn a_body_decodes_into_numbered_items_each_converted_once() {
+        let body = "m,location_id=1,project_name=p value=1 1\n\nbroken\n# note\ngo_goroutines,location_id=2 value=7 1\n";
+        let items: Vec<_> = lines(body.as_bytes(), Precision::Seconds, 0).collect();
+        assert_eq!(items.len(), 3);
+        assert!(
+            matches!(&items[0], (1, Item::Sample(s)) if s.project == "p" && s.timestamp == 1_000_000_000)
+        );
+        assert!(matches!(&items[1], (3, Item::Invalid(e)) if e.contains("line 3")));
+        assert!(matches!(
+            &items[2],
+            (5, Item::Unusable { metric, location_id: Some(site), why: Unusable::MissingTag(PROJECT_TAG) })
+                if metric == "go_goroutines" && site == "2"
+        ));
     }
 
     #[test]

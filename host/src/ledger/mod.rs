@@ -1,12 +1,14 @@
 //! The ledger: the durable truth of what was billed.
 //!
-//! It holds every key's state (the last billed measurement and what the key
+//! It holds every key's state (the last billed sample and what the key
 //! was charged), every charge with the policy that priced it, exact
 //! per-project totals, and an outbox of projects whose published values are
-//! out of date. The engine writes it in batches ([`Batch`], one transaction
-//! each); the APIs read it. [`Ledger`] is the one seam a second backend
-//! (PostgreSQL, for replicas) would implement; [`sqlite::SqliteLedger`] is
-//! the one there is.
+//! out of date. The ledger has four clients, each with its role trait:
+//! the billing engine writes it in batches ([`EngineStore`], one
+//! transaction each), the APIs read it ([`Reads`]), the Perun sync works
+//! the outbox ([`Outbox`]) and the mails record what they sent
+//! ([`Notifications`]). The four are the seam a second store (PostgreSQL,
+//! for replicas) implements; [`sqlite::SqliteLedger`] is the one there is.
 
 pub mod sqlite;
 
@@ -271,89 +273,18 @@ pub struct Counts {
     pub oldest_outbox: Option<i64>,
 }
 
-/// The durable store behind the engine and the APIs.
-pub trait Ledger: Send + Sync {
+/// What the billing engine writes and restores (one writer: the billing
+/// thread).
+pub trait EngineStore: Send + Sync {
     /// Every key with its account, to rebuild the book.
     fn accounts(&self) -> Result<Vec<(Key, Account)>, LedgerError>;
+
     /// Writes a batch atomically: states, charges, project totals, outbox.
     fn commit(&self, batch: &Batch) -> Result<(), LedgerError>;
-    /// A project's figures.
-    fn project(&self, project: &str) -> Result<Option<ProjectRecord>, LedgerError>;
-    /// A project's charges in billing order, for its history.
-    fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError>;
-    /// A project's charges with the policy that priced each, in billing order.
-    fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError>;
-    /// Every charge whose measurement lies in `[from, to)` (ns), in billing order.
-    fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError>;
-    /// Sizes.
-    fn counts(&self) -> Result<Counts, LedgerError>;
-    /// Outbox entries due at `now` (ns), oldest first.
-    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError>;
-    /// The entry's version was published: the project waits again only if
-    /// it was charged meanwhile, and either way is not published again
-    /// before `next_attempt` (the interval holds for the next charge too).
-    fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError>;
-    /// Publishing failed: retry at `next_attempt`.
-    fn sync_failed(&self, project: &str, next_attempt: i64, error: &str)
-    -> Result<(), LedgerError>;
-    /// What to publish for a project.
-    fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError>;
-    /// What this service knows of the project's credits used in Perun:
-    /// whether it was adopted, and every value it still recognises as its
-    /// own (written, about to be written, adopted or accepted as a hand edit).
-    fn perun_record(&self, project: &str) -> Result<PerunRecord, LedgerError>;
-    /// Records a change of credits used that no charge explains, in one
-    /// transaction: `adopted` moves by the adjustment's amount, the
-    /// adjustment is kept for the audit, and `perun_value` (the value Perun
-    /// showed) becomes a value this service recognises.
-    fn adjust(
-        &self,
-        project: &str,
-        adjustment: Adjustment,
-        perun_value: Decimal,
-        modified_at: Option<&str>,
-    ) -> Result<(), LedgerError>;
-    /// Records, durably and before the write, that `value` (with the per
-    /// site `timestamps`, JSON) is about to be written to Perun; returns
-    /// the intent's id for [`Ledger::confirm_write`].
-    fn record_intent(
-        &self,
-        project: &str,
-        value: Decimal,
-        timestamps: &str,
-    ) -> Result<i64, LedgerError>;
-    /// Perun holds the value of intent `id` (it answered the write, or the
-    /// value was read back). Values recorded before the newest confirmed
-    /// one and before `forget_before` (ns) are forgotten: no write of
-    /// theirs can still be on its way.
-    fn confirm_write(&self, project: &str, id: i64, forget_before: i64) -> Result<(), LedgerError>;
-    /// Every adjustment recorded, oldest first (for the audit).
-    fn adjustments(&self) -> Result<Vec<AdjustmentRecord>, LedgerError>;
-    /// Records the project's granted credits and maintainers (from Perun).
-    fn set_contacts(
-        &self,
-        project: &str,
-        granted: Option<Decimal>,
-        emails: &[String],
-    ) -> Result<(), LedgerError>;
-    /// Every project whose granted credits are known, with the thresholds
-    /// (percent) it was mailed for and the granted credits at the time; two
-    /// queries whatever the number of projects.
-    fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError>;
-    /// Records that the mail for `threshold` was sent at `granted`.
-    fn record_notification(
-        &self,
-        project: &str,
-        threshold: u32,
-        granted: Decimal,
-    ) -> Result<(), LedgerError>;
-    /// Per floor, the exact sum of the key's charges not yet reversed whose
-    /// step started at or before the floor: what [`Ledger::rebase`] will
+
     /// take back.
     fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError>;
-    /// Adopts the floors in one transaction: marks those charges reversed,
-    /// stores the keys' new `states` and the project's new exact `charged`
-    /// total, recomputes the history's running totals and queues the
+
     /// project for publishing. Returns how many charges were reversed.
     fn rebase(
         &self,
@@ -363,3 +294,92 @@ pub trait Ledger: Send + Sync {
         charged: Decimal,
     ) -> Result<usize, LedgerError>;
 }
+
+/// What the APIs and the audit read.
+pub trait Reads: Send + Sync {
+    /// A project's figures.
+    fn project(&self, project: &str) -> Result<Option<ProjectRecord>, LedgerError>;
+
+    /// A project's charges in billing order, for its history.
+    fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError>;
+
+    /// A project's charges with the policy that priced each, in billing order.
+    fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError>;
+
+    /// Every charge whose measurement lies in `[from, to)` (ns), in billing order.
+    fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError>;
+
+    /// Sizes.
+    fn counts(&self) -> Result<Counts, LedgerError>;
+
+    /// Every adjustment recorded, oldest first (for the audit).
+    fn adjustments(&self) -> Result<Vec<AdjustmentRecord>, LedgerError>;
+}
+
+/// What the Perun sync reads and records.
+pub trait Outbox: Send + Sync {
+    /// Outbox entries due at `now` (ns), oldest first.
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError>;
+
+    /// before `next_attempt` (the interval holds for the next charge too).
+    fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError>;
+
+    /// Publishing failed: retry at `next_attempt`.
+    fn sync_failed(&self, project: &str, next_attempt: i64, error: &str)
+    -> Result<(), LedgerError>;
+
+    /// What to publish for a project.
+    fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError>;
+
+    /// Records the project's granted credits and maintainers (from Perun).
+    fn set_contacts(
+        &self,
+        project: &str,
+        granted: Option<Decimal>,
+        emails: &[String],
+    ) -> Result<(), LedgerError>;
+
+    /// own (written, about to be written, adopted or accepted as a hand edit).
+    fn perun_record(&self, project: &str) -> Result<PerunRecord, LedgerError>;
+
+    /// showed) becomes a value this service recognises.
+    fn adjust(
+        &self,
+        project: &str,
+        adjustment: Adjustment,
+        perun_value: Decimal,
+        modified_at: Option<&str>,
+    ) -> Result<(), LedgerError>;
+
+    /// the intent's id for [`Ledger::confirm_write`].
+    fn record_intent(
+        &self,
+        project: &str,
+        value: Decimal,
+        timestamps: &str,
+    ) -> Result<i64, LedgerError>;
+
+    /// theirs can still be on its way.
+    fn confirm_write(&self, project: &str, id: i64, forget_before: i64) -> Result<(), LedgerError>;
+}
+
+/// What the threshold mails read and record.
+pub trait Notifications: Send + Sync {
+    /// queries whatever the number of projects.
+    fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError>;
+
+    /// Records that the mail for `threshold` was sent at `granted`.
+    fn record_notification(
+        &self,
+        project: &str,
+        threshold: u32,
+        granted: Decimal,
+    ) -> Result<(), LedgerError>;
+}
+
+/// Every role at once: what a store implements ([`sqlite::SqliteLedger`]
+/// today; a second store implements the same four traits). Each client
+/// holds only its role (`Arc<dyn Outbox>` …), upcast from this.
+pub trait Ledger: EngineStore + Reads + Outbox + Notifications {}
+
+impl<T: EngineStore + Reads + Outbox + Notifications> Ledger for T {}

@@ -19,8 +19,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::billing::round;
-use crate::ledger::{Ledger, ProjectRecord};
+use crate::credits::round;
+use crate::ledger::{Notifications, ProjectRecord};
 
 /// How often the ledger is checked for crossings.
 const PASS: Duration = Duration::from_secs(1);
@@ -215,7 +215,7 @@ pub enum SetupError {
 
 /// Sends the threshold mails.
 pub struct Notifier {
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn Notifications>,
     config: MailConfig,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -226,7 +226,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier writing through `config`'s server.
-    pub fn new(ledger: Arc<dyn Ledger>, config: MailConfig) -> Result<Self, SetupError> {
+    pub fn new(ledger: Arc<dyn Notifications>, config: MailConfig) -> Result<Self, SetupError> {
         let from = config
             .from
             .trim()

@@ -11,9 +11,8 @@ use serde_json::Value;
 
 use super::client::{AttributeDef, PerunClient, PerunError};
 use super::reconcile::{Reading, Verdict, judge};
-use crate::billing::round;
-use crate::engine::Rebaser;
-use crate::ledger::{AdjustmentKind, Floor, Ledger, OutboxEntry};
+use crate::credits::round;
+use crate::ledger::{AdjustmentKind, Floor, LedgerError, Outbox, OutboxEntry};
 
 /// Perun's timestamp format for `denbiCreditTimestamps`.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
@@ -68,11 +67,24 @@ pub struct SyncStatus {
     pub errors: u64,
 }
 
+/// Where the timestamps adopted from the service we replace go: the
+/// billing engine, which applies them in order with the writes. A port of
+/// this module, so that perun knows nothing of billing; the service wires
+/// the engine to it.
+pub trait Rebase: Send + std::marker::Sync {
+    /// Applies `floors` to `project`; how many charges were reversed.
+    fn rebase<'a>(
+        &'a self,
+        project: &'a str,
+        floors: Vec<Floor>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + 'a>>;
+}
+
 /// Publishes the outbox to Perun.
-pub struct Sync {
+pub struct Publisher {
     client: PerunClient,
-    ledger: Arc<dyn Ledger>,
-    rebaser: Rebaser,
+    ledger: Arc<dyn Outbox>,
+    rebaser: Arc<dyn Rebase>,
     config: SyncConfig,
     groups: Mutex<HashMap<String, (i64, Instant)>>,
     status: Mutex<SyncStatus>,
@@ -105,16 +117,16 @@ fn backoff(attempts: i64) -> Duration {
     base.mul_f64(jitter)
 }
 
-impl Sync {
-    /// A sync over `client` and `ledger`; floors adopted on first contact
-    /// go to the engine through `rebaser`.
+impl Publisher {
+    /// A publisher over `client` and the ledger's outbox; floors adopted on
+    /// first contact go to the engine through `rebaser`.
     pub fn new(
         client: PerunClient,
-        ledger: Arc<dyn Ledger>,
-        rebaser: Rebaser,
+        ledger: Arc<dyn Outbox>,
+        rebaser: Arc<dyn Rebase>,
         config: SyncConfig,
     ) -> Self {
-        Sync {
+        Publisher {
             client,
             ledger,
             rebaser,
@@ -226,12 +238,10 @@ impl Sync {
     /// site (through the engine, ordered with the writes) before its
     /// credits used are adopted; a failure leaves both for the next try.
     async fn adopt_floors(&self, project: &str, group: i64) -> Result<(), PerunError> {
-        let ledger = self.ledger.clone();
         let owned = project.to_owned();
-        let record = tokio::task::spawn_blocking(move || ledger.perun_record(&owned))
-            .await
-            .map_err(|e| PerunError::Local(e.to_string()))?
-            .map_err(|e| PerunError::Local(e.to_string()))?;
+        let record = self
+            .on_ledger(move |ledger| ledger.perun_record(&owned))
+            .await?;
         if record.adopted_at.is_some() {
             return Ok(());
         }
@@ -257,7 +267,7 @@ impl Sync {
     /// Runs `work` on the ledger off the async threads.
     async fn on_ledger<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&dyn Ledger) -> Result<T, crate::ledger::LedgerError> + Send + 'static,
+        work: impl FnOnce(&dyn Outbox) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, PerunError> {
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || work(ledger.as_ref()))

@@ -10,8 +10,7 @@ use wasmtime::component::{
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{CallError, Limits, LoadError, MetricInfo, TICK};
-use crate::ingest::Tag;
+use super::{CallError, Limits, LoadError, Metric, TICK, Tag};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -27,9 +26,10 @@ use bindings::{Pricing, PricingPre};
 /// dropped when returned to a full pool.
 const MAX_IDLE: usize = 64;
 
-/// A step of usage to price, borrowed from the measurement being billed.
+/// A step of usage to price: a key's last billed sample to its new one,
+/// borrowed from what is being billed.
 #[derive(Debug, Clone, Copy)]
-pub struct Usage<'a> {
+pub struct Step<'a> {
     /// Measurement name.
     pub metric: &'a str,
     /// Project (Perun group name).
@@ -82,7 +82,7 @@ impl Packer {
     }
 
     /// Adds a step with only the tags in `read` (all when `None`).
-    fn push(&mut self, usage: &Usage<'_>, read: Option<&[String]>) {
+    fn push(&mut self, usage: &Step<'_>, read: Option<&[String]>) {
         for s in [
             usage.metric,
             usage.project,
@@ -178,7 +178,7 @@ pub(super) struct Described {
     pub name: String,
     pub version: String,
     pub description: String,
-    pub metrics: Vec<MetricInfo>,
+    pub metrics: Vec<Metric>,
     pub tags: Option<Vec<String>>,
 }
 
@@ -391,7 +391,7 @@ impl Pool {
             metrics: info
                 .metrics
                 .into_iter()
-                .map(|m| MetricInfo {
+                .map(|m| Metric {
                     name: m.name,
                     friendly_name: m.friendly_name,
                     unit: m.unit,
@@ -414,7 +414,7 @@ impl Pool {
     /// that a step that breaks the policy fails alone.
     pub fn bill(
         &self,
-        usages: &[Usage<'_>],
+        usages: &[Step<'_>],
         read: Option<&[String]>,
     ) -> Vec<Result<Decimal, CallError>> {
         let mut packer = Packer::default();
@@ -425,12 +425,7 @@ impl Pool {
                 Err(e) if chunk.len() == 1 => priced.push(Err(e)),
                 Err(_) => priced.extend(chunk.iter().map(|usage| {
                     self.call_bill(&mut packer, std::slice::from_ref(usage), read)
-                        .and_then(|mut one| {
-                            one.pop().unwrap_or(Err(CallError::ResultCount {
-                                steps: 1,
-                                results: 0,
-                            }))
-                        })
+                        .and_then(|mut one| one.pop().unwrap_or_else(|| Err(CallError::missing())))
                 })),
             }
         }
@@ -441,7 +436,7 @@ impl Pool {
     fn call_bill(
         &self,
         packer: &mut Packer,
-        usages: &[Usage<'_>],
+        usages: &[Step<'_>],
         read: Option<&[String]>,
     ) -> Result<Vec<Result<Decimal, CallError>>, CallError> {
         packer.clear();
@@ -463,7 +458,7 @@ impl Pool {
             .iter()
             .map(|t| (t.key.as_str().into(), t.value.as_str().into()))
             .collect();
-        let usage = Usage {
+        let usage = Step {
             metric: &usage.metric,
             project: &usage.project,
             location_id: &usage.location_id,
@@ -473,10 +468,7 @@ impl Pool {
         };
         self.bill(&[usage], None)
             .pop()
-            .unwrap_or(Err(CallError::ResultCount {
-                steps: 1,
-                results: 0,
-            }))
+            .unwrap_or_else(|| Err(CallError::missing()))
     }
 
     pub fn cost_per_hour(

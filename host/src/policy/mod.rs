@@ -4,8 +4,8 @@
 //! interruption) and a linker with WASI on an empty context: a policy gets
 //! no files, no environment, no network and no stdio. [`PolicyRuntime::load`]
 //! compiles a module once, checks its contract version, configures it,
-//! reads its [`describe`](Policy::info) and runs its self-test examples;
-//! the result is a [`Policy`] that prices usage through a pool of ready
+//! reads its [`describe`](Module::info) and runs its self-test examples;
+//! the result is a [`Module`] that prices usage through a pool of ready
 //! instances.
 //!
 //! Every call runs under two limits ([`Limits`]): a wall-clock deadline
@@ -27,7 +27,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 use instance::{HostState, Pool};
-pub use instance::{MAX_BATCH, Usage};
+pub use instance::{MAX_BATCH, Step};
+
+/// A tag of a sample: key and value (the policy reads those it declares).
+pub type Tag<'a> = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>);
 
 /// The contract version this host speaks (`os-credits:pricing@…`).
 pub const CONTRACT_VERSION: &str = pricing_sdk::CONTRACT_VERSION;
@@ -65,7 +68,7 @@ impl Default for Limits {
 
 /// A metric a policy prices, from its `describe`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MetricInfo {
+pub struct Metric {
     /// Measurement name, e.g. `project_vcpu_usage`.
     pub name: String,
     /// Short name for the APIs, e.g. `cpu`.
@@ -80,7 +83,7 @@ pub struct MetricInfo {
 
 /// What a loaded policy is: its own description plus the module's identity.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PolicyInfo {
+pub struct ModuleInfo {
     /// The policy's name, e.g. `denbi`.
     pub name: String,
     /// The policy's version.
@@ -88,7 +91,7 @@ pub struct PolicyInfo {
     /// One line on what it charges.
     pub description: String,
     /// The metrics it prices.
-    pub metrics: Vec<MetricInfo>,
+    pub metrics: Vec<Metric>,
     /// The tags `bill` reads; `None` for all.
     pub tags: Option<Vec<String>>,
     /// The contract version the module was built against.
@@ -99,9 +102,9 @@ pub struct PolicyInfo {
     pub config_sha256: String,
 }
 
-impl PolicyInfo {
+impl ModuleInfo {
     /// The metric with measurement name `name`.
-    pub fn metric(&self, name: &str) -> Option<&MetricInfo> {
+    pub fn metric(&self, name: &str) -> Option<&Metric> {
         self.metrics.iter().find(|m| m.name == name)
     }
 }
@@ -191,6 +194,16 @@ pub enum CallError {
     Instantiate(String),
 }
 
+impl CallError {
+    /// A step that got no charge back (one missing from a batch's results).
+    pub fn missing() -> Self {
+        CallError::ResultCount {
+            steps: 1,
+            results: 0,
+        }
+    }
+}
+
 /// Compiles and runs policies; one per process.
 pub struct PolicyRuntime {
     engine: Engine,
@@ -230,7 +243,7 @@ impl PolicyRuntime {
     }
 
     /// Loads the module at `path` with configuration `config`.
-    pub fn load(&self, path: &Path, config: &str) -> Result<Policy, LoadError> {
+    pub fn load(&self, path: &Path, config: &str) -> Result<Module, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
             source,
@@ -240,7 +253,7 @@ impl PolicyRuntime {
 
     /// Loads a module from its bytes: compile, check the contract, configure,
     /// describe, run the self-test examples.
-    pub fn load_bytes(&self, bytes: &[u8], config: &str) -> Result<Policy, LoadError> {
+    pub fn load_bytes(&self, bytes: &[u8], config: &str) -> Result<Module, LoadError> {
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         let contract = contract_version(&self.engine, &component)?;
         let interface = format!("{POLICY_INTERFACE}@{contract}");
@@ -256,8 +269,8 @@ impl PolicyRuntime {
             call: "describe",
             source,
         })?;
-        let policy = Policy {
-            info: Arc::new(PolicyInfo {
+        let policy = Module {
+            info: Arc::new(ModuleInfo {
                 name: info.name,
                 version: info.version,
                 description: info.description,
@@ -311,23 +324,23 @@ fn semver_parts(version: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-/// A loaded, validated policy. Cheap to share (`Arc<Policy>`); calls from
+/// A loaded, validated policy. Cheap to share (`Arc<Module>`); calls from
 /// several threads each take their own instance from the pool.
-pub struct Policy {
-    info: Arc<PolicyInfo>,
+pub struct Module {
+    info: Arc<ModuleInfo>,
     config: String,
     pool: Pool,
 }
 
-impl std::fmt::Debug for Policy {
+impl std::fmt::Debug for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy").field("info", &self.info).finish()
     }
 }
 
-impl Policy {
+impl Module {
     /// Name, version, metrics, sha256 of the module and of its config.
-    pub fn info(&self) -> &Arc<PolicyInfo> {
+    pub fn info(&self) -> &Arc<ModuleInfo> {
         &self.info
     }
 
@@ -337,19 +350,16 @@ impl Policy {
     }
 
     /// The exact credits for one step of usage (a batch of one).
-    pub fn bill(&self, usage: &Usage<'_>) -> Result<Decimal, CallError> {
+    pub fn bill(&self, usage: &Step<'_>) -> Result<Decimal, CallError> {
         self.bill_batch(std::slice::from_ref(usage))
             .pop()
-            .unwrap_or(Err(CallError::ResultCount {
-                steps: 1,
-                results: 0,
-            }))
+            .unwrap_or_else(|| Err(CallError::missing()))
     }
 
     /// The exact credits for each step, in order, priced in batches of
     /// up to [`MAX_BATCH`] steps per call: much cheaper per step than
-    /// [`Policy::bill`], as one call into the module serves the batch.
-    pub fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Decimal, CallError>> {
+    /// [`Module::bill`], as one call into the module serves the batch.
+    pub fn bill_batch(&self, usages: &[Step<'_>]) -> Vec<Result<Decimal, CallError>> {
         self.pool.bill(usages, self.info.tags.as_deref())
     }
 

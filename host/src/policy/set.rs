@@ -26,8 +26,7 @@ use serde::Deserialize;
 
 use sha2::{Digest, Sha256};
 
-use super::{CallError, Policy, PolicyRuntime, Usage};
-use crate::billing::{Priced, Pricer};
+use super::{Module, PolicyRuntime};
 
 /// The mapping file's name in the policy folder.
 pub const MAPPING_FILE: &str = "policies.toml";
@@ -111,7 +110,7 @@ pub struct Active {
     /// The module's file name.
     pub file: String,
     /// The loaded policy.
-    pub policy: Arc<Policy>,
+    pub policy: Arc<Module>,
     /// When the policy was loaded (RFC 3339, UTC).
     pub loaded_at: String,
 }
@@ -250,7 +249,7 @@ impl PolicySet {
         previous: Option<&PolicySet>,
     ) -> (Option<Self>, Vec<Failure>) {
         let mut failures = Vec::new();
-        let mut fresh: Vec<Arc<Policy>> = Vec::new();
+        let mut fresh: Vec<Arc<Module>> = Vec::new();
         let mut default = None;
         let mut sites = BTreeMap::new();
         for assignment in assignments {
@@ -282,7 +281,7 @@ impl PolicySet {
                 Ok(bytes) => {
                     let sha256 = hex::encode(Sha256::digest(&bytes));
                     let config_sha256 = hex::encode(Sha256::digest(assignment.config.as_bytes()));
-                    let same = |p: &Arc<Policy>| {
+                    let same = |p: &Arc<Module>| {
                         p.info().sha256 == sha256 && p.info().config_sha256 == config_sha256
                     };
                     let known = previous
@@ -355,7 +354,7 @@ impl PolicySet {
     }
 
     /// A set of one policy for every site.
-    pub fn single(file: &str, policy: Arc<Policy>) -> Self {
+    pub fn single(file: &str, policy: Arc<Module>) -> Self {
         PolicySet {
             default: Active {
                 site: DEFAULT_SITE.to_owned(),
@@ -368,68 +367,22 @@ impl PolicySet {
     }
 
     /// The policy in force at `location_id`.
-    pub fn for_site(&self, location_id: &str) -> &Arc<Policy> {
+    pub fn for_site(&self, location_id: &str) -> &Arc<Module> {
         &self.sites.get(location_id).unwrap_or(&self.default).policy
     }
 
-    /// The default policy.
-    pub fn default_policy(&self) -> &Arc<Policy> {
+    /// The default policy's module.
+    pub fn default_module(&self) -> &Arc<Module> {
         &self.default.policy
+    }
+
+    /// Whether any site has a policy of its own.
+    pub fn per_site(&self) -> bool {
+        !self.sites.is_empty()
     }
 
     /// Every site's policy, the default first.
     pub fn active(&self) -> impl Iterator<Item = &Active> {
         std::iter::once(&self.default).chain(self.sites.values())
-    }
-}
-
-impl Pricer for PolicySet {
-    fn prices(&self, location_id: &str, metric: &str) -> bool {
-        self.for_site(location_id).info().metric(metric).is_some()
-    }
-
-    fn bill(&self, usage: &Usage<'_>) -> Result<Priced, CallError> {
-        let mut priced = self.bill_batch(std::slice::from_ref(usage));
-        priced.pop().unwrap_or(Err(CallError::ResultCount {
-            steps: 1,
-            results: 0,
-        }))
-    }
-
-    /// Each site's steps go to its policy, one batch per policy.
-    fn bill_batch(&self, usages: &[Usage<'_>]) -> Vec<Result<Priced, CallError>> {
-        let timed = |policy: &Policy, usages: &[Usage<'_>]| {
-            let started = std::time::Instant::now();
-            let priced = Pricer::bill_batch(policy, usages);
-            super::call_latency().observe(started.elapsed().as_secs_f64());
-            priced
-        };
-        if self.sites.is_empty() {
-            return timed(&self.default.policy, usages);
-        }
-        let mut groups: Vec<(&Arc<Policy>, Vec<usize>)> = Vec::new();
-        for (index, usage) in usages.iter().enumerate() {
-            let policy = self.for_site(usage.location_id);
-            match groups.iter_mut().find(|(p, _)| Arc::ptr_eq(p, policy)) {
-                Some((_, indices)) => indices.push(index),
-                None => groups.push((policy, vec![index])),
-            }
-        }
-        let mut priced: Vec<Option<Result<Priced, CallError>>> = vec![None; usages.len()];
-        for (policy, indices) in groups {
-            let batch: Vec<Usage<'_>> = indices.iter().map(|&i| usages[i]).collect();
-            for (index, result) in indices.into_iter().zip(timed(policy, &batch)) {
-                priced[index] = Some(result);
-            }
-        }
-        priced
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or(Err(CallError::ResultCount {
-                    steps: 1,
-                    results: 0,
-                }))
-            })
-            .collect()
     }
 }

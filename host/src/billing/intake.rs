@@ -1,19 +1,27 @@
-//! Line protocol through the parser and the billing rules: the one code
-//! path behind `os-credits policy run` and the service's `/write`.
+//! The intake: decoded items through the billing rules, with a report of
+//! what each did. The one code path of the service's `/write` (through
+//! [`super::engine`]) and of `os-credits policy run`.
 //!
-//! A [`Replay`] owns a [`Book`] and counts what it saw. [`Replay::feed`]
-//! applies a body of line protocol in order and tells an observer about
-//! every outcome (the service turns them into ledger writes); it returns a
-//! [`FeedReport`] of that body alone.
+//! An [`Intake`] owns the [`Book`] and counts what it saw. [`Intake::feed`]
+//! takes the items of one body (from any decoder of [`crate::ingest`]),
+//! filters what is not billed (unknown metric, broken lines, projects
+//! outside the whitelist), hands the samples to [`Book::apply`] in chunks,
+//! and tells a recorder about every outcome, in order (the engine turns
+//! them into ledger writes). It returns a [`FeedReport`] of that body alone.
 
 use std::collections::{BTreeMap, HashSet};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::billing::{Book, Decided, Outcome, Pricer, UNKNOWN_METRIC, round};
-use crate::ingest::{Measurement, Point, Precision, parse_lines};
-use crate::policy::MAX_BATCH;
+use super::book::{Book, Outcome, UNKNOWN_METRIC};
+use super::pricer::Pricer;
+use crate::ingest::{Decoded, Item, Sample};
+
+/// Samples handed to [`Book::apply`] at a time: bounds the memory a body
+/// of any size holds (its samples borrow from it) while keeping the
+/// policy's batches full.
+const CHUNK: usize = 4096;
 
 /// How many line problems a report lists (all are counted).
 pub const LISTED_ISSUES: usize = 100;
@@ -81,23 +89,23 @@ impl FeedReport {
     }
 }
 
-/// A replay in progress: the book and what was seen so far.
+/// Billing in progress: the book and what was seen so far.
 #[derive(Default)]
-pub struct Replay {
+pub struct Intake {
     book: Book,
     whitelist: Option<HashSet<String>>,
     seen: FeedReport,
 }
 
-impl Replay {
-    /// An empty replay.
+impl Intake {
+    /// An empty intake.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A replay that continues from `book` (restored from the ledger).
+    /// An intake that continues from `book` (restored from the ledger).
     pub fn with_book(book: Book) -> Self {
-        Replay {
+        Intake {
             book,
             ..Self::default()
         }
@@ -129,112 +137,99 @@ impl Replay {
         &self.seen
     }
 
-    /// Applies every line of `body` in order, pricing with `pricer`.
-    /// Timestamps are in `precision`; points without one get `received`
-    /// (ns). `progress` is called now and then with the bytes consumed;
-    /// `observe` with every measurement's outcome and the book right after
-    /// it was settled. Steps are priced in batches of up to [`MAX_BATCH`]:
-    /// a charged step is observed when its batch is priced, after the
-    /// outcomes of later lines that needed no pricing; charges are
-    /// observed in line order.
-    pub fn feed(
+    /// Bills the items of one body in order, pricing with `pricer`.
+    /// `progress` is called now and then with how far the decoder got;
+    /// `record` with every sample's outcome, in order, and the book once
+    /// the sample's chunk is settled.
+    pub fn feed<'b>(
         &mut self,
         pricer: &impl Pricer,
-        body: &[u8],
-        precision: Precision,
-        received: i64,
+        mut items: impl Decoded<'b>,
         mut progress: impl FnMut(usize),
-        mut observe: impl FnMut(&Measurement<'_>, &Outcome, &Book),
+        mut record: impl FnMut(&Sample<'b>, &Outcome, &Book),
     ) -> FeedReport {
         let mut report = FeedReport::default();
-        let mut waiting = Waiting {
-            points: Vec::new(),
-            precision,
-            received,
-        };
-        let mut lines = parse_lines(body);
-        while let Some((number, parsed)) = lines.next() {
+        let mut chunk: Vec<(usize, Sample<'b>)> = Vec::with_capacity(CHUNK);
+        while let Some((line, item)) = items.next() {
             report.lines += 1;
             if report.lines.is_multiple_of(4096) {
-                progress(lines.offset());
+                progress(items.offset());
             }
-            let point = match parsed {
-                Ok(point) => point,
-                Err(e) => {
-                    report.reject(INVALID_LINE, number, e.to_string());
+            let sample = match item {
+                Item::Sample(sample) => sample,
+                Item::Invalid(error) => {
+                    report.reject(INVALID_LINE, line, error);
+                    continue;
+                }
+                Item::Unusable {
+                    metric,
+                    location_id,
+                    why,
+                } => {
+                    if pricer.prices(location_id.as_deref().unwrap_or_default(), &metric) {
+                        report.reject(UNUSABLE_POINT, line, why.to_string());
+                    } else {
+                        report.ignore(UNKNOWN_METRIC);
+                    }
                     continue;
                 }
             };
-            let location = point.tag(crate::ingest::LOCATION_TAG).unwrap_or_default();
-            if !pricer.prices(location, &point.measurement) {
+            if !pricer.prices(&sample.location_id, &sample.metric) {
                 report.ignore(UNKNOWN_METRIC);
                 continue;
             }
-            let measurement = match Measurement::from_point(&point, precision, received) {
-                Ok(m) => m,
-                Err(e) => {
-                    report.reject(UNUSABLE_POINT, number, e.to_string());
-                    continue;
-                }
-            };
             if let Some(whitelist) = &self.whitelist
-                && !whitelist.contains(measurement.project)
+                && !whitelist.contains(sample.project.as_ref())
             {
                 report.ignore(NOT_WHITELISTED);
                 continue;
             }
-            let mut decided = self.book.decide(&measurement, pricer);
-            if decided == Decided::Wait {
-                self.price(&mut waiting, pricer, &mut report, &mut observe);
-                decided = self.book.decide(&measurement, pricer);
-            }
-            match decided {
-                Decided::Done(outcome) => settled(
-                    &mut report,
-                    &self.book,
-                    number,
-                    &measurement,
-                    &outcome,
-                    &mut observe,
-                ),
-                Decided::Price | Decided::Wait => waiting.points.push((number, point)),
-            }
-            if waiting.points.len() == MAX_BATCH {
-                self.price(&mut waiting, pricer, &mut report, &mut observe);
+            chunk.push((line, sample));
+            if chunk.len() == CHUNK {
+                self.apply(&mut chunk, pricer, &mut report, &mut record);
             }
         }
-        self.price(&mut waiting, pricer, &mut report, &mut observe);
-        progress(body.len());
+        self.apply(&mut chunk, pricer, &mut report, &mut record);
+        progress(items.offset());
         self.seen.add(&report);
         report
     }
 
-    /// Prices the waiting steps as one batch and settles them in order.
-    fn price(
+    /// Applies a chunk of samples and reports every outcome in order.
+    fn apply<'b>(
         &mut self,
-        waiting: &mut Waiting<'_>,
+        chunk: &mut Vec<(usize, Sample<'b>)>,
         pricer: &impl Pricer,
         report: &mut FeedReport,
-        observe: &mut impl FnMut(&Measurement<'_>, &Outcome, &Book),
+        record: &mut impl FnMut(&Sample<'b>, &Outcome, &Book),
     ) {
-        if waiting.points.is_empty() {
+        if chunk.is_empty() {
             return;
         }
-        // The same points gave these measurements before: cannot fail now.
-        let (lines, measurements): (Vec<usize>, Vec<Measurement<'_>>) = waiting
-            .points
-            .iter()
-            .filter_map(|(line, point)| {
-                let m = Measurement::from_point(point, waiting.precision, waiting.received);
-                Some((*line, m.ok()?))
-            })
-            .unzip();
-        let outcomes = self.book.price(&measurements, pricer);
-        for ((line, measurement), outcome) in lines.into_iter().zip(&measurements).zip(outcomes) {
-            settled(report, &self.book, line, measurement, &outcome, observe);
+        let (lines, samples): (Vec<usize>, Vec<Sample<'b>>) = chunk.drain(..).unzip();
+        let outcomes = self.book.apply(&samples, pricer);
+        for ((line, sample), outcome) in lines.into_iter().zip(&samples).zip(&outcomes) {
+            match outcome.ignored_reason() {
+                None => report.billed += 1,
+                Some(reason) => report.ignore(reason),
+            }
+            if let Outcome::PolicyFailed(e) = outcome {
+                tracing::warn!(
+                    project = %sample.project,
+                    site = %sample.location_id,
+                    metric = %sample.metric,
+                    line,
+                    "step not billed yet: {e}"
+                );
+                if report.policy_errors.len() < LISTED_ISSUES {
+                    report.policy_errors.push(LineIssue {
+                        line,
+                        error: e.to_string(),
+                    });
+                }
+            }
+            record(sample, outcome, &self.book);
         }
-        drop(measurements);
-        waiting.points.clear();
     }
 
     /// What was billed so far, with totals rounded to `precision` places.
@@ -258,7 +253,7 @@ impl Replay {
             .map(|(project, credits)| ProjectRow {
                 project: project.to_owned(),
                 credits,
-                rounded: round(credits, precision),
+                rounded: crate::credits::round(credits, precision),
             })
             .collect();
         let total = self.book.total();
@@ -273,7 +268,7 @@ impl Replay {
             charges,
             projects,
             total,
-            total_rounded: round(total, precision),
+            total_rounded: crate::credits::round(total, precision),
             precision,
         }
     }
@@ -328,44 +323,4 @@ pub struct Report {
     pub total_rounded: Decimal,
     /// Decimal places of the rounded figures.
     pub precision: u32,
-}
-
-/// Points whose steps wait to be priced, with their line numbers (the
-/// measurements borrow from them, so the points are kept).
-struct Waiting<'b> {
-    points: Vec<(usize, Point<'b>)>,
-    precision: Precision,
-    received: i64,
-}
-
-/// Counts a settled outcome, warns about a step the policy could not
-/// price, and tells the observer.
-fn settled(
-    report: &mut FeedReport,
-    book: &Book,
-    line: usize,
-    measurement: &Measurement<'_>,
-    outcome: &Outcome,
-    observe: &mut impl FnMut(&Measurement<'_>, &Outcome, &Book),
-) {
-    match outcome.ignored_reason() {
-        None => report.billed += 1,
-        Some(reason) => report.ignore(reason),
-    }
-    if let Outcome::PolicyFailed(e) = outcome {
-        tracing::warn!(
-            project = measurement.project,
-            site = measurement.location_id,
-            metric = measurement.metric,
-            line,
-            "step not billed yet: {e}"
-        );
-        if report.policy_errors.len() < LISTED_ISSUES {
-            report.policy_errors.push(LineIssue {
-                line,
-                error: e.to_string(),
-            });
-        }
-    }
-    observe(measurement, outcome, book);
 }

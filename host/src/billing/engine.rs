@@ -3,16 +3,18 @@
 //! globally) and nothing else writes billing state.
 //!
 //! Writes queue here as whole bodies. The thread takes every write waiting,
-//! applies them in order through [`Replay::feed`] (the same code path as
-//! `policy run`), commits all their changes in **one** transaction and only
-//! then answers them: a write answered as done is durable, and many writes
-//! share one fsync. If the commit fails, the book is rebuilt from the
-//! ledger and those writes are answered as failed.
+//! decodes each ([`crate::ingest`]) and bills it in order through
+//! [`Intake::feed`] (the same code path as `policy run`), commits all their
+//! changes in **one** transaction and only then answers them: a write
+//! answered as done is durable, and many writes share one fsync. If the
+//! commit fails, the book is rebuilt from the ledger and those writes are
+//! answered as failed.
 //!
 //! The one request that does not come from ingest is a [`Rebaser::rebase`]:
 //! floors adopted from Perun on first contact with a project (the service
 //! we replace billed up to them). It queues behind the writes before it, so
-//! it applies to exactly the state they left.
+//! it applies to exactly the state they left. The Perun sync reaches it
+//! through its own port, wired up by the service.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,11 +26,11 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::billing::{Book, Outcome};
-use crate::ingest::{Measurement, Precision};
-use crate::ledger::{Batch, ChargeRecord, Floor, Ledger, LedgerError, PolicyStamp};
+use super::book::{Book, Outcome};
+use super::intake::{FeedReport, Intake};
+use crate::ingest::{Precision, Sample};
+use crate::ledger::{Batch, ChargeRecord, EngineStore, Floor, LedgerError, PolicyStamp};
 use crate::policy::set::PolicySet;
-use crate::replay::{FeedReport, Replay};
 
 /// Writes applied in one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -137,20 +139,20 @@ pub struct Engine {
 impl Engine {
     /// Restores the book from `ledger` and starts the engine thread.
     pub fn start(
-        ledger: Arc<dyn Ledger>,
+        ledger: Arc<dyn EngineStore>,
         policies: Arc<ArcSwap<PolicySet>>,
         whitelist: Option<HashSet<String>>,
     ) -> Result<Self, StartError> {
         let book = Book::restore(ledger.accounts()?);
         tracing::info!(keys = book.len(), "book restored from the ledger");
-        let replay = Replay::with_book(book).whitelist(whitelist);
+        let intake = Intake::with_book(book).whitelist(whitelist);
         let (sender, receiver) = channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let worker = Worker {
             ledger,
             policies,
-            replay,
+            intake,
             queued: Arc::clone(&queued),
             stats: Arc::clone(&stats),
         };
@@ -222,9 +224,9 @@ impl Engine {
 }
 
 struct Worker {
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn EngineStore>,
     policies: Arc<ArcSwap<PolicySet>>,
-    replay: Replay,
+    intake: Intake,
     queued: Arc<AtomicUsize>,
     stats: Arc<Mutex<EngineStats>>,
 }
@@ -272,7 +274,7 @@ impl Worker {
             .ledger
             .reversible(project, floors)
             .map_err(|e| e.to_string())?;
-        let book = self.replay.book_mut();
+        let book = self.intake.book_mut();
         let states: Vec<_> = floors
             .iter()
             .zip(reversible)
@@ -300,7 +302,7 @@ impl Worker {
     /// Rebuilds the book from the ledger after a failed commit.
     fn reload(&mut self) {
         match self.ledger.accounts() {
-            Ok(accounts) => self.replay.reset_book(Book::restore(accounts)),
+            Ok(accounts) => self.intake.reset_book(Book::restore(accounts)),
             Err(e) => tracing::error!("cannot reload the book from the ledger: {e}"),
         }
     }
@@ -310,13 +312,12 @@ impl Worker {
         let mut batch = Batch::default();
         let mut reports = Vec::with_capacity(group.len());
         for (request, _) in &group {
-            let report = self.replay.feed(
+            let items = crate::ingest::lines(&request.body, request.precision, request.received);
+            let report = self.intake.feed(
                 policies.as_ref(),
-                &request.body,
-                request.precision,
-                request.received,
+                items,
                 |_| {},
-                |m, outcome, book| record(&mut batch, m, outcome, book),
+                |sample, outcome, book| record(&mut batch, sample, outcome, book),
             );
             reports.push(report);
         }
@@ -326,8 +327,8 @@ impl Worker {
             Ok(()) => {
                 stats.commits += 1;
                 stats.writes += group.len() as u64;
-                stats.seen = self.replay.seen().clone();
-                stats.keys = self.replay.book().len();
+                stats.seen = self.intake.seen().clone();
+                stats.keys = self.intake.book().len();
                 drop(stats);
                 for ((_, reply), report) in group.into_iter().zip(reports) {
                     let _ = reply.send(WriteResult::Done(report));
@@ -346,12 +347,14 @@ impl Worker {
     }
 }
 
-/// Turns an outcome into ledger changes.
-fn record(batch: &mut Batch, m: &Measurement<'_>, outcome: &Outcome, book: &Book) {
+/// Turns an outcome into ledger changes (`book`: as the sample's chunk
+/// left it; a later state of the same key wins anyway).
+fn record(batch: &mut Batch, sample: &Sample<'_>, outcome: &Outcome, book: &Book) {
     if !outcome.changes_state() {
         return;
     }
-    let Some((key, account)) = book.entry(m.project, m.location_id, m.metric) else {
+    let Some((key, account)) = book.entry(&sample.project, &sample.location_id, &sample.metric)
+    else {
         return;
     };
     batch.states.push((key.clone(), account.clone()));
@@ -371,9 +374,9 @@ fn record(batch: &mut Batch, m: &Measurement<'_>, outcome: &Outcome, book: &Book
         batch.charges.push(ChargeRecord {
             key: key.clone(),
             previous: (charge.previous.timestamp, charge.previous.text.to_string()),
-            current: (m.timestamp, m.text.to_owned()),
+            current: (sample.timestamp, sample.text.to_string()),
             credits: charge.credits,
-            charged_after: book.project_total(m.project),
+            charged_after: charge.project_total,
             policy,
             reversed: false,
         });

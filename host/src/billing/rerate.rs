@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::billing::Pricer;
 use crate::ledger::ChargeRecord;
-use crate::policy::{MAX_BATCH, Usage};
+use crate::policy::{MAX_BATCH, Step};
 
 /// Steps handed to the pricer at a time (it calls the policy in batches
 /// of [`MAX_BATCH`]).
@@ -87,9 +87,9 @@ pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
         }
     }
     for chunk in priceable.chunks(CHUNK) {
-        let usages: Vec<Usage<'_>> = chunk
+        let usages: Vec<Step<'_>> = chunk
             .iter()
-            .map(|charge| Usage {
+            .map(|charge| Step {
                 metric: &charge.key.metric,
                 project: &charge.key.project,
                 location_id: &charge.key.location_id,
@@ -98,7 +98,7 @@ pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
                 current: (charge.current.0, &charge.current.1),
             })
             .collect();
-        for (charge, priced) in chunk.iter().zip(pricer.bill_batch(&usages)) {
+        for (charge, priced) in chunk.iter().zip(pricer.price(&usages)) {
             let key = &charge.key;
             match priced {
                 Ok(priced) => {
