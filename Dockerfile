@@ -3,8 +3,10 @@
 #   docker build -t os-credits .
 #   docker run -p 8000:80 -v credits-data:/var/lib/os-credits os-credits
 #
-# The build stage runs docker/build.sh, which CI runs too (so the steps of
-# this file are tested without a Docker engine).
+# The build stage runs docker/build.sh. host/tests/image.rs runs this
+# file's steps as written, without a Docker engine: the build stage's RUN,
+# then the runtime stage's ENV, VOLUMEs, EXPOSE, ENTRYPOINT/CMD and
+# HEALTHCHECK on what it staged.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

@@ -1,6 +1,7 @@
 #!/bin/sh
-# The build stage of the Dockerfile, as one script, so that CI runs exactly
-# what the image build runs (no Docker engine is needed to test it).
+# The build stage of the Dockerfile, as one script, so that the tests run
+# exactly what the image build runs (host/tests/image.rs; no Docker engine
+# is needed).
 #
 #   docker/build.sh [OUT]      (default OUT: /out)
 #

@@ -160,9 +160,9 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
         }
         // let some points be priced by this version
         let target = posted.load(Ordering::Relaxed) + 3;
-        while posted.load(Ordering::Relaxed) < target && failed.load(Ordering::Relaxed) == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::await_until("three writes priced by this version", || {
+            posted.load(Ordering::Relaxed) >= target || failed.load(Ordering::Relaxed) > 0
+        });
     }
     stop.store(true, Ordering::Relaxed);
     poster.join().unwrap();

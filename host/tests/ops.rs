@@ -138,3 +138,48 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
     expected.sort();
     assert_eq!(secured, expected);
 }
+
+#[test]
+fn every_documented_operation_is_served_and_no_other_method_on_its_path() {
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let service = Service::start(data.path(), policies.path(), &[("API_KEY", "k")]);
+    // The document as the running service serves it.
+    let doc = get_json(&service.at("/api/openapi.json"));
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(
+        paths
+            .values()
+            .map(|ops| ops.as_object().unwrap().len())
+            .sum::<usize>(),
+        os_credits::api::ROUTES.len()
+    );
+    let methods = ["get", "post", "put", "delete", "patch"];
+    for (path, ops) in paths {
+        let url = service.at(&path.replace("{project}", "p"));
+        for method in methods {
+            let request = http()
+                .request(method.to_uppercase().parse().unwrap(), &url)
+                .header("X-API-KEY", "k")
+                .header("content-type", "application/json")
+                .body("{}");
+            let status = request.send().unwrap().status();
+            if ops.get(method).is_some() {
+                // Served: the handler answered (404 only as a handler's
+                // "no such project", with a JSON body, never the router's).
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                if status == StatusCode::NOT_FOUND {
+                    assert!(path.contains("{project}"), "{method} {path}: router 404");
+                }
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is served but not documented"
+                );
+            }
+        }
+    }
+    // A path the document does not have is not served.
+    let unknown = http().get(service.at("/api/nope")).send().unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}

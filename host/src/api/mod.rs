@@ -2,7 +2,8 @@
 //! `/api/*` in the formats of the Python service, the operational
 //! endpoints (`/ping`, `/stats`, `/metrics`, `/logconfig`), the OpenAPI
 //! document with its page, and the credits history page. Every route is
-//! described in `pages/openapi.json` (a test keeps the two equal).
+//! declared once ([`ROUTES`]) and described in `pages/openapi.json`: tests
+//! keep the document equal to the list and probe the running service.
 
 mod admin;
 mod credits;
@@ -58,33 +59,39 @@ pub struct AppState {
     pub workers: usize,
 }
 
-/// The router with every route.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route(
-            "/write",
-            post(write::write).layer(DefaultBodyLimit::max(max_body_bytes)),
-        )
-        .route("/ping", get(ops::ping))
-        .route("/stats", get(ops::stats))
-        .route("/metrics", get(metrics::metrics))
-        .route("/api/metrics", get(credits::metrics))
-        .route("/api/policies", get(admin::policies))
-        .route("/api/policies/reload", post(admin::reload))
-        .route("/logconfig", post(admin::logconfig))
-        .route("/api/costs_per_hour", post(credits::costs_per_hour))
-        .route(
-            "/api/credits_history/{project}",
-            get(credits::credits_history),
-        )
-        .route(
-            "/api/current_credits/{project}",
-            get(credits::current_credits),
-        )
-        .route("/api/openapi.json", get(pages::openapi))
-        .route("/api/docs", get(pages::docs))
-        .route("/credits_history/{project}", get(pages::history))
-        .with_state(state)
+/// Declares every route once: the router is built from this list, and
+/// [`ROUTES`] lists it (the OpenAPI document is tested against both the
+/// list and the running service).
+macro_rules! routes {
+    ($limit:ident; $($method:literal $path:literal => $handler:expr,)*) => {
+        /// Every route the router serves: `(method, path)`.
+        pub const ROUTES: &[(&str, &str)] = &[$(($method, $path)),*];
+
+        /// The router with every route.
+        pub fn router(state: AppState, $limit: usize) -> Router {
+            Router::new()
+                $(.route($path, $handler))*
+                .with_state(state)
+        }
+    };
+}
+
+routes! {
+    max_body_bytes;
+    "post" "/write" => post(write::write).layer(DefaultBodyLimit::max(max_body_bytes)),
+    "get" "/ping" => get(ops::ping),
+    "get" "/stats" => get(ops::stats),
+    "get" "/metrics" => get(metrics::metrics),
+    "get" "/api/metrics" => get(credits::metrics),
+    "get" "/api/policies" => get(admin::policies),
+    "post" "/api/policies/reload" => post(admin::reload),
+    "post" "/logconfig" => post(admin::logconfig),
+    "post" "/api/costs_per_hour" => post(credits::costs_per_hour),
+    "get" "/api/credits_history/{project}" => get(credits::credits_history),
+    "get" "/api/current_credits/{project}" => get(credits::current_credits),
+    "get" "/api/openapi.json" => get(pages::openapi),
+    "get" "/api/docs" => get(pages::docs),
+    "get" "/credits_history/{project}" => get(pages::history),
 }
 
 /// A JSON error response: `{"error": message}`.
