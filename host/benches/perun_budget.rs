@@ -92,7 +92,7 @@ fn main() {
             std::thread::sleep(rest);
         }
     }
-    let stats = common::get_json(&service.at("/stats"));
+    let stats = service.get_json("/stats");
     let billed = stats["points"]["billed"].as_u64().expect("billed points");
     let state = perun.state();
     let calls = state["calls"].as_u64().expect("calls");

@@ -49,7 +49,7 @@ fn deploy(folder: &Path, name: &str, bytes: &[u8]) {
 }
 
 fn policies(service: &Service) -> Value {
-    common::get_json(&service.at("/api/policies"))
+    service.get_json("/api/policies")
 }
 
 /// Waits (polling, bounded) until `condition` holds for `/api/policies`.
@@ -228,10 +228,10 @@ fn a_removed_module_keeps_its_last_good_version_and_says_so() {
         .send()
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let current = common::get_json(&service.at("/api/current_credits/r"));
+    let current = service.get_json("/api/current_credits/r");
     assert_eq!(current["current_credits_exact"], "2");
     // /stats shows the failure too
-    let stats = common::get_json(&service.at("/stats"));
+    let stats = service.get_json("/stats");
     assert_eq!(stats["policy_errors"][0]["file"], "current.wasm");
 }
 
@@ -295,7 +295,7 @@ fn rerating_the_examples_with_the_tariff_policy_shows_what_its_prices_imply() {
     let folder = policy_dir(&[]);
     let data = tempfile::tempdir().unwrap();
     let service = Service::start(data.path(), folder.path(), &[]);
-    common::post_sample(&service);
+    service.post_sample();
 
     let tariff = wasm("tariff-policy");
     let config = repo_file("examples/tariff.toml");

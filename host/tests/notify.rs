@@ -7,7 +7,7 @@ use std::net::TcpListener;
 
 use common::fake_perun::FakePerun;
 use common::smtp::{Mail, SmtpSink};
-use common::{Service, await_until, get_json, http, policy_dir};
+use common::{Service, await_until, http, policy_dir};
 use serde_json::{Value, json};
 
 const PROJECT: &str = "mailproj";
@@ -60,7 +60,7 @@ fn use_up_to(service: &Service, value: u32, minute: i64) {
 }
 
 fn mail_stats(service: &Service) -> Value {
-    get_json(&service.at("/stats"))["mail"].clone()
+    service.get_json("/stats")["mail"].clone()
 }
 
 /// Waits for two more passes of the notifier: whatever it would send, it has.
@@ -164,7 +164,7 @@ fn the_overwrite_replaces_every_recipient_and_a_down_smtp_server_gets_the_mail_l
     });
     // Billing goes on while mail is down.
     use_up_to(&service, 130, 2);
-    let current = get_json(&service.at(&format!("/api/current_credits/{PROJECT}")));
+    let current = service.get_json(&format!("/api/current_credits/{PROJECT}"));
     assert_eq!(current["current_credits"], json!(130.0));
     assert!(service.log().contains("sending the threshold mail failed"));
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Service, get_json, http, policy_dir, post_sample};
+use common::{Service, http, policy_dir};
 use prometheus_parse::{Scrape, Value};
 use reqwest::StatusCode;
 
@@ -26,7 +26,7 @@ fn sample(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> Option<f6
 fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = Service::start(data.path(), policies.path(), &[]);
-    post_sample(&service);
+    service.post_sample();
     let response = http().get(service.at("/metrics")).send().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()["content-type"]
@@ -47,7 +47,7 @@ fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
     );
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
 
-    let stats = get_json(&service.at("/stats"));
+    let stats = service.get_json("/stats");
     let points = &stats["points"];
     let received = sample(&scrape, "os_credits_points_received_total", None).unwrap();
     assert_eq!(received, points["received"].as_f64().unwrap());
@@ -82,7 +82,7 @@ fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
         assert!(sample(&scrape, name, None).is_some(), "{name} missing");
     }
 
-    let verbose = get_json(&service.at("/stats?verbose=true"));
+    let verbose = service.get_json("/stats?verbose=true");
     assert_eq!(verbose["queue"]["depth"], 0);
     assert!(verbose["queue"]["transactions"].as_u64().unwrap() >= 1);
     let workers = verbose["runtime"]["workers"].as_array().unwrap();
@@ -124,7 +124,7 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
         assert!(send(Some("s3cret")).is_success(), "{path} with the key");
     }
     // The documented admin operations are exactly these.
-    let doc = get_json(&service.at("/api/openapi.json"));
+    let doc = service.get_json("/api/openapi.json");
     let mut secured: Vec<String> = Vec::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for op in ops.as_object().unwrap().values() {
@@ -144,7 +144,7 @@ fn every_documented_operation_is_served_and_no_other_method_on_its_path() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = Service::start(data.path(), policies.path(), &[("API_KEY", "k")]);
     // The document as the running service serves it.
-    let doc = get_json(&service.at("/api/openapi.json"));
+    let doc = service.get_json("/api/openapi.json");
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(
         paths

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Service, get_json, http, policy_dir};
+use common::{Service, policy_dir};
 
 fn chromium() -> PathBuf {
     let candidates = std::env::var_os("CHROMIUM")
@@ -57,12 +57,7 @@ fn rendered(url: &str) -> String {
 }
 
 fn write(service: &Service, body: &str) {
-    let response = http()
-        .post(service.at("/write"))
-        .body(body.to_owned())
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 204);
+    assert_eq!(service.write(body).0.as_u16(), 204);
 }
 
 #[test]
@@ -82,7 +77,7 @@ fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
         })
         .collect();
     write(&service, &body);
-    let history = get_json(&service.at("/api/credits_history/Chart%20Lab"));
+    let history = service.get_json("/api/credits_history/Chart%20Lab");
     let entries = history["timestamps"].as_array().unwrap().len() - 1;
     assert_eq!(entries, 5);
 
@@ -119,7 +114,7 @@ fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
 fn the_docs_page_lists_every_operation_of_the_openapi_document() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = Service::start(data.path(), policies.path(), &[]);
-    let doc = get_json(&service.at("/api/openapi.json"));
+    let doc = service.get_json("/api/openapi.json");
     assert_eq!(doc["openapi"], "3.1.0");
     let operations: usize = doc["paths"]
         .as_object()

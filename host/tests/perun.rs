@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::fake_perun::FakePerun;
-use common::{Service, await_until, policy_dir, post_sample, repo_file};
+use common::{Service, await_until, policy_dir, repo_file};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use rust_decimal::Decimal;
@@ -65,17 +65,13 @@ fn published(perun: &FakePerun) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn stats(service: &Service) -> Value {
-    common::get_json(&service.at("/stats"))
-}
-
 #[test]
 fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
     let perun = FakePerun::start();
     register_groups(&perun);
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
-    post_sample(&service);
+    service.post_sample();
     let expected = expected_rounded();
     await_until("Perun to hold the totals", || published(&perun) == expected);
 
@@ -101,17 +97,17 @@ fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
         service.log().contains("not a Perun group")
     });
     assert_eq!(service.log().matches("not a Perun group").count(), 1);
-    let current = common::get_json(&service.at("/api/current_credits/unregistered-nextflow-2"));
+    let current = service.get_json("/api/current_credits/unregistered-nextflow-2");
     assert_eq!(current["current_credits_exact"], "151.0652612777770");
     // Granted credits read from Perun: the history shows credits left.
     await_until("granted credits", || {
-        let c = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+        let c = service.get_json("/api/current_credits/os_credits_0");
         c["granted_credits"] == json!(200.0)
     });
-    let sync = &stats(&service)["perun"];
+    let sync = &service.stats()["perun"];
     assert!(sync["last_success"].is_string());
     let calls = perun.state()["calls"].as_u64().unwrap();
-    let billed = stats(&service)["points"]["billed"].as_u64().unwrap();
+    let billed = service.stats()["points"]["billed"].as_u64().unwrap();
     println!(
         "perun calls: {calls} for {billed} billed points = {:.1} per 1000",
         calls as f64 * 1000.0 / billed as f64
@@ -130,14 +126,14 @@ fn perun_down_during_the_whole_ingest_then_back_converges() {
     perun.faults(json!({ "down": true }));
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
-    post_sample(&service);
+    service.post_sample();
     await_until("the outage to show in /stats", || {
-        stats(&service)["perun"]["last_error"]
+        service.stats()["perun"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("unavailable"))
     });
     assert!(published(&perun).is_empty());
-    assert!(stats(&service)["pending_projects"].as_u64().unwrap() >= 5);
+    assert!(service.stats()["pending_projects"].as_u64().unwrap() >= 5);
     perun.faults(json!({ "down": false }));
     await_until("Perun to converge", || {
         published(&perun) == expected_rounded()
@@ -151,7 +147,7 @@ fn a_wrong_password_is_one_clear_error_and_loses_nothing() {
     perun.faults(json!({ "password": "rotated" }));
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
-    post_sample(&service);
+    service.post_sample();
     await_until("the login error", || {
         service
             .log()
@@ -159,7 +155,7 @@ fn a_wrong_password_is_one_clear_error_and_loses_nothing() {
     });
     // several failed attempts, one loud error
     await_until("retries", || {
-        stats(&service)["perun"]["calls"].as_u64().unwrap_or(0) >= 8
+        service.stats()["perun"]["calls"].as_u64().unwrap_or(0) >= 8
     });
     assert_eq!(
         service.log().matches("Perun rejected the login").count(),
@@ -280,13 +276,13 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
     perun.add_group(&body);
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
-    post_sample(&service);
+    service.post_sample();
     let mut expected = expected_rounded();
     expected.insert("os_credits_0".into(), "267.80".into());
     await_until("Perun to hold the adopted totals", || {
         published(&perun) == expected
     });
-    let current = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    let current = service.get_json("/api/current_credits/os_credits_0");
     assert_eq!(current["current_credits_exact"], "267.8000000000000");
     assert_eq!(current["granted_credits"], json!(500.0));
 
@@ -320,7 +316,7 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
         published(&perun)["os_credits_4"] == "60.00"
     });
     assert!(service.log().contains("changed in Perun by hand"));
-    let current = common::get_json(&service.at("/api/current_credits/os_credits_4"));
+    let current = service.get_json("/api/current_credits/os_credits_4");
     assert_eq!(current["current_credits"], json!(60.0));
 }
 
@@ -417,11 +413,11 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
     perun.faults(json!({ "down": true }));
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
-    post_sample(&service);
+    service.post_sample();
     await_until("the outage to show in /stats", || {
-        stats(&service)["perun"]["last_error"].is_string()
+        service.stats()["perun"]["last_error"].is_string()
     });
-    let before = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    let before = service.get_json("/api/current_credits/os_credits_0");
     assert_eq!(before["current_credits_exact"], "167.8000000000000");
 
     // What is left to bill: per key, from the measurement the old service
@@ -450,7 +446,7 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
         "Perun to hold 100 + what was billed after the floor",
         || published(&perun) == expected,
     );
-    let current = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    let current = service.get_json("/api/current_credits/os_credits_0");
     let exact: Decimal = current["current_credits_exact"]
         .as_str()
         .unwrap()
@@ -460,8 +456,8 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
     assert!(service.log().contains("adopted the timestamps"));
 
     // Re-sending everything (a subscription replaying its buffer) bills nothing.
-    post_sample(&service);
-    let again = common::get_json(&service.at("/api/current_credits/os_credits_0"));
+    service.post_sample();
+    let again = service.get_json("/api/current_credits/os_credits_0");
     assert_eq!(
         again["current_credits_exact"],
         current["current_credits_exact"]
@@ -594,7 +590,7 @@ fn assert_no_adjustment(data: &std::path::Path) {
 }
 
 fn pending(service: &Service) -> u64 {
-    stats(service)["pending_projects"].as_u64().unwrap()
+    service.stats()["pending_projects"].as_u64().unwrap()
 }
 
 /// Whether everything publishable was published and confirmed: the only
@@ -627,7 +623,7 @@ fn an_unset_or_unreadable_value_in_perun_is_not_a_hand_edit() {
     register_groups(&perun);
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
-    post_sample(&service);
+    service.post_sample();
     let expected = expected_rounded();
     await_until("Perun to hold the totals", || published(&perun) == expected);
     await_until("the outbox to settle", || settled(&service));

@@ -41,28 +41,13 @@ fn point(project: &str, site: &str, value: &str, ts: i64) -> String {
     )
 }
 
-fn write(service: &Service, body: &str) -> (StatusCode, String) {
-    let response = client()
-        .post(service.at("/write?db=portal_prometheus&precision=ns&rp=autogen"))
-        .header("Content-Type", "")
-        .body(body.to_owned())
-        .send()
-        .unwrap();
-    (response.status(), response.text().unwrap())
-}
-
-fn get(service: &Service, path: &str) -> (StatusCode, String) {
-    let response = client().get(service.at(path)).send().unwrap();
-    (response.status(), response.text().unwrap())
-}
-
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// (rounded credits used as JSON text, exact credits used).
 fn current(service: &Service, project: &str) -> (String, Decimal) {
-    let (status, body) = get(service, &format!("/api/current_credits/{project}"));
+    let (status, body) = service.get(&format!("/api/current_credits/{project}"));
     assert_eq!(status, StatusCode::OK, "{body}");
     let value = json(&body);
     let rounded = body
@@ -96,22 +81,22 @@ fn the_original_service_cases_hold_through_write_and_the_apis() {
 
     // first write: accepted, credits used 0, nothing billed
     assert_eq!(
-        write(&service, &point("p", "8676", "100", T0)).0,
+        service.write(&point("p", "8676", "100", T0)).0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(current(&service, "p").0, "0.00");
     assert_eq!(
-        get(&service, "/api/credits_history/p").0,
+        service.get("/api/credits_history/p").0,
         StatusCode::NOT_FOUND
     );
 
     // +5 usage seven days later: used 5, one history entry
     assert_eq!(
-        write(&service, &point("p", "8676", "105", T0 + 7 * DAY)).0,
+        service.write(&point("p", "8676", "105", T0 + 7 * DAY)).0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(current(&service, "p").0, "5.00");
-    let (status, body) = get(&service, "/api/credits_history/p");
+    let (status, body) = service.get("/api/credits_history/p");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
@@ -120,17 +105,17 @@ fn the_original_service_cases_hold_through_write_and_the_apis() {
 
     // same timestamp with a higher value: ignored
     assert_eq!(
-        write(&service, &point("p", "8676", "200", T0 + 7 * DAY)).0,
+        service.write(&point("p", "8676", "200", T0 + 7 * DAY)).0,
         StatusCode::NO_CONTENT
     );
     // same value seven days later: nothing billed
     assert_eq!(
-        write(&service, &point("p", "8676", "105", T0 + 14 * DAY)).0,
+        service.write(&point("p", "8676", "105", T0 + 14 * DAY)).0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(current(&service, "p").1, Decimal::from(5));
     assert_eq!(
-        json(&get(&service, "/api/credits_history/p").1)["credits"]
+        json(&service.get("/api/credits_history/p").1)["credits"]
             .as_array()
             .unwrap()
             .len(),
@@ -141,7 +126,9 @@ fn the_original_service_cases_hold_through_write_and_the_apis() {
     for step in 0..=5 {
         let value = (1000 + step).to_string();
         assert_eq!(
-            write(&service, &point("q", "7777", &value, T0 + step * DAY)).0,
+            service
+                .write(&point("q", "7777", &value, T0 + step * DAY))
+                .0,
             StatusCode::NO_CONTENT
         );
     }
@@ -150,18 +137,18 @@ fn the_original_service_cases_hold_through_write_and_the_apis() {
         ("0.00".into(), "0.005".parse().unwrap())
     );
     assert_eq!(
-        get(&service, "/api/credits_history/q").0,
+        service.get("/api/credits_history/q").0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        write(&service, &point("q", "7777", "1006", T0 + 6 * DAY)).0,
+        service.write(&point("q", "7777", "1006", T0 + 6 * DAY)).0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
         current(&service, "q"),
         ("0.01".into(), "0.006".parse().unwrap())
     );
-    let history = json(&get(&service, "/api/credits_history/q").1);
+    let history = json(&service.get("/api/credits_history/q").1);
     assert_eq!(history["credits"], serde_json::json!(["credits", 0.01]));
 
     // costs per hour: {"metric_a":3,"metric_b":2} at 1.3 and 1 -> 5.9
@@ -198,9 +185,9 @@ fn history_dates_filter_and_refuse_nonsense() {
     let body: String = (0..4)
         .map(|d| point("h", "1", &(10 * d).to_string(), T0 + d * DAY))
         .collect();
-    assert_eq!(write(&service, &body).0, StatusCode::NO_CONTENT);
+    assert_eq!(service.write(&body).0, StatusCode::NO_CONTENT);
 
-    let history = json(&get(&service, "/api/credits_history/h").1);
+    let history = json(&service.get("/api/credits_history/h").1);
     // newest first, headed by the list's name
     assert_eq!(
         history["timestamps"],
@@ -215,47 +202,44 @@ fn history_dates_filter_and_refuse_nonsense() {
         history["credits"],
         serde_json::json!(["credits", 30.0, 20.0, 10.0])
     );
-    let ranged = get(
-        &service,
+    let ranged = service.get(
         "/api/credits_history/h?start_date=2019-01-09%2012:00:00&end_date=2019-01-10%2000:00:00",
     );
     assert_eq!(
         json(&ranged.1)["credits"],
         serde_json::json!(["credits", 20.0])
     );
-    let empty = get(
-        &service,
+    let empty = service.get(
         "/api/credits_history/h?start_date=2020-01-01%2000:00:00&end_date=2020-02-01%2000:00:00",
     );
     assert_eq!(empty.0, StatusCode::NO_CONTENT);
-    let bad = get(&service, "/api/credits_history/h?start_date=yesterday");
+    let bad = service.get("/api/credits_history/h?start_date=yesterday");
     assert_eq!(bad.0, StatusCode::BAD_REQUEST);
     assert!(bad.1.contains("start_date"), "{}", bad.1);
-    let backwards = get(
-        &service,
+    let backwards = service.get(
         "/api/credits_history/h?start_date=2019-01-10%2000:00:00&end_date=2019-01-09%2000:00:00",
     );
     assert_eq!(backwards.0, StatusCode::BAD_REQUEST);
     assert_eq!(
-        get(&service, "/api/credits_history/%20").0,
+        service.get("/api/credits_history/%20").0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        get(&service, "/api/credits_history/nobody").0,
+        service.get("/api/credits_history/nobody").0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        get(&service, "/api/current_credits/nobody").0,
+        service.get("/api/current_credits/nobody").0,
         StatusCode::NOT_FOUND
     );
 
-    assert_eq!(get(&service, "/ping"), (StatusCode::OK, "Pong".into()));
-    let metrics = json(&get(&service, "/api/metrics").1);
+    assert_eq!(service.get("/ping"), (StatusCode::OK, "Pong".into()));
+    let metrics = json(&service.get("/api/metrics").1);
     assert_eq!(
         metrics["cpu"],
         serde_json::json!({"type":"int","description":"Amount of vCPUs.","name":"project_vcpu_usage","friendly_name":"cpu"})
     );
-    let stats = json(&get(&service, "/stats").1);
+    let stats = json(&service.get("/stats").1);
     assert_eq!(stats["queue_size"], 0);
     assert_eq!(stats["projects"], 1);
     assert_eq!(stats["points"]["billed"], 3);
@@ -278,7 +262,7 @@ fn a_batch_with_bad_lines_is_answered_400_naming_them_and_its_good_lines_are_bil
         point(r"Genome\ Lab", "1", "7.5", T0 + DAY),
     ]
     .concat();
-    let (status, text) = write(&service, &body);
+    let (status, text) = service.write(&body);
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let answer = json(&text);
     assert_eq!(
@@ -325,7 +309,7 @@ fn a_body_over_the_limit_is_answered_413_and_a_whitelist_limits_billing() {
     );
     let line = point("a", "1", "1", T0);
     let big = line.repeat((2 << 20) / line.len());
-    assert_eq!(write(&service, &big).0, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(service.write(&big).0, StatusCode::PAYLOAD_TOO_LARGE);
     let body = [
         point("a", "1", "1", T0),
         point("a", "1", "2", T0 + DAY),
@@ -333,13 +317,13 @@ fn a_body_over_the_limit_is_answered_413_and_a_whitelist_limits_billing() {
         point("c", "1", "9", T0 + DAY),
     ]
     .concat();
-    assert_eq!(write(&service, &body).0, StatusCode::NO_CONTENT);
+    assert_eq!(service.write(&body).0, StatusCode::NO_CONTENT);
     assert_eq!(current(&service, "a").1, Decimal::ONE);
     assert_eq!(
-        get(&service, "/api/current_credits/c").0,
+        service.get("/api/current_credits/c").0,
         StatusCode::NOT_FOUND
     );
-    let stats = json(&get(&service, "/stats").1);
+    let stats = json(&service.get("/stats").1);
     assert_eq!(stats["points"]["ignored"]["not whitelisted"], 2);
 }
 
@@ -379,7 +363,7 @@ fn the_service_bills_the_sample_exactly_as_policy_run_does() {
     let policies = policy_dir(&[]);
     let service = Service::start(data.path(), policies.path(), &[]);
     for chunk in sample_chunks(500) {
-        assert_eq!(write(&service, &chunk).0, StatusCode::NO_CONTENT);
+        assert_eq!(service.write(&chunk).0, StatusCode::NO_CONTENT);
     }
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
         .args(["policy", "run"])
@@ -443,7 +427,7 @@ fn after_kill_9_mid_ingest_resending_everything_gives_the_totals_of_one_clean_ru
             "the kill came too late to test anything"
         );
         for chunk in &chunks {
-            assert_eq!(write(&restarted, chunk).0, StatusCode::NO_CONTENT);
+            assert_eq!(restarted.write(chunk).0, StatusCode::NO_CONTENT);
         }
         assert_eq!(service_totals(&restarted), expected_sample_totals());
         totals
@@ -451,7 +435,7 @@ fn after_kill_9_mid_ingest_resending_everything_gives_the_totals_of_one_clean_ru
     // Re-delivering everything once more is a no-op.
     let again = Service::start(data.path(), policies.path(), &[]);
     for chunk in &chunks {
-        assert_eq!(write(&again, chunk).0, StatusCode::NO_CONTENT);
+        assert_eq!(again.write(chunk).0, StatusCode::NO_CONTENT);
     }
     assert_eq!(service_totals(&again), expected_sample_totals());
     assert!(
@@ -466,7 +450,7 @@ fn sigterm_drains_commits_and_exits_within_ten_seconds() {
     let policies = policy_dir(&[]);
     let mut service = Service::start(data.path(), policies.path(), &[]);
     let body = [point("t", "1", "1", T0), point("t", "1", "3", T0 + DAY)].concat();
-    assert_eq!(write(&service, &body).0, StatusCode::NO_CONTENT);
+    assert_eq!(service.write(&body).0, StatusCode::NO_CONTENT);
     let (clean, took) = service.terminate();
     assert!(clean, "exit status not success:\n{}", service.log());
     assert!(took < Duration::from_secs(10), "took {took:?}");
@@ -519,12 +503,12 @@ fn logconfig_changes_the_log_level_at_runtime_and_wants_the_api_key() {
     // next one does. The log is one stream in order: once the second
     // write's line is there, a line of the first would be there too.
     assert_eq!(
-        write(&service, &point("l", "1", "1", T0)).0,
+        service.write(&point("l", "1", "1", T0)).0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(post(Some("k3y"), debug), StatusCode::NO_CONTENT);
     assert_eq!(
-        write(&service, &point("l", "1", "2", T0 + DAY)).0,
+        service.write(&point("l", "1", "2", T0 + DAY)).0,
         StatusCode::NO_CONTENT
     );
     common::await_until("the debug line after /logconfig", || {

@@ -74,11 +74,11 @@ pub fn describe<P: Policy>() -> wit::PolicyInfo {
             .metrics
             .into_iter()
             .map(|m| wit::MetricInfo {
-                name: m.name,
-                friendly_name: m.friendly_name,
-                unit: m.unit,
-                description: m.description,
-                amount_type: m.amount_type,
+                name: m.name.into_owned(),
+                friendly_name: m.friendly_name.into_owned(),
+                unit: m.unit.into_owned(),
+                description: m.description.into_owned(),
+                amount_type: m.amount_type.into_owned(),
             })
             .collect(),
         tags: info.tags,

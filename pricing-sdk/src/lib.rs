@@ -21,7 +21,7 @@
 //! calls [`Policy::bill`] once per step.
 //!
 //! ```
-//! use pricing_sdk::{Decimal, Error, MetricInfo, Policy, PolicyInfo, Timestamp, Usage};
+//! use pricing_sdk::{Decimal, Error, MetricInfo, Policy, PolicyInfo, Usage};
 //!
 //! struct Flat;
 //!
@@ -36,15 +36,14 @@
 //!     fn bill(&self, usage: &Usage) -> Result<Decimal, Error> {
 //!         usage.delta()
 //!     }
-//!     fn cost_per_hour(&self, _metric: &str, amount: Decimal, _at: Timestamp) -> Result<Decimal, Error> {
-//!         Ok(amount)
-//!     }
 //! }
 //!
 //! pricing_sdk::export_policy!(Flat);
 //!
 //! let step = pricing_sdk::testing::step("project_vcpu_usage", "10", "15");
 //! assert_eq!(Flat.bill(&step).unwrap(), Decimal::from(5));
+//! // A quote for 16 vCPUs over one hour, for free from `bill`:
+//! assert_eq!(Flat.cost_per_hour("project_vcpu_usage", 16.into(), 0).unwrap(), Decimal::from(16));
 //! ```
 
 #![warn(missing_docs)]
@@ -83,9 +82,26 @@ pub trait Policy: Sized + 'static {
     fn bill(&self, usage: &Usage) -> Result<Decimal, Error>;
 
     /// The credits one hour of `amount` units of `metric` costs at time `at`,
-    /// for price quotes (`/api/costs_per_hour`).
-    fn cost_per_hour(&self, metric: &str, amount: Decimal, at: Timestamp)
-    -> Result<Decimal, Error>;
+    /// for price quotes (`/api/costs_per_hour`). By default, what
+    /// [`Policy::bill`] charges for a step of `amount` unit-hours over the
+    /// hour before `at` (project and site empty, no tags): right for any
+    /// price per unit-hour. Override it when a quote differs from a bill.
+    fn cost_per_hour(
+        &self,
+        metric: &str,
+        amount: Decimal,
+        at: Timestamp,
+    ) -> Result<Decimal, Error> {
+        let hour = Usage {
+            metric: metric.to_owned(),
+            project: String::new(),
+            location_id: String::new(),
+            tags: Vec::new(),
+            previous: Measurement::new(at.saturating_sub(HOUR_NS), "0"),
+            current: Measurement::new(at, decimal_text(amount)),
+        };
+        self.bill(&hour)
+    }
 
     /// Example usages with the charges they must give. The host bills each
     /// of them before it activates the policy and refuses it on a mismatch.

@@ -1,7 +1,7 @@
 //! The plain Rust types a policy works with.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
@@ -263,36 +263,66 @@ impl Usage {
     }
 }
 
-/// One metric a policy prices.
+/// One metric a policy prices. Declared as data, in a constant:
+///
+/// ```
+/// use pricing_sdk::MetricInfo;
+///
+/// const METRICS: &[MetricInfo] = &[
+///     MetricInfo::new("project_vcpu_usage", "cpu", "vCPU-hours", "Amount of vCPUs."),
+///     MetricInfo::decimal("project_mb_usage", "ram", "GiB-hours", "Amount of RAM."),
+/// ];
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricInfo {
     /// Measurement name as it arrives, e.g. `project_vcpu_usage`.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// Short name the portal APIs use, e.g. `cpu`.
-    pub friendly_name: String,
+    pub friendly_name: Cow<'static, str>,
     /// Unit of the cumulative value, e.g. `vCPU-hours`.
-    pub unit: String,
+    pub unit: Cow<'static, str>,
     /// What the metric measures.
-    pub description: String,
+    pub description: Cow<'static, str>,
     /// Type of quote amounts: `int` (the default) or `decimal`.
-    pub amount_type: String,
+    pub amount_type: Cow<'static, str>,
 }
 
 impl MetricInfo {
-    /// A metric whose quote amounts are integers.
-    pub fn new(name: &str, friendly_name: &str, unit: &str, description: &str) -> Self {
+    /// A metric whose quote amounts are integers (usable in a `const`).
+    pub const fn new(
+        name: &'static str,
+        friendly_name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
         MetricInfo {
-            name: name.to_owned(),
-            friendly_name: friendly_name.to_owned(),
-            unit: unit.to_owned(),
-            description: description.to_owned(),
-            amount_type: "int".to_owned(),
+            name: Cow::Borrowed(name),
+            friendly_name: Cow::Borrowed(friendly_name),
+            unit: Cow::Borrowed(unit),
+            description: Cow::Borrowed(description),
+            amount_type: Cow::Borrowed("int"),
+        }
+    }
+
+    /// A metric whose quote amounts may be decimals (usable in a `const`).
+    pub const fn decimal(
+        name: &'static str,
+        friendly_name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
+        MetricInfo {
+            name: Cow::Borrowed(name),
+            friendly_name: Cow::Borrowed(friendly_name),
+            unit: Cow::Borrowed(unit),
+            description: Cow::Borrowed(description),
+            amount_type: Cow::Borrowed("decimal"),
         }
     }
 
     /// Lets quotes for this metric take decimal amounts.
     pub fn decimal_amounts(mut self) -> Self {
-        self.amount_type = "decimal".to_owned();
+        self.amount_type = Cow::Borrowed("decimal");
         self
     }
 }
@@ -338,6 +368,12 @@ impl PolicyInfo {
         self.metrics.push(metric);
         self
     }
+
+    /// Adds metrics declared as data (a `const` slice).
+    pub fn metrics(mut self, metrics: &[MetricInfo]) -> Self {
+        self.metrics.extend_from_slice(metrics);
+        self
+    }
 }
 
 /// A usage with the charge it must give: a self-test the host runs before
@@ -353,14 +389,13 @@ pub struct Example {
 }
 
 impl Example {
-    /// An example named `name`.
-    pub fn new(name: &str, usage: Usage, expected: &str) -> Result<Self, Error> {
-        Ok(Example {
+    /// An example named `name`: billing `usage` must give exactly `expected`.
+    pub fn new(name: &str, usage: Usage, expected: Decimal) -> Self {
+        Example {
             name: name.to_owned(),
             usage,
-            expected: Decimal::from_str(expected)
-                .map_err(|e| Error(format!("example {name:?}: invalid expected charge: {e}")))?,
-        })
+            expected,
+        }
     }
 }
 

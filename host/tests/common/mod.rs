@@ -139,6 +139,42 @@ impl Service {
         self.child.wait().expect("reaped");
     }
 
+    /// GETs `path` and parses the answer as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        get_json(&self.at(path))
+    }
+
+    /// GETs `path`: status and body.
+    pub fn get(&self, path: &str) -> (reqwest::StatusCode, String) {
+        let response = http().get(self.at(path)).send().expect("GET");
+        (response.status(), response.text().expect("a body"))
+    }
+
+    /// `/stats` as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        self.get_json("/stats")
+    }
+
+    /// POSTs line protocol to `/write` as an InfluxDB 1.x subscription
+    /// does (its query, an empty content type): status and body.
+    pub fn write(&self, body: &str) -> (reqwest::StatusCode, String) {
+        let response = http()
+            .post(self.at("/write?db=portal_prometheus&precision=ns&rp=autogen"))
+            .header("Content-Type", "")
+            .body(body.to_owned())
+            .send()
+            .expect("POST /write");
+        (response.status(), response.text().expect("a body"))
+    }
+
+    /// Posts `examples/stack-sample.lp` in one write; it must be accepted.
+    pub fn post_sample(&self) {
+        let sample =
+            std::fs::read_to_string(repo_file("examples/stack-sample.lp")).expect("sample");
+        let (status, body) = self.write(&sample);
+        assert_eq!(status.as_u16(), 204, "the sample was not accepted: {body}");
+    }
+
     /// Sends SIGTERM and waits for the exit; returns whether it exited
     /// cleanly and how long it took.
     pub fn terminate(&mut self) -> (bool, std::time::Duration) {
@@ -187,21 +223,6 @@ pub fn get_json(url: &str) -> serde_json::Value {
         .send()
         .and_then(|r| r.json())
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
-/// Posts `examples/stack-sample.lp` to the service in one write; it must be accepted.
-pub fn post_sample(service: &Service) {
-    let sample = std::fs::read_to_string(repo_file("examples/stack-sample.lp")).expect("sample");
-    let response = http()
-        .post(service.at("/write"))
-        .body(sample)
-        .send()
-        .expect("posted");
-    assert_eq!(
-        response.status().as_u16(),
-        204,
-        "the sample was not accepted"
-    );
 }
 
 /// Polls `condition` every 50 ms for up to 60 s.

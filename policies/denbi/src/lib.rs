@@ -5,11 +5,17 @@
 //! hour) and `ram_unit` (`"GiB"`, or `"MiB"` for the 2019 exporter, which
 //! divides the RAM price by 1024).
 
-use pricing_sdk::{Decimal, Error, Example, MetricInfo, Policy, PolicyInfo, Timestamp, Usage};
-use pricing_sdk::{export_policy, parse_config, testing::step};
+use pricing_sdk::testing::step;
+use pricing_sdk::{Decimal, Error, Example, MetricInfo, Policy, PolicyInfo, Usage};
+use pricing_sdk::{export_policy, parse_config};
 
 const CPU: &str = "project_vcpu_usage";
 const RAM: &str = "project_mb_usage";
+
+const METRICS: &[MetricInfo] = &[
+    MetricInfo::new(CPU, "cpu", "vCPU-hours", "Amount of vCPUs."),
+    MetricInfo::decimal(RAM, "ram", "GiB-hours", "Amount of RAM."),
+];
 
 /// Prices in credits per unit-hour; `ram_unit = "MiB"` divides the RAM price by 1024.
 #[derive(serde::Deserialize)]
@@ -28,22 +34,12 @@ enum RamUnit {
 
 impl Default for Denbi {
     fn default() -> Self {
-        let ram_price = Decimal::new(3, 1);
+        let (cpu_price, ram_price) = (Decimal::ONE, Decimal::new(3, 1));
+        let ram_unit = RamUnit::GiB;
         Denbi {
-            cpu_price: Decimal::ONE,
+            cpu_price,
             ram_price,
-            ram_unit: RamUnit::GiB,
-        }
-    }
-}
-
-impl Denbi {
-    fn price(&self, metric: &str) -> Result<Decimal, Error> {
-        match metric {
-            CPU => Ok(self.cpu_price),
-            RAM if self.ram_unit == RamUnit::MiB => Ok(self.ram_price / Decimal::from(1024)),
-            RAM => Ok(self.ram_price),
-            _ => Err(Error::new(format!("de.NBI policy does not price {metric}"))),
+            ram_unit,
         }
     }
 }
@@ -54,44 +50,31 @@ impl Policy for Denbi {
     }
 
     fn describe(&self) -> PolicyInfo {
-        let ram_unit = if self.ram_unit == RamUnit::MiB {
-            "MiB-hours"
-        } else {
-            "GiB-hours"
-        };
-        PolicyInfo::new(
-            "denbi",
-            env!("CARGO_PKG_VERSION"),
-            "de.NBI: credits per vCPU-hour and RAM-hour",
-        )
-        .metric(MetricInfo::new(
-            CPU,
-            "cpu",
-            "vCPU-hours",
-            "Amount of vCPUs.",
-        ))
-        .metric(MetricInfo::new(RAM, "ram", ram_unit, "Amount of RAM.").decimal_amounts())
-        .reads_tags(&[])
+        let about = "de.NBI: credits per vCPU-hour and RAM-hour";
+        let mut info = PolicyInfo::new("denbi", env!("CARGO_PKG_VERSION"), about).metrics(METRICS);
+        if self.ram_unit == RamUnit::MiB {
+            info.metrics[1].unit = "MiB-hours".into();
+        }
+        info.reads_tags(&[])
     }
 
     fn bill(&self, usage: &Usage) -> Result<Decimal, Error> {
-        Ok(usage.delta()? * self.price(&usage.metric)?)
-    }
-
-    fn cost_per_hour(
-        &self,
-        metric: &str,
-        amount: Decimal,
-        _at: Timestamp,
-    ) -> Result<Decimal, Error> {
-        Ok(amount * self.price(metric)?)
+        let price = match usage.metric.as_str() {
+            CPU => self.cpu_price,
+            RAM if self.ram_unit == RamUnit::MiB => self.ram_price / Decimal::from(1024),
+            RAM => self.ram_price,
+            other => return Err(Error::new(format!("de.NBI policy does not price {other}"))),
+        };
+        Ok(usage.delta()? * price)
     }
 
     fn examples(&self) -> Vec<Example> {
-        let five_hours = (self.cpu_price * Decimal::from(5)).to_string();
-        Example::new("+5 vCPU-hours", step(CPU, "10", "15"), &five_hours)
-            .into_iter()
-            .collect()
+        let five_hours = self.cpu_price * Decimal::from(5);
+        vec![Example::new(
+            "+5 vCPU-hours",
+            step(CPU, "10", "15"),
+            five_hours,
+        )]
     }
 }
 

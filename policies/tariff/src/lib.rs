@@ -34,15 +34,15 @@ use pricing_sdk::{Decimal, Error, Example, MetricInfo, Policy, PolicyInfo, Times
 use pricing_sdk::{export_policy, parse_config, testing::step};
 use serde::Deserialize;
 
-/// The metrics this policy prices: (measurement, friendly name, unit, description).
-const METRICS: [(&str, &str, &str, &str); 2] = [
-    (
+/// The metrics this policy prices.
+const METRICS: &[MetricInfo] = &[
+    MetricInfo::decimal(
         "project_vcpu_usage",
         "cpu",
         "vCPU-hours",
         "Amount of vCPUs.",
     ),
-    (
+    MetricInfo::decimal(
         "project_mb_usage",
         "ram",
         "GiB-hours",
@@ -92,8 +92,8 @@ impl Default for Tariff {
 fn friendly_name(metric: &str) -> Result<&'static str, Error> {
     METRICS
         .iter()
-        .find(|(name, ..)| *name == metric)
-        .map(|(_, friendly, ..)| *friendly)
+        .find(|m| m.name == metric)
+        .map(|m| m.friendly_name.as_ref())
         .ok_or_else(|| Error::new(format!("tariff policy does not price {metric}")))
 }
 
@@ -143,7 +143,7 @@ impl Policy for Tariff {
         tariff.periods.sort_by_key(|p| p.from);
         for period in &tariff.periods {
             for (metric, price) in &period.prices {
-                if !METRICS.iter().any(|(_, friendly, ..)| friendly == metric) {
+                if !METRICS.iter().any(|m| m.friendly_name == metric.as_str()) {
                     return Err(Error::new(format!(
                         "period from {}: unknown metric {metric:?} (known: cpu, ram)",
                         period.from
@@ -167,17 +167,13 @@ impl Policy for Tariff {
     }
 
     fn describe(&self) -> PolicyInfo {
-        let info = PolicyInfo::new(
+        PolicyInfo::new(
             "tariff",
             env!("CARGO_PKG_VERSION"),
             "dated prices per unit-hour, weighted by size",
         )
-        .reads_tags(&[]);
-        METRICS
-            .iter()
-            .fold(info, |info, (name, friendly, unit, description)| {
-                info.metric(MetricInfo::new(name, friendly, unit, description).decimal_amounts())
-            })
+        .metrics(METRICS)
+        .reads_tags(&[])
     }
 
     fn bill(&self, usage: &Usage) -> Result<Decimal, Error> {
@@ -223,9 +219,7 @@ impl Policy for Tariff {
         let usage = step("project_vcpu_usage", "0", "2").at(start, start + pricing_sdk::HOUR_NS);
         let expected = self.cost_per_hour("project_vcpu_usage", Decimal::from(2), start);
         match expected {
-            Ok(expected) => Example::new("two vCPUs for an hour", usage, &expected.to_string())
-                .into_iter()
-                .collect(),
+            Ok(expected) => vec![Example::new("two vCPUs for an hour", usage, expected)],
             Err(_) => Vec::new(),
         }
     }
