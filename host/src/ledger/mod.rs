@@ -77,7 +77,7 @@ pub struct ChargeRecord {
     /// The policy that priced it.
     pub policy: PolicyStamp,
     /// Taken back when the service we replace turned out to have billed
-    /// the same step (see [`Ledger::rebase`]); no longer counted.
+    /// the same step (see [`EngineStore::rebase`]); no longer counted.
     pub reversed: bool,
 }
 
@@ -351,7 +351,7 @@ pub trait Outbox: Send + Sync {
         modified_at: Option<&str>,
     ) -> Result<(), LedgerError>;
 
-    /// the intent's id for [`Ledger::confirm_write`].
+    /// the intent's id for [`Outbox::confirm_write`].
     fn record_intent(
         &self,
         project: &str,

@@ -4,7 +4,7 @@
 //! Decimals are stored as text, exactly. One connection writes (the
 //! engine's batches, the sync's and the notifier's records), another reads
 //! (the APIs), so reads never wait for a commit's fsync. One file per role
-//! of the ledger: [`engine`], [`reads`], [`outbox`], [`notifications`].
+//! of the ledger: `engine.rs`, `reads.rs`, `outbox.rs`, `notifications.rs`.
 
 mod engine;
 mod notifications;
