@@ -14,7 +14,8 @@
 # built once. Every target first makes sure the toolchain of
 # rust-toolchain.toml is there, with the wasm32-wasip2 target the policies
 # build for (`rustup toolchain install` adds what is missing); `make test`
-# also finds or installs headless Chromium (scripts/chromium.sh).
+# also finds or installs the real programs the tests run: headless
+# Chromium and Prometheus (scripts/test-programs.sh).
 
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
@@ -23,15 +24,15 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: all toolchain chromium host policies run test lint bench clean
+.PHONY: all toolchain test-programs host policies run test lint bench clean
 
 all: policies host
 
 toolchain:
 	@rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 
-chromium:
-	@sh scripts/chromium.sh
+test-programs:
+	@sh scripts/test-programs.sh
 
 host: toolchain
 	$(CARGO) build --release -p os-credits
@@ -48,7 +49,7 @@ policies: toolchain
 run: all
 	target/release/os-credits serve
 
-test: toolchain chromium
+test: toolchain test-programs
 	$(CARGO) test --release --workspace
 
 lint: toolchain

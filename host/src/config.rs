@@ -36,9 +36,32 @@ pub struct ServeConfig {
     /// Bill only these projects (`;`-separated); empty bills every project.
     #[arg(long, env = "OS_CREDITS_PROJECT_WHITELIST", default_value = "")]
     pub project_whitelist: String,
-    /// Largest `/write` body in MiB, answered with 413 beyond (InfluxDB accepts 25 MB).
+    /// Largest `/write` or `/api/v1/write` body in MiB, answered with 413
+    /// beyond (InfluxDB accepts 25 MB).
     #[arg(long, env = "OS_CREDITS_MAX_BODY_MB", default_value_t = 32)]
     pub max_body_mb: usize,
+    /// Largest size a remote-write body may decompress to, in MiB (checked
+    /// before decompressing; Prometheus sends well under 1 MiB).
+    #[arg(
+        long,
+        env = "OS_CREDITS_REMOTE_WRITE_MAX_DECOMPRESSED_MB",
+        default_value_t = 64
+    )]
+    pub remote_write_max_decompressed_mb: usize,
+    /// The remote-write label naming the project (the Perun group).
+    #[arg(
+        long,
+        env = "OS_CREDITS_REMOTE_WRITE_PROJECT_LABEL",
+        default_value = "project_name"
+    )]
+    pub remote_write_project_label: String,
+    /// The remote-write label naming the site (the Perun resource id).
+    #[arg(
+        long,
+        env = "OS_CREDITS_REMOTE_WRITE_SITE_LABEL",
+        default_value = "location_id"
+    )]
+    pub remote_write_site_label: String,
     /// `full`: fsync every commit (survives a power cut); `normal`: survives a crash of the process.
     #[arg(long, env = "OS_CREDITS_DURABILITY", value_enum, default_value_t = DurabilityArg::Full)]
     pub durability: DurabilityArg,
@@ -287,6 +310,34 @@ impl ServeConfig {
     /// The body limit in bytes.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_mb.saturating_mul(1 << 20)
+    }
+
+    /// How `/api/v1/write` reads Prometheus' samples.
+    pub fn remote_write(&self) -> anyhow::Result<crate::api::RemoteWriteSettings> {
+        use crate::ingest::remote_write::Labels;
+        let label = |name: &str, value: &str| -> anyhow::Result<String> {
+            let value = value.trim();
+            anyhow::ensure!(
+                !value.is_empty() && value != "__name__",
+                "{name} must name a label (not empty, not __name__)"
+            );
+            Ok(value.to_owned())
+        };
+        Ok(crate::api::RemoteWriteSettings {
+            labels: std::sync::Arc::new(Labels {
+                project: label(
+                    "OS_CREDITS_REMOTE_WRITE_PROJECT_LABEL",
+                    &self.remote_write_project_label,
+                )?,
+                site: label(
+                    "OS_CREDITS_REMOTE_WRITE_SITE_LABEL",
+                    &self.remote_write_site_label,
+                )?,
+            }),
+            max_decompressed: self
+                .remote_write_max_decompressed_mb
+                .saturating_mul(1 << 20),
+        })
     }
 }
 

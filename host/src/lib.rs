@@ -4,14 +4,14 @@
 //! project usage exporter publishes. Data flows one way:
 //!
 //! ```text
-//! api -> ingest (decoders) -> billing (rules, exact decimals) -> ledger -> perun / notify
+//! api -> ingest (line protocol, remote write) -> billing (rules, exact decimals) -> ledger -> perun / notify
 //!                                |
 //!                              Pricer port -> policy (Wasm pricing modules)
 //! ```
 //!
 //! - [`api`]: the HTTP routes;
-//! - [`ingest`]: line protocol to [`ingest::Sample`]s (imports nothing of
-//!   the crate);
+//! - [`ingest`]: line protocol and Prometheus remote write to
+//!   [`ingest::Sample`]s (imports nothing of the crate);
 //! - [`billing`]: the rules, the exact [`billing::Book`], the billing
 //!   thread, `policy run`'s intake; prices only through [`billing::Pricer`];
 //! - [`policy`]: the wasmtime host for pricing policies (knows nothing of

@@ -87,6 +87,7 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         precision: 2,
         started: std::time::Instant::now(),
         workers: 2,
+        remote_write: Default::default(),
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -118,6 +119,41 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
     assert!(body.contains("ledger write failed"), "{body}");
     assert_eq!(used(), Decimal::from(5));
     assert_eq!(engine.stats().failed_commits, 1);
+    let failed_before_remote = engine.stats().failed_commits;
+    // Prometheus' samples get a 5xx too, never a 4xx: it retries them.
+    let remote = {
+        use os_credits::ingest::remote_write::{
+            Label, PromSample, TimeSeries, WriteRequest, encode,
+        };
+        let label = |n: &str, v: &str| Label {
+            name: n.as_bytes().to_vec().into(),
+            value: v.as_bytes().to_vec().into(),
+        };
+        encode(&WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![
+                    label("__name__", "project_vcpu_usage"),
+                    label("location_id", "8676"),
+                    label("project_name", "p"),
+                ],
+                samples: vec![PromSample {
+                    value: 19.0,
+                    timestamp: 3_500,
+                }],
+                histograms: Vec::new(),
+            }],
+        })
+    };
+    let response = common::http()
+        .post(url.replace("/write?precision=s", "/api/v1/write"))
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .body(remote)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    assert_eq!(engine.stats().failed_commits, failed_before_remote + 1);
+    assert_eq!(used(), Decimal::from(5));
     // The disk is back; the sender retries the same write. Had the book
     // kept the refused step, the retry would be stale and 3 credits lost.
     switch.failing.store(false, Ordering::SeqCst);

@@ -2,7 +2,7 @@
 //! the credits history chart and the API docs from the running service.
 //!
 //! Needs Debian's `chromium` (`make test` finds or installs it, see
-//! `scripts/chromium.sh`; `CHROMIUM` overrides the binary). Without it
+//! `scripts/test-programs.sh`; `CHROMIUM` overrides the binary). Without it
 //! these tests fail and say so: they never pass silently.
 
 mod common;

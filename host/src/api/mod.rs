@@ -1,4 +1,5 @@
-//! The HTTP API (axum): `/write` for the InfluxDB subscription, the portal's
+//! The HTTP API (axum): `/write` for the InfluxDB subscription and
+//! `/api/v1/write` for Prometheus remote write (two decoders, one engine), the portal's
 //! `/api/*` in the formats of the Python service, the operational
 //! endpoints (`/ping`, `/stats`, `/metrics`, `/logconfig`), the OpenAPI
 //! document with its page, and the credits history page. Every route is
@@ -10,6 +11,7 @@ mod credits;
 mod metrics;
 mod ops;
 mod pages;
+mod remote_write;
 mod write;
 
 use std::sync::Arc;
@@ -57,6 +59,26 @@ pub struct AppState {
     pub started: Instant,
     /// Tokio worker threads.
     pub workers: usize,
+    /// How `/api/v1/write` reads Prometheus' samples.
+    pub remote_write: RemoteWriteSettings,
+}
+
+/// How `/api/v1/write` reads Prometheus' samples.
+#[derive(Debug, Clone)]
+pub struct RemoteWriteSettings {
+    /// The labels naming the project and the site.
+    pub labels: Arc<crate::ingest::remote_write::Labels>,
+    /// The most a body may decompress to, in bytes (checked before).
+    pub max_decompressed: usize,
+}
+
+impl Default for RemoteWriteSettings {
+    fn default() -> Self {
+        RemoteWriteSettings {
+            labels: Arc::default(),
+            max_decompressed: 64 << 20,
+        }
+    }
 }
 
 /// Declares every route once: the router is built from this list, and
@@ -79,6 +101,7 @@ macro_rules! routes {
 routes! {
     max_body_bytes;
     "post" "/write" => post(write::write).layer(DefaultBodyLimit::max(max_body_bytes)),
+    "post" "/api/v1/write" => post(remote_write::remote_write).layer(DefaultBodyLimit::max(max_body_bytes)),
     "get" "/ping" => get(ops::ping),
     "get" "/stats" => get(ops::stats),
     "get" "/metrics" => get(metrics::metrics),

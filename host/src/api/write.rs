@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{AppState, error};
-use crate::billing::engine::{WriteRequest, WriteResult};
+use crate::billing::engine::{Body, WriteRequest, WriteResult};
 use crate::ingest::Precision;
 
 /// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are
@@ -38,12 +38,14 @@ pub async fn write(
         );
     };
     let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let bytes = body.len();
     let request = WriteRequest {
-        body,
-        precision,
-        received,
+        body: Body::Lines {
+            text: body,
+            precision,
+            received,
+        },
     };
-    let bytes = request.body.len();
     let result = app.engine.write(request).await;
     if let WriteResult::Done(report) = &result {
         tracing::debug!(

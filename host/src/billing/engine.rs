@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use super::book::{Book, Outcome};
 use super::intake::{FeedReport, Intake};
+use crate::ingest::remote_write::{self, Labels};
 use crate::ingest::{Precision, Sample};
 use crate::ledger::{Batch, ChargeRecord, EngineStore, Floor, LedgerError, PolicyStamp};
 use crate::policy::set::PolicySet;
@@ -35,15 +36,33 @@ use crate::policy::set::PolicySet;
 /// Writes applied in one transaction at most.
 const MAX_GROUP: usize = 512;
 
-/// A body of line protocol to apply.
+/// What a write carries, from either ingest path.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// InfluxDB line protocol as received (decoded on the billing thread).
+    Lines {
+        /// The body.
+        text: Bytes,
+        /// The unit of its timestamps.
+        precision: Precision,
+        /// When it was received (ns), for points without a timestamp.
+        received: i64,
+    },
+    /// A Prometheus remote-write request, decompressed and decoded by the
+    /// request handler (off the billing thread).
+    RemoteWrite {
+        /// The request.
+        request: Box<remote_write::WriteRequest>,
+        /// The labels naming project and site.
+        labels: Arc<Labels>,
+    },
+}
+
+/// A write to apply.
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
-    /// The body as received.
-    pub body: Bytes,
-    /// The unit of its timestamps.
-    pub precision: Precision,
-    /// When it was received (ns), for points without a timestamp.
-    pub received: i64,
+    /// Its body.
+    pub body: Body,
 }
 
 /// How a write ended.
@@ -312,13 +331,23 @@ impl Worker {
         let mut batch = Batch::default();
         let mut reports = Vec::with_capacity(group.len());
         for (request, _) in &group {
-            let items = crate::ingest::lines(&request.body, request.precision, request.received);
-            let report = self.intake.feed(
-                policies.as_ref(),
-                items,
-                |_| {},
-                |sample, outcome, book| record(&mut batch, sample, outcome, book),
-            );
+            let record = |sample: &Sample<'_>, outcome: &Outcome, book: &Book| {
+                record(&mut batch, sample, outcome, book)
+            };
+            let report = match &request.body {
+                Body::Lines {
+                    text,
+                    precision,
+                    received,
+                } => {
+                    let items = crate::ingest::lines(text, *precision, *received);
+                    self.intake.feed(policies.as_ref(), items, |_| {}, record)
+                }
+                Body::RemoteWrite { request, labels } => {
+                    let items = remote_write::samples(request, labels);
+                    self.intake.feed(policies.as_ref(), items, |_| {}, record)
+                }
+            };
             reports.push(report);
         }
         let committed = self.ledger.commit(&batch);

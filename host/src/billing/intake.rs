@@ -161,6 +161,10 @@ impl Intake {
                     report.reject(INVALID_LINE, line, error);
                     continue;
                 }
+                Item::Ignored(reason) => {
+                    report.ignore(reason);
+                    continue;
+                }
                 Item::Unusable {
                     metric,
                     location_id,

@@ -117,6 +117,7 @@ async fn run(
         precision: config.precision,
         started: Instant::now(),
         workers,
+        remote_write: config.remote_write()?,
     };
     let app = router(state, config.max_body_bytes());
     let listener = tokio::net::TcpListener::bind(address)

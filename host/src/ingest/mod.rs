@@ -4,11 +4,13 @@
 //!
 //! A sample is one reading of a cumulative usage counter: the metric
 //! (measurement name), project (`project_name` tag), site (`location_id`
-//! tag), timestamp and the exact text of the value. [`line_protocol`]
-//! parses InfluxDB line protocol; [`lines`] turns a body into numbered
-//! [`Item`]s, each converted once; every decoder yields [`Decoded`] items.
+//! tag), timestamp and the exact text of the value. Two decoders, one
+//! shape: [`lines`] (InfluxDB line protocol, parsed by [`line_protocol`])
+//! and [`remote_write::samples`] (Prometheus remote write 1.0) both yield
+//! numbered [`Item`]s ([`Decoded`]), each sample converted once.
 
 pub mod line_protocol;
+pub mod remote_write;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -77,8 +79,8 @@ pub enum Unusable {
     NoValue,
     /// The `value` field is a string or boolean, or not a decimal.
     BadValue(String),
-    /// A required tag is missing.
-    MissingTag(&'static str),
+    /// A required tag (label) is missing.
+    MissingTag(Cow<'static, str>),
     /// The timestamp overflows nanoseconds.
     BadTimestamp,
 }
@@ -136,7 +138,7 @@ impl<'a> Sample<'a> {
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
-                .ok_or(Unusable::MissingTag(key))
+                .ok_or(Unusable::MissingTag(Cow::Borrowed(key)))
         };
         let project = tag(PROJECT_TAG)?;
         let location_id = tag(LOCATION_TAG)?;
@@ -171,6 +173,8 @@ pub enum Item<'a> {
     Sample(Sample<'a>),
     /// Not decodable at all (a broken line): why.
     Invalid(String),
+    /// Nothing to bill, by design (a stale marker): the reason counted.
+    Ignored(&'static str),
     /// Decoded, but not a sample billing can use: the metric and site it
     /// names (billing tells an unknown metric from a broken sample), and why.
     Unusable {
@@ -278,11 +282,11 @@ mod tests {
             ),
             (
                 "m,location_id=1 value=1 1",
-                Unusable::MissingTag(PROJECT_TAG),
+                Unusable::MissingTag(PROJECT_TAG.into()),
             ),
             (
                 "m,project_name=p value=1 1",
-                Unusable::MissingTag(LOCATION_TAG),
+                Unusable::MissingTag(LOCATION_TAG.into()),
             ),
         ];
         for (line, expected) in cases {
@@ -321,8 +325,8 @@ mod tests {
         assert!(matches!(&items[1], (3, Item::Invalid(e)) if e.contains("line 3")));
         assert!(matches!(
             &items[2],
-            (5, Item::Unusable { metric, location_id: Some(site), why: Unusable::MissingTag(PROJECT_TAG) })
-                if metric == "go_goroutines" && site == "2"
+            (5, Item::Unusable { metric, location_id: Some(site), why: Unusable::MissingTag(tag) })
+                if metric == "go_goroutines" && site == "2" && tag == PROJECT_TAG
         ));
     }
 

@@ -1,0 +1,65 @@
+#!/bin/sh
+# The real programs the tests run (`make test`): headless Chromium for the
+# page tests and Prometheus for the remote-write test, Debian's packages
+# `chromium` and `prometheus`. Finds them, or installs the missing ones when
+# this user may (root, or sudo without a password; their services are not
+# started), or stops at once naming the one command to run.
+# CHROMIUM=/path and PROMETHEUS=/path override the search.
+set -eu
+
+# package:binary:override-variable
+wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS"
+
+present() {
+    binary=$1 override=$2
+    eval "path=\${$override:-}"
+    for candidate in "$path" "$binary"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+missing=""
+for entry in $wanted; do
+    package=${entry%%:*} rest=${entry#*:}
+    binary=${rest%%:*} override=${rest#*:}
+    present "$binary" "$override" || missing="$missing $package"
+done
+[ -z "$missing" ] && exit 0
+
+install="apt-get install -y --no-install-recommends$missing"
+if [ "$(id -u)" -eq 0 ]; then
+    as_root=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root="sudo -n"
+else
+    echo "make test needs$missing; install with:" >&2
+    echo "    sudo $install" >&2
+    exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "make test needs$missing and this is not a Debian system: install them and" >&2
+    echo "set CHROMIUM / PROMETHEUS to their binaries" >&2
+    exit 1
+fi
+echo "installing Debian's$missing for the tests ($install)"
+# Their services are not started: the tests run their own instances.
+policy=/usr/sbin/policy-rc.d
+made_policy=no
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $as_root tee "$policy" >/dev/null
+    $as_root chmod +x "$policy"
+    made_policy=yes
+fi
+status=0
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $as_root $install >/dev/null 2>&1 \
+    || { $as_root apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive $as_root $install >/dev/null; } \
+    || status=$?
+[ "$made_policy" = yes ] && $as_root rm -f "$policy"
+if [ "$status" -ne 0 ]; then
+    echo "installing$missing failed; run: sudo $install" >&2
+    exit 1
+fi
