@@ -126,6 +126,31 @@ impl<'a> Sample<'a> {
         precision: Precision,
         received: i64,
     ) -> Result<Self, Unusable> {
+        let parts = Parts::of(&point, precision, received)?;
+        Ok(parts.into_sample(point))
+    }
+
+    /// The value of tag `key`.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// What a sample takes from its point, read without moving the point (so
+/// that a point that is no sample is still whole for its error).
+struct Parts<'a> {
+    project: Cow<'a, str>,
+    location_id: Cow<'a, str>,
+    timestamp: i64,
+    value: Decimal,
+    text: &'a str,
+}
+
+impl<'a> Parts<'a> {
+    fn of(point: &Point<'a>, precision: Precision, received: i64) -> Result<Self, Unusable> {
         let field = point.field(VALUE_FIELD).ok_or(Unusable::NoValue)?;
         let text = field
             .numeric_text()
@@ -146,23 +171,26 @@ impl<'a> Sample<'a> {
             Some(ts) => precision.to_nanos(ts).ok_or(Unusable::BadTimestamp)?,
             None => received,
         };
-        Ok(Sample {
-            metric: point.measurement,
+        Ok(Parts {
             project,
             location_id,
             timestamp,
             value,
-            text: Cow::Borrowed(text),
-            tags: point.tags,
+            text,
         })
     }
 
-    /// The value of tag `key`.
-    pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
+    /// The sample, the point's name and tags moved into it.
+    fn into_sample(self, point: Point<'a>) -> Sample<'a> {
+        Sample {
+            metric: point.measurement,
+            project: self.project,
+            location_id: self.location_id,
+            timestamp: self.timestamp,
+            value: self.value,
+            text: Cow::Borrowed(self.text),
+            tags: point.tags,
+        }
     }
 }
 
@@ -225,23 +253,18 @@ impl<'a> Iterator for Items<'a> {
         let (line, parsed) = self.lines.next()?;
         let item = match parsed {
             Err(e) => Item::Invalid(e.to_string()),
-            Ok(point) => {
-                // Cheap clones: both borrow from the body unless escaped.
-                let metric = point.measurement.clone();
-                let location_id = point
-                    .tags
-                    .iter()
-                    .find(|(k, _)| k == LOCATION_TAG)
-                    .map(|(_, v)| v.clone());
-                match Sample::from_point(point, self.precision, self.received) {
-                    Ok(sample) => Item::Sample(sample),
-                    Err(why) => Item::Unusable {
-                        metric,
-                        location_id,
-                        why,
-                    },
-                }
-            }
+            Ok(point) => match Parts::of(&point, self.precision, self.received) {
+                Ok(parts) => Item::Sample(parts.into_sample(point)),
+                Err(why) => Item::Unusable {
+                    location_id: point
+                        .tags
+                        .into_iter()
+                        .find(|(k, _)| k == LOCATION_TAG)
+                        .map(|(_, v)| v),
+                    metric: point.measurement,
+                    why,
+                },
+            },
         };
         Some((line, item))
     }
