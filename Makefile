@@ -8,6 +8,7 @@
 #   make test       the test suite (what CI runs, with `make lint`)
 #   make lint       rustfmt and clippy on every target, native and Wasm
 #   make bench      the benchmarks
+#   make fuzz       every fuzz target for FUZZ_SECONDS each (default 600)
 #   make clean      remove build output
 #
 # Tests and the shipped binary share the release profile, so wasmtime is
@@ -24,7 +25,7 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: all toolchain test-programs host policies run test lint bench clean
+.PHONY: all toolchain test-programs host policies run test lint bench fuzz clean
 
 all: policies host
 
@@ -59,6 +60,10 @@ lint: toolchain
 
 bench: toolchain
 	$(CARGO) bench -p os-credits
+
+FUZZ_SECONDS ?= 600
+fuzz: toolchain
+	sh scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	$(CARGO) clean

@@ -40,6 +40,23 @@ pub struct ServeConfig {
     /// beyond (InfluxDB accepts 25 MB).
     #[arg(long, env = "OS_CREDITS_MAX_BODY_MB", default_value_t = 32)]
     pub max_body_mb: usize,
+    /// The most keys (project, site, metric) the service bills; samples of
+    /// new keys beyond are refused with an error, so memory stays bounded
+    /// whatever a sender makes up (~1 KiB per key).
+    #[arg(long, env = "OS_CREDITS_MAX_KEYS", default_value_t = 100_000)]
+    pub max_keys: usize,
+    /// Samples more than this many seconds ahead of the clock are refused
+    /// (one would leave its key waiting until then).
+    #[arg(
+        long,
+        env = "OS_CREDITS_FUTURE_TOLERANCE_SECONDS",
+        default_value_t = 900
+    )]
+    pub future_tolerance_seconds: u64,
+    /// Largest policy module in MiB; a bigger file in the policy folder is
+    /// refused unread (a Python policy is ~18 MiB).
+    #[arg(long, env = "OS_CREDITS_POLICY_MAX_MB", default_value_t = 64)]
+    pub policy_max_mb: usize,
     /// Largest size a remote-write body may decompress to, in MiB (checked
     /// before decompressing; Prometheus sends well under 1 MiB).
     #[arg(
@@ -247,6 +264,7 @@ impl ServeConfig {
         Limits {
             call_timeout: Duration::from_millis(self.policy_timeout_ms),
             memory_bytes: self.policy_memory_mb << 20,
+            module_bytes: self.policy_max_mb << 20,
         }
     }
 

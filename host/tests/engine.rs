@@ -74,7 +74,8 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         )
         .unwrap(),
     );
-    let engine = Arc::new(Engine::start(switch.clone(), registry.policies(), None).unwrap());
+    let engine =
+        Arc::new(Engine::start(switch.clone(), registry.policies(), Default::default()).unwrap());
     let state = AppState {
         engine: engine.clone(),
         ledger: store.clone(),

@@ -17,6 +17,7 @@ use rust_decimal::Decimal;
 const LIMITS: Limits = Limits {
     call_timeout: Duration::from_millis(50),
     memory_bytes: 16 << 20,
+    module_bytes: 64 << 20,
 };
 
 fn runtime() -> &'static PolicyRuntime {

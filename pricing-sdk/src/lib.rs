@@ -149,7 +149,7 @@ macro_rules! export_policy {
 }
 
 /// Glue between the generated bindings and [`Policy`]; not a public API.
-/// Built for Wasm, and natively for its own tests.
-#[cfg(any(target_arch = "wasm32", test))]
+/// Built for Wasm, and natively for its own tests and the fuzz targets.
+#[cfg(any(target_arch = "wasm32", test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod __private;

@@ -116,6 +116,12 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     );
     gauge(
         &mut registry,
+        "ledger_failing",
+        "1 while the ledger cannot commit (disk full, read-only, I/O error): writes are answered 500",
+        i64::from(engine.ledger_failing),
+    );
+    gauge(
+        &mut registry,
         "keys",
         "Keys (project, site, metric) in the book",
         engine.keys as i64,

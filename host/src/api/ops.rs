@@ -83,6 +83,11 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
         "writes": engine.writes,
         "commits": engine.commits,
         "failed_commits": engine.failed_commits,
+        "ledger": {
+            "failing": engine.ledger_failing,
+            "last_error": engine.last_ledger_error.as_ref().map(|(e, _)| e),
+            "last_error_at": engine.last_ledger_error.as_ref().map(|(_, at)| at),
+        },
         "points": {
             "received": engine.seen.lines,
             "billed": engine.seen.billed,

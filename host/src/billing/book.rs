@@ -15,6 +15,8 @@ use crate::policy::{CallError, MAX_BATCH, ModuleInfo, Step};
 
 /// The reason counted for samples of a metric the policy does not price.
 pub const UNKNOWN_METRIC: &str = "unknown metric";
+/// The reason counted for new keys refused at the book's limit.
+pub const TOO_MANY_KEYS: &str = "too many keys";
 
 /// A charged step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub enum Outcome {
     Skipped(Skip),
     /// The policy failed on this step; the state is unchanged.
     PolicyFailed(CallError),
+    /// A new key, refused: the book holds its limit of keys already.
+    TooManyKeys(usize),
 }
 
 impl Outcome {
@@ -66,6 +70,7 @@ impl Outcome {
             Outcome::UnknownMetric => Some(UNKNOWN_METRIC),
             Outcome::Skipped(skip) => Some(skip.reason()),
             Outcome::PolicyFailed(_) => Some("policy error"),
+            Outcome::TooManyKeys(_) => Some(TOO_MANY_KEYS),
         }
     }
 }
@@ -141,11 +146,25 @@ impl Account {
 ///
 /// Names are interned: a project's name is stored once for all its keys,
 /// a site's and a metric's once for the whole book.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Book {
     accounts: HashMap<Key, Account>,
     projects: HashMap<Arc<str>, Decimal>,
     names: hashbrown::HashSet<Arc<str>>,
+    /// New keys beyond this many are refused (memory stays bounded
+    /// whatever a sender makes up).
+    max_keys: usize,
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        Book {
+            accounts: HashMap::new(),
+            projects: HashMap::new(),
+            names: hashbrown::HashSet::new(),
+            max_keys: usize::MAX,
+        }
+    }
 }
 
 /// The shared copy of `name` in `names`, added if new.
@@ -164,6 +183,17 @@ impl Book {
     /// An empty book.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Refuses new keys once the book holds `max_keys` (the ones it holds
+    /// go on billing).
+    pub fn limit_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys;
+    }
+
+    /// The most keys the book takes.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
     }
 
     /// A book holding these accounts (as the ledger stored them).
@@ -288,6 +318,9 @@ impl Book {
         }
         let key = KeyRef(&s.project, &s.location_id, &s.metric);
         let Some(account) = self.accounts.get_mut(&key) else {
+            if self.accounts.len() >= self.max_keys {
+                return Next::Settled(Outcome::TooManyKeys(self.max_keys));
+            }
             let key = self.intern(&s.project, &s.location_id, &s.metric);
             self.accounts.insert(key, Account::baseline(State::of(s)));
             return Next::Settled(Outcome::Skipped(Skip::Baseline));

@@ -134,6 +134,32 @@ pub struct EngineStats {
     pub commits: u64,
     /// Commits that failed.
     pub failed_commits: u64,
+    /// Whether the last commit failed (the ledger's disk full, read-only,
+    /// failing): writes are answered 500 until one commits again.
+    pub ledger_failing: bool,
+    /// The last commit error and when it happened (RFC 3339).
+    pub last_ledger_error: Option<(String, String)>,
+}
+
+/// How the engine bills.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bill only these projects.
+    pub whitelist: Option<HashSet<String>>,
+    /// Refuse new keys beyond this many.
+    pub max_keys: usize,
+    /// Refuse samples this far ahead of the clock.
+    pub future_tolerance: Option<std::time::Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            whitelist: None,
+            max_keys: usize::MAX,
+            future_tolerance: None,
+        }
+    }
 }
 
 /// Why the engine could not start.
@@ -160,11 +186,14 @@ impl Engine {
     pub fn start(
         ledger: Arc<dyn EngineStore>,
         policies: Arc<ArcSwap<PolicySet>>,
-        whitelist: Option<HashSet<String>>,
+        options: Options,
     ) -> Result<Self, StartError> {
         let book = Book::restore(ledger.accounts()?);
         tracing::info!(keys = book.len(), "book restored from the ledger");
-        let intake = Intake::with_book(book).whitelist(whitelist);
+        let intake = Intake::with_book(book)
+            .whitelist(options.whitelist)
+            .horizon(options.future_tolerance)
+            .max_keys(options.max_keys);
         let (sender, receiver) = channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
@@ -354,6 +383,10 @@ impl Worker {
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         match committed {
             Ok(()) => {
+                if stats.ledger_failing {
+                    tracing::info!("the ledger commits again");
+                }
+                stats.ledger_failing = false;
                 stats.commits += 1;
                 stats.writes += group.len() as u64;
                 stats.seen = self.intake.seen().clone();
@@ -365,6 +398,9 @@ impl Worker {
             }
             Err(e) => {
                 stats.failed_commits += 1;
+                stats.ledger_failing = true;
+                let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                stats.last_ledger_error = Some((e.to_string(), at));
                 drop(stats);
                 tracing::error!("ledger commit failed, {} writes refused: {e}", group.len());
                 self.reload();

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::book::{Book, Outcome, UNKNOWN_METRIC};
+use super::book::{Book, Outcome, TOO_MANY_KEYS, UNKNOWN_METRIC};
 use super::pricer::Pricer;
 use crate::ingest::{Decoded, Item, Sample};
 
@@ -94,6 +94,7 @@ impl FeedReport {
 pub struct Intake {
     book: Book,
     whitelist: Option<HashSet<String>>,
+    horizon: Option<std::time::Duration>,
     seen: FeedReport,
 }
 
@@ -117,6 +118,20 @@ impl Intake {
         self
     }
 
+    /// Refuses samples more than `tolerance` ahead of the clock: one point
+    /// from the future would leave its key waiting for that time, every
+    /// real point until then stale.
+    pub fn horizon(mut self, tolerance: Option<std::time::Duration>) -> Self {
+        self.horizon = tolerance;
+        self
+    }
+
+    /// Refuses new keys once the book holds `max_keys`.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.book.limit_keys(max_keys);
+        self
+    }
+
     /// The book so far.
     pub fn book(&self) -> &Book {
         &self.book
@@ -127,8 +142,10 @@ impl Intake {
         &mut self.book
     }
 
-    /// Replaces the book (after the ledger refused a batch, from its truth).
-    pub fn reset_book(&mut self, book: Book) {
+    /// Replaces the book (after the ledger refused a batch, from its
+    /// truth), keeping its limit of keys.
+    pub fn reset_book(&mut self, mut book: Book) {
+        book.limit_keys(self.book.max_keys());
         self.book = book;
     }
 
@@ -149,6 +166,10 @@ impl Intake {
         mut record: impl FnMut(&Sample<'b>, &Outcome, &Book),
     ) -> FeedReport {
         let mut report = FeedReport::default();
+        let latest = self.horizon.map(|tolerance| {
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            now.saturating_add(i64::try_from(tolerance.as_nanos()).unwrap_or(i64::MAX))
+        });
         let mut chunk: Vec<(usize, Sample<'b>)> = Vec::with_capacity(CHUNK);
         while let Some((line, item)) = items.next() {
             report.lines += 1;
@@ -182,6 +203,17 @@ impl Intake {
                 report.ignore(UNKNOWN_METRIC);
                 continue;
             }
+            if let Some(latest) = latest
+                && sample.timestamp > latest
+            {
+                let tolerance = self.horizon.unwrap_or_default();
+                report.reject(
+                    UNUSABLE_POINT,
+                    line,
+                    format!("timestamp is more than {tolerance:?} in the future"),
+                );
+                continue;
+            }
             if let Some(whitelist) = &self.whitelist
                 && !whitelist.contains(sample.project.as_ref())
             {
@@ -213,9 +245,18 @@ impl Intake {
         let (lines, samples): (Vec<usize>, Vec<Sample<'b>>) = chunk.drain(..).unzip();
         let outcomes = self.book.apply(&samples, pricer);
         for ((line, sample), outcome) in lines.into_iter().zip(&samples).zip(&outcomes) {
-            match outcome.ignored_reason() {
-                None => report.billed += 1,
-                Some(reason) => report.ignore(reason),
+            match outcome {
+                Outcome::TooManyKeys(limit) => report.reject(
+                    TOO_MANY_KEYS,
+                    line,
+                    format!(
+                        "new project, site and metric refused: the service holds its limit of {limit} keys (OS_CREDITS_MAX_KEYS)"
+                    ),
+                ),
+                _ => match outcome.ignored_reason() {
+                    None => report.billed += 1,
+                    Some(reason) => report.ignore(reason),
+                },
             }
             if let Outcome::PolicyFailed(e) = outcome {
                 tracing::warn!(

@@ -136,6 +136,9 @@ struct PolicyOptions {
     /// Memory limit of one policy instance, in MiB.
     #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
     policy_memory_mb: usize,
+    /// Largest policy module read, in MiB.
+    #[arg(long, env = "OS_CREDITS_POLICY_MAX_MB", default_value_t = 64)]
+    policy_max_mb: usize,
 }
 
 impl PolicyOptions {
@@ -143,6 +146,7 @@ impl PolicyOptions {
         PolicyRuntime::new(Limits {
             call_timeout: Duration::from_millis(self.policy_timeout_ms),
             memory_bytes: self.policy_memory_mb << 20,
+            module_bytes: self.policy_max_mb << 20,
         })
     }
 

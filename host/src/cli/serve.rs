@@ -62,7 +62,12 @@ async fn run(
     if let Some(projects) = &whitelist {
         tracing::info!("billing only the {} whitelisted projects", projects.len());
     }
-    let engine = Arc::new(Engine::start(ledger.clone(), policies.clone(), whitelist)?);
+    let options = os_credits::billing::engine::Options {
+        whitelist,
+        max_keys: config.max_keys,
+        future_tolerance: Some(Duration::from_secs(config.future_tolerance_seconds)),
+    };
+    let engine = Arc::new(Engine::start(ledger.clone(), policies.clone(), options)?);
     let perun = match config.perun()? {
         Some((sync_config, login, password)) => {
             let client = PerunClient::new(

@@ -50,6 +50,75 @@ impl<'a> Point<'a> {
     }
 }
 
+/// Writes `text` escaping `specials` with a backslash.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str, specials: &[u8]) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_ascii() && specials.contains(&(c as u8)) {
+            f.write_str("\\")?;
+        }
+        write!(f, "{c}")?;
+    }
+    Ok(())
+}
+
+/// Whether `text` reads back as itself once escaped for `specials`: line
+/// protocol has no escape for a backslash, so one right before a special
+/// character or at the end would be read as an escape.
+fn writable(text: &str, specials: &[u8]) -> bool {
+    let bytes = text.as_bytes();
+    bytes.last() != Some(&b'\\')
+        && !bytes
+            .windows(2)
+            .any(|w| w[0] == b'\\' && specials.contains(&w[1]))
+}
+
+impl Point<'_> {
+    /// Whether [`Point`]'s `Display` writes a line that parses back to this
+    /// very point: every point without a backslash right before a special
+    /// character or at the end of a name (line protocol cannot write those).
+    pub fn writes_back(&self) -> bool {
+        writable(&self.measurement, MEASUREMENT_SPECIALS)
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| writable(k, KEY_SPECIALS) && writable(v, KEY_SPECIALS))
+            && self.fields.iter().all(|(k, _)| writable(k, KEY_SPECIALS))
+    }
+}
+
+/// The point as one line of line protocol (escaped as InfluxDB 1.x does).
+impl fmt::Display for Point<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, &self.measurement, MEASUREMENT_SPECIALS)?;
+        for (key, value) in &self.tags {
+            f.write_str(",")?;
+            write_escaped(f, key, KEY_SPECIALS)?;
+            f.write_str("=")?;
+            write_escaped(f, value, KEY_SPECIALS)?;
+        }
+        for (index, (key, value)) in self.fields.iter().enumerate() {
+            f.write_str(if index == 0 { " " } else { "," })?;
+            write_escaped(f, key, KEY_SPECIALS)?;
+            f.write_str("=")?;
+            match value {
+                FieldValue::Float(text) => f.write_str(text)?,
+                FieldValue::Integer(text) => write!(f, "{text}i")?,
+                FieldValue::UInteger(text) => write!(f, "{text}u")?,
+                FieldValue::Boolean(value) => write!(f, "{value}")?,
+                FieldValue::String(text) => {
+                    f.write_str("\"")?;
+                    write_escaped(f, text, b"\"\\")?;
+                    f.write_str("\"")?;
+                }
+            }
+        }
+        if let Some(timestamp) = self.timestamp {
+            write!(f, " {timestamp}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A field value. Numbers keep their text (without the `i`/`u` suffix).
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue<'a> {
@@ -98,6 +167,10 @@ impl fmt::Display for LineError {
 
 impl std::error::Error for LineError {}
 
+/// The longest line read, in bytes; a longer one is refused unread (a
+/// stack line is ~300 bytes; a sender gone wrong can send megabytes).
+pub const MAX_LINE: usize = 64 << 10;
+
 /// Parses a body of line protocol: yields `(line number, result)` for
 /// every line that is neither blank nor a comment.
 pub fn parse_lines(body: &[u8]) -> Lines<'_> {
@@ -132,6 +205,19 @@ impl<'a> Iterator for Lines<'a> {
             self.pos += end + 1;
             self.line += 1;
             let mut raw = &rest[..end];
+            if raw.len() > MAX_LINE {
+                return Some((
+                    self.line,
+                    Err(LineError {
+                        line: self.line,
+                        column: MAX_LINE + 1,
+                        message: format!(
+                            "line is {} bytes, longer than the {MAX_LINE} allowed",
+                            raw.len()
+                        ),
+                    }),
+                ));
+            }
             if let [head @ .., b'\r'] = raw {
                 raw = head;
             }

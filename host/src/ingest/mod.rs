@@ -81,8 +81,8 @@ pub enum Unusable {
     BadValue(String),
     /// A required tag (label) is missing.
     MissingTag(Cow<'static, str>),
-    /// The timestamp overflows nanoseconds.
-    BadTimestamp,
+    /// The timestamp is not a usable time (why).
+    BadTimestamp(&'static str),
 }
 
 impl fmt::Display for Unusable {
@@ -91,7 +91,7 @@ impl fmt::Display for Unusable {
             Unusable::NoValue => write!(f, "no field `{VALUE_FIELD}`"),
             Unusable::BadValue(why) => write!(f, "field `{VALUE_FIELD}` {why}"),
             Unusable::MissingTag(tag) => write!(f, "missing tag `{tag}`"),
-            Unusable::BadTimestamp => f.write_str("timestamp out of range"),
+            Unusable::BadTimestamp(why) => write!(f, "timestamp {why}"),
         }
     }
 }
@@ -168,9 +168,12 @@ impl<'a> Parts<'a> {
         let project = tag(PROJECT_TAG)?;
         let location_id = tag(LOCATION_TAG)?;
         let timestamp = match point.timestamp {
-            Some(ts) => precision.to_nanos(ts).ok_or(Unusable::BadTimestamp)?,
+            Some(ts) => precision
+                .to_nanos(ts)
+                .ok_or(Unusable::BadTimestamp("out of range"))?,
             None => received,
         };
+        check_time(timestamp)?;
         Ok(Parts {
             project,
             location_id,
@@ -192,6 +195,15 @@ impl<'a> Parts<'a> {
             tags: point.tags,
         }
     }
+}
+
+/// Refuses times before 1970: no usage exporter sends them, and a key
+/// whose state went there would bill a nonsense span.
+pub fn check_time(timestamp: i64) -> Result<(), Unusable> {
+    if timestamp < 0 {
+        return Err(Unusable::BadTimestamp("is before 1970"));
+    }
+    Ok(())
 }
 
 /// One decoded piece of a body, as billing receives it.
@@ -325,7 +337,7 @@ mod tests {
         let p = point("m,location_id=1,project_name=p value=1 9223372036854775807");
         assert_eq!(
             Sample::from_point(p, Precision::Hours, 0),
-            Err(Unusable::BadTimestamp)
+            Err(Unusable::BadTimestamp("out of range"))
         );
     }
 

@@ -256,8 +256,11 @@ impl<'a> Samples<'a> {
             return unusable(Unusable::MissingTag(Cow::Owned(self.labels.site.clone())));
         };
         let Some(timestamp) = sample.timestamp.checked_mul(1_000_000) else {
-            return unusable(Unusable::BadTimestamp);
+            return unusable(Unusable::BadTimestamp("out of range"));
         };
+        if let Err(why) = super::check_time(timestamp) {
+            return unusable(why);
+        }
         Item::Sample(super::Sample {
             metric,
             project: Cow::Borrowed(project),

@@ -7,7 +7,9 @@
 //! slow or absent SMTP server cannot hold up a write. A mail is recorded
 //! in the ledger once the server accepted it, with the granted credits it
 //! was about; a failed send is retried on the next pass (after a backoff),
-//! and a crossing is re-armed when granted credits rise.
+//! and a crossing is re-armed when granted credits rise. A crash between
+//! sending and recording sends the mail again, with the same Message-ID
+//! ([`message_id`]): what it is about names it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -397,6 +399,7 @@ impl Notifier {
         }
         let mut message = Message::builder()
             .from(self.from.clone())
+            .message_id(Some(message_id(due, &self.from)))
             .subject(subject)
             .header(ContentType::TEXT_PLAIN);
         for mailbox in &to {
@@ -414,6 +417,21 @@ impl Notifier {
             .map_err(|e| Failure::Smtp(e.to_string()))?;
         Ok(to.len() + cc.len())
     }
+}
+
+/// The Message-ID of the mail for `due`: derived from what the mail is
+/// about (project, threshold, granted credits), so that a mail sent again
+/// after a crash (sent, but not recorded yet) carries the same id and mail
+/// clients and archives show it once.
+pub fn message_id(due: &Due, from: &Mailbox) -> String {
+    use sha2::{Digest, Sha256};
+    let project = hex::encode(&Sha256::digest(due.project.project.as_bytes())[..12]);
+    let granted = due.project.granted.unwrap_or_default().normalize();
+    format!(
+        "<credits.{project}.{}.{granted}@{}>",
+        due.threshold,
+        from.email.domain()
+    )
 }
 
 /// The addresses that parse; each one that does not is logged and skipped.
@@ -452,6 +470,24 @@ mod tests {
 
     fn thresholds(dues: &[Due]) -> Vec<u32> {
         dues.iter().map(|d| d.threshold).collect()
+    }
+
+    #[test]
+    fn the_message_id_names_what_the_mail_is_about() {
+        let from: Mailbox = "credits@cloud.example".parse().unwrap();
+        let due = |granted: &str, threshold| Due {
+            project: project("100", Some(granted)),
+            threshold,
+        };
+        let id = message_id(&due("200", 50), &from);
+        assert!(
+            id.starts_with("<credits.") && id.ends_with(".50.200@cloud.example>"),
+            "{id}"
+        );
+        // Sent again after a crash: the same id.
+        assert_eq!(message_id(&due("200.00", 50), &from), id);
+        assert_ne!(message_id(&due("200", 100), &from), id);
+        assert_ne!(message_id(&due("400", 50), &from), id);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! one call; an instance that trapped is dropped, never reused.
 
 mod instance;
+pub mod mapping;
 pub mod registry;
 pub mod set;
 
@@ -55,6 +56,8 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Linear memory an instance may grow to, in bytes.
     pub memory_bytes: usize,
+    /// The largest module file read, in bytes.
+    pub module_bytes: usize,
 }
 
 impl Default for Limits {
@@ -62,6 +65,7 @@ impl Default for Limits {
         Limits {
             call_timeout: Duration::from_millis(100),
             memory_bytes: 64 << 20,
+            module_bytes: 64 << 20,
         }
     }
 }
@@ -242,9 +246,22 @@ impl PolicyRuntime {
         self.limits
     }
 
+    /// Reads a module file, refusing one over the size limit unread.
+    pub fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let size = std::fs::metadata(path)?.len();
+        if size > self.limits.module_bytes as u64 {
+            return Err(std::io::Error::other(format!(
+                "the module is {} MiB, more than the {} MiB allowed (OS_CREDITS_POLICY_MAX_MB)",
+                size >> 20,
+                self.limits.module_bytes >> 20
+            )));
+        }
+        std::fs::read(path)
+    }
+
     /// Loads the module at `path` with configuration `config`.
     pub fn load(&self, path: &Path, config: &str) -> Result<Module, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = self.read(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -22,8 +22,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use sha2::{Digest, Sha256};
 
 use super::{Module, PolicyRuntime};
@@ -31,8 +29,8 @@ use super::{Module, PolicyRuntime};
 /// The mapping file's name in the policy folder.
 pub const MAPPING_FILE: &str = "policies.toml";
 
-/// The site label of the default policy.
-pub const DEFAULT_SITE: &str = "default";
+pub use super::mapping::DEFAULT_SITE;
+use super::mapping::{self, ConfigSource};
 
 /// Why the policy folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,22 +71,6 @@ pub enum SetError {
         /// Why.
         message: String,
     },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Mapping {
-    default: Option<Entry>,
-    #[serde(default)]
-    sites: BTreeMap<String, Entry>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct Entry {
-    module: String,
-    config: Option<toml::Table>,
-    config_file: Option<String>,
 }
 
 /// A module and its configuration, as the mapping names them.
@@ -151,28 +133,19 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
         };
         let text =
             std::fs::read_to_string(&mapping_path).map_err(|e| mapping_error(e.to_string()))?;
-        let mapping: Mapping = toml::from_str(&text).map_err(|e| mapping_error(e.to_string()))?;
-        let default = mapping
-            .default
-            .ok_or_else(|| mapping_error("no [default] policy".into()))?;
-        let entries = std::iter::once((DEFAULT_SITE.to_owned(), default)).chain(mapping.sites);
-        return entries
-            .map(|(site, entry)| {
-                let config = match (&entry.config, &entry.config_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(mapping_error(format!(
-                            "site {site}: give either config or config_file, not both"
-                        )));
-                    }
-                    (Some(table), None) => toml::to_string(table)
-                        .map_err(|e| mapping_error(format!("site {site}: {e}")))?,
-                    (None, Some(file)) => std::fs::read_to_string(folder.join(file))
-                        .map_err(|e| mapping_error(format!("site {site}: {file}: {e}")))?,
-                    (None, None) => String::new(),
+        return mapping::parse(&text)
+            .map_err(mapping_error)?
+            .into_iter()
+            .map(|mapped| {
+                let config = match &mapped.config {
+                    ConfigSource::Defaults => String::new(),
+                    ConfigSource::Inline(text) => text.clone(),
+                    ConfigSource::File(file) => std::fs::read_to_string(folder.join(file))
+                        .map_err(|e| mapping_error(format!("site {}: {file}: {e}", mapped.site)))?,
                 };
                 Ok(Assignment {
-                    site,
-                    module: folder.join(&entry.module),
+                    site: mapped.site,
+                    module: folder.join(&mapped.module),
                     config,
                 })
             })
@@ -262,7 +235,7 @@ impl PolicySet {
                 error,
                 at: now(),
             };
-            let active = match std::fs::read(&assignment.module) {
+            let active = match runtime.read(&assignment.module) {
                 Err(e) => {
                     let kept_note = if kept.is_some() {
                         "; keeping the last good version"

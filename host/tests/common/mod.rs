@@ -76,8 +76,23 @@ impl Service {
     /// Starts the service on `data_dir` and `policy_dir` with extra
     /// environment `env`, and waits until it listens.
     pub fn start(data_dir: &Path, policy_dir: &Path, env: &[(&str, &str)]) -> Service {
+        Service::start_with(
+            Command::new(env!("CARGO_BIN_EXE_os-credits")),
+            data_dir,
+            policy_dir,
+            env,
+        )
+    }
+
+    /// Starts `command` (the binary, or something that ends up exec'ing
+    /// it) with `serve` and the test settings.
+    pub fn start_with(
+        mut command: Command,
+        data_dir: &Path,
+        policy_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Service {
         use std::io::{BufRead, BufReader};
-        let mut command = Command::new(env!("CARGO_BIN_EXE_os-credits"));
         command
             .arg("serve")
             .env("CREDITS_HOST", "127.0.0.1")

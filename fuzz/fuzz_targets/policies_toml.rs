@@ -1,0 +1,24 @@
+//! `policies.toml`: never panics; a mapping it accepts starts with the
+//! default and names only files inside the policy folder.
+#![no_main]
+
+#[path = "../../host/src/policy/mapping.rs"]
+mod mapping;
+
+use libfuzzer_sys::fuzz_target;
+use mapping::{ConfigSource, DEFAULT_SITE, inside_folder, parse};
+
+fuzz_target!(|text: &str| {
+    let Ok(mapped) = parse(text) else { return };
+    assert_eq!(mapped.first().map(|m| m.site.as_str()), Some(DEFAULT_SITE));
+    for entry in &mapped {
+        assert!(inside_folder(&entry.module), "{entry:?}");
+        if let ConfigSource::File(file) = &entry.config {
+            assert!(inside_folder(file), "{entry:?}");
+        }
+        for path in std::iter::once(&entry.module) {
+            let path = std::path::Path::new(path);
+            assert!(path.is_relative() && !path.components().any(|c| c.as_os_str() == ".."));
+        }
+    }
+});
