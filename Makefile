@@ -2,7 +2,8 @@
 #
 #   make            build everything: the host (target/release/os-credits)
 #                   and every policy (policies/dist/<name>.wasm)
-#   make policies   build the policies only
+#   make policies   build the policies only (Rust, and Python with
+#                   componentize-py in a local virtual environment)
 #   make host       build the host only
 #   make run        build everything, then run the service with its defaults
 #   make test       the test suite (what CI runs, with `make lint`)
@@ -16,16 +17,25 @@
 # rust-toolchain.toml is there, with the wasm32-wasip2 target the policies
 # build for (`rustup toolchain install` adds what is missing); `make test`
 # also finds or installs the real programs the tests run: headless
-# Chromium and Prometheus (scripts/test-programs.sh).
+# Chromium, Prometheus and PostgreSQL (scripts/test-programs.sh), and runs
+# the end-to-end tests a second time with the ledger on PostgreSQL.
 
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 POLICIES := denbi tariff
+# Policies written in Python (policies/<name>/<name with _>.py), built with
+# componentize-py from a virtual environment the Makefile makes
+# (scripts/python-tools.sh, pinned in scripts/python-requirements.txt).
+PYTHON_POLICIES := denbi-python
+# ... and the Python fixtures the tests load (never shipped).
+PYTHON_FIXTURES := tests/policies/hostile-python
+PYTHON_ENV := target/python
+PYTHON_WASM := target/python-wasm
 DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: all toolchain test-programs host policies run test lint bench fuzz clean
+.PHONY: print-rust-policies all toolchain test-programs python-tools host policies rust-policies python-policies run test lint bench fuzz clean
 
 all: policies host
 
@@ -38,7 +48,15 @@ test-programs:
 host: toolchain
 	$(CARGO) build --release -p os-credits
 
-policies: toolchain
+print-rust-policies:
+	@echo $(POLICIES)
+
+python-tools:
+	@sh scripts/python-tools.sh $(PYTHON_ENV)
+
+policies: rust-policies python-policies
+
+rust-policies: toolchain
 	$(CARGO) build --profile policy --target $(WASM_TARGET) $(POLICY_PACKAGES)
 	mkdir -p $(DIST)
 	for p in $(POLICIES); do \
@@ -47,11 +65,35 @@ policies: toolchain
 	done
 	test -e $(DIST)/policies.toml || cp policies/policies.toml $(DIST)/policies.toml
 
+# Each rebuilt only when its sources or the SDK change (it takes ~20 s),
+# into $(PYTHON_WASM); the policies are then copied to $(DIST).
+python-policies: python-tools
+	mkdir -p $(DIST) $(PYTHON_WASM)
+	for d in $(addprefix policies/,$(PYTHON_POLICIES)) $(PYTHON_FIXTURES); do \
+		p=$$(basename $$d); out=$(PYTHON_WASM)/$$p.wasm; \
+		if [ -e $$out ] && [ -z "$$(find $$d pricing-sdk/python pricing-sdk/wit -newer $$out \( -name '*.py' -o -name '*.wit' \) 2>/dev/null)" ]; then continue; fi; \
+		$(PYTHON_ENV)/bin/componentize-py -d pricing-sdk/wit -w pricing componentize \
+			$$(echo $$p | tr - _) -p $$d -p pricing-sdk/python -o $$out.tmp >/dev/null && \
+		mv $$out.tmp $$out || exit 1; \
+	done
+	for p in $(PYTHON_POLICIES); do \
+		cmp -s $(PYTHON_WASM)/$$p.wasm $(DIST)/$$p.wasm || \
+		{ cp $(PYTHON_WASM)/$$p.wasm $(DIST)/$$p.wasm.tmp && mv $(DIST)/$$p.wasm.tmp $(DIST)/$$p.wasm; }; \
+	done
+
 run: all
 	target/release/os-credits serve
 
-test: toolchain test-programs
+# The end-to-end tests that run a second time with the ledger on PostgreSQL.
+E2E_TESTS := service perun notify remote_write ops hot_reload pages
+
+test: toolchain test-programs python-policies
+	cd pricing-sdk/python && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider
+	for p in $(PYTHON_POLICIES); do \
+		(cd policies/$$p && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider) || exit 1; \
+	done
 	$(CARGO) test --release --workspace
+	OS_CREDITS_TEST_STORE=postgres $(CARGO) test --release -p os-credits $(foreach t,$(E2E_TESTS),--test $(t))
 
 lint: toolchain
 	$(CARGO) fmt --all --check
@@ -68,3 +110,4 @@ fuzz: toolchain
 clean:
 	$(CARGO) clean
 	rm -rf $(DIST)
+	find pricing-sdk/python policies -name __pycache__ -prune -exec rm -rf {} +

@@ -5,7 +5,7 @@
 #
 #   docker/build.sh [OUT]      (default OUT: /out)
 #
-# Builds the host (release) and every policy (Wasm), stages the runtime
+# Builds the host (release) and the Rust policies (Wasm), stages the runtime
 # image's files under OUT:
 #   OUT/usr/local/bin/os-credits
 #   OUT/etc/os-credits/policies/{denbi,tariff}.wasm, policies.toml
@@ -19,12 +19,18 @@ out=${1:-/out}
 cd "$(dirname "$0")/.."
 
 rustup toolchain install >/dev/null 2>&1 || true
-make policies host
+# The Rust policies (a Python policy is dropped into the policy volume
+# like any other module; the image needs no Python).
+make rust-policies host
 
 rm -rf "$out"
 mkdir -p "$out/usr/local/bin" "$out/etc/os-credits/policies" "$out/var/lib/os-credits"
 cp target/release/os-credits "$out/usr/local/bin/os-credits"
-cp policies/dist/*.wasm policies/dist/policies.toml "$out/etc/os-credits/policies/"
+# The Makefile's POLICIES (Rust), not whatever else policies/dist holds.
+for policy in $(make -s --no-print-directory print-rust-policies); do
+    cp "policies/dist/$policy.wasm" "$out/etc/os-credits/policies/"
+done
+cp policies/dist/policies.toml "$out/etc/os-credits/policies/"
 echo "staged into $out:"
 find "$out" -type f | sort
 

@@ -1,20 +1,24 @@
 #!/bin/sh
 # The real programs the tests run (`make test`): headless Chromium for the
-# page tests and Prometheus for the remote-write test, Debian's packages
-# `chromium` and `prometheus`. Finds them, or installs the missing ones when
+# page tests, Prometheus for the remote-write test and PostgreSQL for the
+# replicas and the second run of the end-to-end suite: Debian's packages
+# `chromium`, `prometheus` and `postgresql`. Finds them, or installs the missing ones when
 # this user may (root, or sudo without a password; their services are not
 # started), or stops at once naming the one command to run.
-# CHROMIUM=/path and PROMETHEUS=/path override the search.
+# CHROMIUM=/path, PROMETHEUS=/path and PG_BIN=/folder override the search.
 set -eu
 
 # package:binary:override-variable
-wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS"
+wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS postgresql:/usr/lib/postgresql/*/bin/pg_ctl:PG_BIN"
 
 present() {
-    binary=$1 override=$2
+    pattern=$1 override=$2
     eval "path=\${$override:-}"
-    for candidate in "$path" "$binary"; do
-        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+    if [ -n "$path" ] && { [ -x "$path" ] || [ -x "$path/pg_ctl" ]; }; then
+        return 0
+    fi
+    for candidate in $pattern; do
+        if [ -x "$candidate" ]; then
             return 0
         fi
     done

@@ -8,7 +8,10 @@
 //! arrives in order), and reads the server's peak RSS (VmHWM).
 //!
 //! `cargo bench -p os-credits --bench service` (or `make bench`).
-//! `BENCH_ROUNDS` sets the number of 15 s rounds (default 16).
+//! `BENCH_ROUNDS` sets the number of 15 s rounds (default 16);
+//! `BENCH_STORE=postgres` keeps the ledger on a PostgreSQL server the
+//! benchmark starts (`fsync=on`, as a site runs it), the service as a
+//! replica that leads.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -80,7 +83,24 @@ fn main() {
 
     let data = tempfile::tempdir().expect("temp dir");
     let policies = common::policy_dir(&[]);
-    let service = common::Service::start(data.path(), policies.path(), &[]);
+    let postgres = (std::env::var("BENCH_STORE").as_deref() == Ok("postgres"))
+        // As a site runs it: every commit synced to disk.
+        .then(|| common::postgres::Postgres::start_with("-c fsync=on"));
+    let url = postgres.as_ref().map(|p| p.database("bench"));
+    let mut env = Vec::new();
+    if let Some(url) = &url {
+        env.push(("OS_CREDITS_DATABASE_URL", url.as_str()));
+        env.push(("OS_CREDITS_LEADER_CHECK_SECONDS", "0.1"));
+    }
+    let service = common::Service::start(data.path(), policies.path(), &env);
+    common::await_until("the service to lead", || {
+        service.stats()["role"] == "leader"
+    });
+    let store = if url.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let url = format!("{}/write?db=portal_prometheus&precision=ns", service.url);
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -104,7 +124,7 @@ fn main() {
     let rss = peak_rss_kib(service.pid()).unwrap_or(0);
     println!("service/write: {points} points ({series} series x {rounds} rounds) in {took:.2?}");
     println!(
-        "service/write: {:.0} points/s through /write into the ledger ({} billed, {} keys, {} commits)",
+        "service/write: {:.0} points/s through /write into the {store} ledger ({} billed, {} keys, {} commits)",
         points as f64 / took.as_secs_f64(),
         stats["points"]["billed"],
         stats["keys"],

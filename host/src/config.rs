@@ -24,6 +24,18 @@ pub struct ServeConfig {
     /// Folder of the ledger (SQLite, created if missing).
     #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// The ledger in PostgreSQL (`postgres://user:password@host/database`),
+    /// for replicas; unset: SQLite in the data directory.
+    #[arg(long, env = "OS_CREDITS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// With PostgreSQL: how often, in seconds, a follower tries to take the
+    /// leader's lock and the leader checks it still holds it (failover
+    /// takes about this long).
+    #[arg(long, env = "OS_CREDITS_LEADER_CHECK_SECONDS", default_value_t = 2.0)]
+    pub leader_check_seconds: f64,
+    /// This replica's name in the inbox and the logs (default: the host name).
+    #[arg(long, env = "OS_CREDITS_REPLICA_NAME", default_value = "")]
+    pub replica_name: String,
     /// Folder of the policy modules (`make policies` fills policies/dist).
     #[arg(long, env = "OS_CREDITS_POLICY_DIR", default_value = "policies/dist")]
     pub policy_dir: PathBuf,
@@ -323,6 +335,19 @@ impl ServeConfig {
             precision: self.precision,
             timeout: Duration::from_secs(10),
         }))
+    }
+
+    /// This replica's name: given, or the host name.
+    pub fn replica_name(&self) -> String {
+        let given = self.replica_name.trim();
+        if !given.is_empty() {
+            return given.to_owned();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| format!("replica-{}", std::process::id()))
     }
 
     /// The body limit in bytes.

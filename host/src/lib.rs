@@ -32,3 +32,4 @@ pub mod ledger;
 pub mod notify;
 pub mod perun;
 pub mod policy;
+pub mod replica;

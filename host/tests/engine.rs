@@ -77,7 +77,7 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
     let engine =
         Arc::new(Engine::start(switch.clone(), registry.policies(), Default::default()).unwrap());
     let state = AppState {
-        engine: engine.clone(),
+        replica: Arc::new(os_credits::replica::Replica::single(engine.clone())),
         ledger: store.clone(),
         policies: registry.policies(),
         registry,

@@ -76,8 +76,15 @@ fn active_sha(state: &Value) -> String {
 }
 
 fn os_credits(args: &[&str]) -> Value {
+    // The ledger the command reads: the service's (its data folder, or its
+    // database when the tests run against PostgreSQL).
+    let data = args
+        .iter()
+        .position(|a| *a == "--data-dir")
+        .map(|i| std::path::PathBuf::from(args[i + 1]));
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
         .args(args)
+        .envs(data.map(|d| common::ledger_env(&d)).unwrap_or_default())
         .output()
         .unwrap();
     assert!(

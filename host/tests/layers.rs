@@ -20,6 +20,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("billing", &["ingest", "policy", "ledger", "credits"]),
     // The ledger stores billing's keys and accounts; nothing downstream.
     ("ledger", &["billing"]),
+    // Between api and billing: hands writes to the engine (leader) or the
+    // ledger's inbox (follower); never reaches past the ledger.
+    ("replica", &["billing", "ingest", "ledger"]),
     // Perun and the mails read the ledger and show totals.
     ("perun", &["ledger", "credits"]),
     ("notify", &["ledger", "credits"]),

@@ -43,6 +43,7 @@ struct ActiveView {
     config_sha256: String,
     contract: String,
     loaded_at: String,
+    activation: crate::policy::Activation,
 }
 
 #[derive(Serialize)]
@@ -66,6 +67,7 @@ fn view(app: &AppState) -> PoliciesView {
                 config_sha256: info.config_sha256.clone(),
                 contract: info.contract.clone(),
                 loaded_at: a.loaded_at.clone(),
+                activation: info.activation,
             }
         })
         .collect();

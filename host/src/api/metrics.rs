@@ -36,7 +36,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         Ok(counts) => counts,
         Err(response) => return response,
     };
-    let engine = app.engine.stats();
+    let engine = app.replica.engine().map(|e| e.stats()).unwrap_or_default();
+    let queue_size = app.replica.engine().map_or(0, |e| e.queue_size());
+    let replica = app.replica.status().await;
     let seen = &engine.seen;
     let mut registry = Registry::with_prefix("os_credits");
     counter(
@@ -100,7 +102,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         &mut registry,
         "queue_depth",
         "Writes waiting for the billing thread",
-        app.engine.queue_size() as i64,
+        queue_size as i64,
     );
     counter(
         &mut registry,
@@ -113,6 +115,24 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "failed_commits",
         "Ledger transactions that failed",
         engine.failed_commits,
+    );
+    gauge(
+        &mut registry,
+        "leader",
+        "1 while this replica bills (holds the leader's lock; always with SQLite)",
+        i64::from(replica.role == "leader"),
+    );
+    gauge(
+        &mut registry,
+        "inbox_depth",
+        "Writes stored by replicas, waiting for the leader to bill them",
+        replica.inbox_depth.unwrap_or(0) as i64,
+    );
+    gauge(
+        &mut registry,
+        "lock_check_age_seconds",
+        "Seconds since the leader's lock was last checked (replicated ledgers)",
+        replica.lock_checked_seconds_ago.unwrap_or(0.0) as i64,
     );
     gauge(
         &mut registry,

@@ -26,10 +26,10 @@ use axum::routing::{get, post};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 
-use crate::billing::engine::Engine;
 use crate::ledger::Reads;
 use crate::policy::registry::Registry;
 use crate::policy::set::PolicySet;
+use crate::replica::Replica;
 
 /// Replaces the tracing filter with new `EnvFilter` directives, or says why not.
 pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -37,8 +37,8 @@ pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// The billing engine.
-    pub engine: Arc<Engine>,
+    /// This replica: its billing engine while it leads.
+    pub replica: Arc<Replica>,
     /// The ledger, for reads.
     pub ledger: Arc<dyn Reads>,
     /// The policies in force.

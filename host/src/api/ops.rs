@@ -57,7 +57,9 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
         Ok(counts) => counts,
         Err(response) => return response,
     };
-    let engine = app.engine.stats();
+    let engine = app.replica.engine().map(|e| e.stats()).unwrap_or_default();
+    let queue_size = app.replica.engine().map_or(0, |e| e.queue_size());
+    let replica = app.replica.status().await;
     let uptime = app.started.elapsed().as_secs();
     let policies = app.policies.load();
     let active: Vec<_> = policies
@@ -74,7 +76,10 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
         "uptime": human(uptime),
         "uptime_seconds": uptime,
         "workers": app.workers,
-        "queue_size": app.engine.queue_size(),
+        "queue_size": queue_size,
+        "role": replica.role,
+        "inbox_depth": replica.inbox_depth,
+        "lock_checked_seconds_ago": replica.lock_checked_seconds_ago,
         "projects": counts.projects,
         "keys": counts.keys,
         "charges": counts.charges,
@@ -101,7 +106,7 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
     });
     if query.verbose {
         stats["queue"] = serde_json::json!({
-            "depth": app.engine.queue_size(),
+            "depth": queue_size,
             "writes_committed": engine.writes,
             "transactions": engine.commits,
             "writes_per_transaction": if engine.commits == 0 { 0.0 } else { engine.writes as f64 / engine.commits as f64 },

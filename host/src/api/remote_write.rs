@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::{AppState, blocking, error};
-use crate::billing::engine::{Body, WriteRequest, WriteResult};
+use crate::billing::engine::WriteResult;
 use crate::ingest::remote_write;
+use crate::replica::Inbound;
 
 /// The header Prometheus sends with the protocol version.
 const VERSION_HEADER: &str = "x-prometheus-remote-write-version";
@@ -80,6 +81,7 @@ pub async fn remote_write(
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
     }
     let limit = app.remote_write.max_decompressed;
+    let raw = body.clone();
     let decoded = match blocking(move || remote_write::decode(&body, limit)).await {
         Ok(decoded) => decoded,
         Err(response) => return response,
@@ -92,13 +94,13 @@ pub async fn remote_write(
         }
     };
     let series = request.timeseries.len();
-    let write = WriteRequest {
-        body: Body::RemoteWrite {
-            request: Box::new(request),
-            labels: app.remote_write.labels.clone(),
-        },
+    let inbound = Inbound::RemoteWrite {
+        raw,
+        request: Box::new(request),
+        labels: app.remote_write.labels.clone(),
+        received: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
     };
-    match app.engine.write(write).await {
+    match app.replica.accept(inbound).await {
         WriteResult::Done(report) => {
             if report.rejected_count > 0 {
                 let first = report

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{AppState, error};
-use crate::billing::engine::{Body, WriteRequest, WriteResult};
+use crate::billing::engine::WriteResult;
 use crate::ingest::Precision;
+use crate::replica::Inbound;
 
 /// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are
 /// accepted and not used.
@@ -39,14 +40,12 @@ pub async fn write(
     };
     let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     let bytes = body.len();
-    let request = WriteRequest {
-        body: Body::Lines {
-            text: body,
-            precision,
-            received,
-        },
+    let inbound = Inbound::Lines {
+        text: body,
+        precision,
+        received,
     };
-    let result = app.engine.write(request).await;
+    let result = app.replica.accept(inbound).await;
     if let WriteResult::Done(report) = &result {
         tracing::debug!(
             bytes,

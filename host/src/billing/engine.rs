@@ -63,6 +63,19 @@ pub enum Body {
 pub struct WriteRequest {
     /// Its body.
     pub body: Body,
+    /// The inbox entry it comes from (a replica stored it), removed in the
+    /// transaction that bills it.
+    pub inbox_id: Option<i64>,
+}
+
+impl WriteRequest {
+    /// A write received here, for the engine.
+    pub fn new(body: Body) -> Self {
+        WriteRequest {
+            body,
+            inbox_id: None,
+        }
+    }
 }
 
 /// How a write ended.
@@ -218,15 +231,29 @@ impl Engine {
 
     /// Queues a write and waits until it is committed (or failed).
     pub async fn write(&self, request: WriteRequest) -> WriteResult {
+        self.submit(request).await
+    }
+
+    /// Queues a write now (writes submitted one after the other are applied
+    /// in that order); the answer comes when it is committed (or failed).
+    pub fn submit(
+        &self,
+        request: WriteRequest,
+    ) -> impl std::future::Future<Output = WriteResult> + use<> {
         let (reply, answer) = oneshot::channel();
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if !send(&self.jobs, Job::Write { request, reply }) {
+        let sent = send(&self.jobs, Job::Write { request, reply });
+        if !sent {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            return WriteResult::Failed("the service is shutting down".into());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| WriteResult::Failed("the billing engine stopped".into()))
+        async move {
+            if !sent {
+                return WriteResult::Failed("the service is shutting down".into());
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| WriteResult::Failed("the billing engine stopped".into()))
+        }
     }
 
     /// A handle that queues floors adopted from Perun.
@@ -360,6 +387,7 @@ impl Worker {
         let mut batch = Batch::default();
         let mut reports = Vec::with_capacity(group.len());
         for (request, _) in &group {
+            batch.inbox.extend(request.inbox_id);
             let record = |sample: &Sample<'_>, outcome: &Outcome, book: &Book| {
                 record(&mut batch, sample, outcome, book)
             };

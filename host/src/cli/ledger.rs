@@ -1,14 +1,14 @@
-//! `os-credits ledger charges|adjustments`: the audit trail.
+//! `os-credits ledger charges|adjustments|copy`: the audit trail, and the
+//! move of a SQLite ledger to PostgreSQL.
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use chrono::DateTime;
-use os_credits::ledger::Reads;
-use os_credits::ledger::sqlite::SqliteLedger;
 
-use super::Format;
 use super::policy::table;
+use super::{Format, LedgerLocation};
 
 fn date(ns: i64) -> String {
     DateTime::from_timestamp_nanos(ns)
@@ -17,13 +17,17 @@ fn date(ns: i64) -> String {
 }
 
 /// Prints a project's charges with the policy that priced each.
-pub fn charges(project: &str, data_dir: &Path, format: Format) -> anyhow::Result<ExitCode> {
-    let ledger = SqliteLedger::open_read_only(data_dir)?;
+pub fn charges(
+    project: &str,
+    location: &LedgerLocation,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let ledger = location.open()?;
     let charges = ledger.charges(project)?;
     if charges.is_empty() {
         anyhow::bail!(
             "no charges for project {project:?} in {}",
-            data_dir.display()
+            location.describe()
         );
     }
     match format {
@@ -86,10 +90,10 @@ pub fn charges(project: &str, data_dir: &Path, format: Format) -> anyhow::Result
 /// Prints the adjustments (adopted values, hand edits), oldest first.
 pub fn adjustments(
     project: Option<&str>,
-    data_dir: &Path,
+    location: &LedgerLocation,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let ledger = SqliteLedger::open_read_only(data_dir)?;
+    let ledger = location.open()?;
     let adjustments: Vec<_> = ledger
         .adjustments()?
         .into_iter()
@@ -137,5 +141,16 @@ pub fn adjustments(
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ledger copy`: the SQLite ledger of `data_dir` into an empty PostgreSQL one.
+pub fn copy(data_dir: &Path, to: &str) -> anyhow::Result<ExitCode> {
+    let copied = os_credits::ledger::copy::sqlite_to_postgres(data_dir, to)
+        .with_context(|| format!("cannot copy the ledger of {}", data_dir.display()))?;
+    for (table, rows) in &copied {
+        println!("{table}: {rows} rows");
+    }
+    println!("copied; start the replicas with OS_CREDITS_DATABASE_URL set to the target");
     Ok(ExitCode::SUCCESS)
 }

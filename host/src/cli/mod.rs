@@ -51,9 +51,8 @@ enum LedgerCommand {
         /// The project (Perun group name).
         #[arg(long)]
         project: String,
-        /// The service's data directory.
-        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        ledger: LedgerLocation,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -64,13 +63,59 @@ enum LedgerCommand {
         /// Only this project.
         #[arg(long)]
         project: Option<String>,
-        /// The service's data directory.
-        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        ledger: LedgerLocation,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Copies a SQLite ledger into an empty PostgreSQL one (moving to
+    /// replicas); refuses a target that holds anything.
+    Copy {
+        /// The service's data directory (the SQLite ledger to copy).
+        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// The PostgreSQL ledger to fill (`postgres://…`).
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// Where the ledger is: the SQLite file in the data directory, or PostgreSQL.
+#[derive(Debug, Args)]
+pub struct LedgerLocation {
+    /// The service's data directory (the SQLite ledger).
+    #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// The PostgreSQL ledger instead (`postgres://…`).
+    #[arg(long, env = "OS_CREDITS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl LedgerLocation {
+    /// The ledger, for reading (SQLite read-only; works while the service runs).
+    fn open(&self) -> anyhow::Result<Box<dyn os_credits::ledger::Reads>> {
+        match self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(url) => Ok(Box::new(
+                os_credits::ledger::postgres::PostgresLedger::open(url)?,
+            )),
+            None => Ok(Box::new(
+                os_credits::ledger::sqlite::SqliteLedger::open_read_only(&self.data_dir)?,
+            )),
+        }
+    }
+
+    /// Where it is, for messages.
+    fn describe(&self) -> String {
+        match &self.database_url {
+            Some(_) => "the PostgreSQL ledger".into(),
+            None => self.data_dir.display().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,9 +160,8 @@ enum PolicyCommand {
         to: String,
         #[command(flatten)]
         options: PolicyOptions,
-        /// The service's data directory.
-        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        ledger: LedgerLocation,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -139,15 +183,26 @@ struct PolicyOptions {
     /// Largest policy module read, in MiB.
     #[arg(long, env = "OS_CREDITS_POLICY_MAX_MB", default_value_t = 64)]
     policy_max_mb: usize,
+    /// Keep compiled modules in this folder, so that the next run of the
+    /// same module does not compile it again (e.g. a service's
+    /// `<data dir>/policy-cache`).
+    #[arg(long, env = "OS_CREDITS_POLICY_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 impl PolicyOptions {
     fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
-        PolicyRuntime::new(Limits {
+        let mut runtime = PolicyRuntime::new(Limits {
             call_timeout: Duration::from_millis(self.policy_timeout_ms),
             memory_bytes: self.policy_memory_mb << 20,
             module_bytes: self.policy_max_mb << 20,
-        })
+        })?;
+        if let Some(dir) = &self.cache_dir {
+            runtime.use_cache(dir).map_err(|e| {
+                anyhow::anyhow!("cannot use the compile cache {}: {e}", dir.display())
+            })?;
+        }
+        Ok(runtime)
     }
 
     fn config_text(&self) -> anyhow::Result<String> {
@@ -224,19 +279,20 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             from,
             to,
             options,
-            data_dir,
+            ledger,
             format,
-        }) => policy::rerate(&module, &from, &to, &options, &data_dir, format),
+        }) => policy::rerate(&module, &from, &to, &options, &ledger, format),
         Command::Ledger(LedgerCommand::Charges {
             project,
-            data_dir,
+            ledger,
             format,
-        }) => ledger::charges(&project, &data_dir, format),
+        }) => ledger::charges(&project, &ledger, format),
         Command::Ledger(LedgerCommand::Adjustments {
             project,
-            data_dir,
+            ledger,
             format,
-        }) => ledger::adjustments(project.as_deref(), &data_dir, format),
+        }) => ledger::adjustments(project.as_deref(), &ledger, format),
+        Command::Ledger(LedgerCommand::Copy { data_dir, to }) => ledger::copy(&data_dir, &to),
         Command::Ping { port, timeout } => ping(port, timeout),
     }
 }

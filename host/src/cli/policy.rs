@@ -260,13 +260,12 @@ pub fn rerate(
     from: &str,
     to: &str,
     options: &PolicyOptions,
-    data_dir: &Path,
+    location: &super::LedgerLocation,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let (start, end) = (parse_instant(from)?, parse_instant(to)?);
     anyhow::ensure!(end > start, "--to must be after --from");
-    let ledger = os_credits::ledger::sqlite::SqliteLedger::open_read_only(data_dir)?;
-    let charges = os_credits::ledger::Reads::charges_between(&ledger, start, end)?;
+    let charges = location.open()?.charges_between(start, end)?;
     let policy = load(module, options)?;
     let result = os_credits::billing::rerate::rerate(&charges, &policy);
     for failure in result.failures.iter().take(SHOWN_WARNINGS) {

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use os_credits::api::{AppState, LogFilter, router};
-use os_credits::billing::engine::{Engine, Rebaser};
+use os_credits::billing::engine::Engine;
 use os_credits::config::ServeConfig;
+use os_credits::ledger::postgres::PostgresLedger;
 use os_credits::ledger::sqlite::SqliteLedger;
 use os_credits::ledger::{Floor, Ledger};
 use os_credits::notify::Notifier;
@@ -15,6 +16,7 @@ use os_credits::perun::client::PerunClient;
 use os_credits::perun::sync::{Publisher, Rebase};
 use os_credits::policy::PolicyRuntime;
 use os_credits::policy::registry::Registry;
+use os_credits::replica::Replica;
 
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -38,13 +40,22 @@ async fn run(
     log_filter: LogFilter,
 ) -> anyhow::Result<ExitCode> {
     let address = config.address()?;
-    let policy_runtime = PolicyRuntime::new(config.limits())?;
+    let mut policy_runtime = PolicyRuntime::new(config.limits())?;
+    // Compiled policies, so that a restart activates without compiling.
+    let cache_dir = config.data_dir.join("policy-cache");
+    if let Err(e) = policy_runtime.use_cache(&cache_dir) {
+        tracing::warn!(
+            dir = %cache_dir.display(),
+            "no compile cache (every start compiles the policies): {e}"
+        );
+    }
     let registry = Arc::new(Registry::open(policy_runtime, &config.policy_dir)?);
     for active in registry.policies().load().active() {
         let info = active.policy.info();
         tracing::info!(
             site = %active.site, file = %active.file, policy = %info.name,
-            version = %info.version, sha256 = %info.sha256, "policy active"
+            version = %info.version, sha256 = %info.sha256, cached = info.activation.cached,
+            compile_ms = info.activation.compile_ms, ms = info.activation.total_ms, "policy active"
         );
     }
     registry.watch().with_context(|| {
@@ -54,10 +65,30 @@ async fn run(
         )
     })?;
     let policies = registry.policies();
-    let ledger: Arc<dyn Ledger> = Arc::new(
-        SqliteLedger::open(&config.data_dir, config.durability())
-            .with_context(|| format!("cannot open the ledger in {}", config.data_dir.display()))?,
-    );
+    // The store: SQLite in the data folder, or PostgreSQL (replicas).
+    let postgres = match config.database_url.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            // The synchronous client: never on an async thread.
+            let url = url.to_owned();
+            let store = tokio::task::spawn_blocking(move || PostgresLedger::open(&url))
+                .await?
+                .context("cannot open the PostgreSQL ledger")?;
+            Some(Arc::new(store))
+        }
+        Some(other) => anyhow::bail!(
+            "OS_CREDITS_DATABASE_URL {:?} is not a postgres:// URL (leave it unset for SQLite in the data folder)",
+            other.split('@').next_back().unwrap_or_default()
+        ),
+    };
+    let ledger: Arc<dyn Ledger> = match &postgres {
+        Some(store) => store.clone(),
+        None => Arc::new(
+            SqliteLedger::open(&config.data_dir, config.durability()).with_context(|| {
+                format!("cannot open the ledger in {}", config.data_dir.display())
+            })?,
+        ),
+    };
     let whitelist = config.whitelist();
     if let Some(projects) = &whitelist {
         tracing::info!("billing only the {} whitelisted projects", projects.len());
@@ -67,7 +98,23 @@ async fn run(
         max_keys: config.max_keys,
         future_tolerance: Some(Duration::from_secs(config.future_tolerance_seconds)),
     };
-    let engine = Arc::new(Engine::start(ledger.clone(), policies.clone(), options)?);
+    let remote_write = config.remote_write()?;
+    let replica = match &postgres {
+        None => Arc::new(Replica::single(Arc::new(Engine::start(
+            ledger.clone(),
+            policies.clone(),
+            options.clone(),
+        )?))),
+        Some(store) => {
+            let name = config.replica_name();
+            tracing::info!(replica = %name, "replica on PostgreSQL: following until the leader's lock is free");
+            Arc::new(Replica::replicated(
+                &name,
+                store.clone(),
+                remote_write.labels.clone(),
+            ))
+        }
+    };
     let perun = match config.perun()? {
         Some((sync_config, login, password)) => {
             let client = PerunClient::new(
@@ -79,17 +126,15 @@ async fn run(
             let sync = Arc::new(Publisher::new(
                 client,
                 ledger.clone(),
-                Arc::new(EngineFloors(engine.rebaser())),
+                Arc::new(EngineFloors(replica.clone())),
                 sync_config,
             ));
-            tokio::spawn(Arc::clone(&sync).run());
-            tracing::info!(url = %config.perun_url, "publishing credits to Perun");
+            tracing::info!(url = %config.perun_url, "publishing credits to Perun (while leading)");
             Some(sync)
         }
         None => {
             tracing::warn!(
-                "Perun sync is off (set OS_CREDITS_PERUN_LOGIN, OS_CREDITS_PERUN_PASSWORD and OS_CREDITS_PERUN_VO_ID): credits are billed into the local ledger ({}) only",
-                config.data_dir.display()
+                "Perun sync is off (set OS_CREDITS_PERUN_LOGIN, OS_CREDITS_PERUN_PASSWORD and OS_CREDITS_PERUN_VO_ID): credits are billed into the ledger only"
             );
             None
         }
@@ -101,8 +146,7 @@ async fn run(
                 Notifier::new(ledger.clone(), mail)
                     .with_context(|| format!("cannot set up SMTP to {server}"))?,
             );
-            tokio::spawn(Arc::clone(&notifier).run());
-            tracing::info!(%server, "threshold mails on");
+            tracing::info!(%server, "threshold mails on (while leading)");
             Some(notifier)
         }
         None => {
@@ -110,8 +154,39 @@ async fn run(
             None
         }
     };
+    // The leader's tasks: the Perun sync and the mails.
+    let leader_tasks = {
+        let (perun, notifier) = (perun.clone(), notifier.clone());
+        move |handle: &tokio::runtime::Handle| {
+            if let Some(sync) = perun {
+                handle.spawn(sync.run());
+            }
+            if let Some(notifier) = notifier {
+                handle.spawn(notifier.run());
+            }
+        }
+    };
+    match &postgres {
+        None => leader_tasks(&tokio::runtime::Handle::current()),
+        Some(store) => {
+            let (store, policies, handle) = (
+                store.clone(),
+                policies.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            let lead = move || -> anyhow::Result<Arc<Engine>> {
+                let engine = Arc::new(Engine::start(store, policies, options)?);
+                leader_tasks(&handle);
+                Ok(engine)
+            };
+            tokio::spawn(replica.clone().campaign(
+                Duration::from_secs_f64(config.leader_check_seconds.max(0.1)),
+                lead,
+            ));
+        }
+    }
     let state = AppState {
-        engine: engine.clone(),
+        replica: replica.clone(),
         ledger,
         policies,
         registry,
@@ -122,7 +197,7 @@ async fn run(
         precision: config.precision,
         started: Instant::now(),
         workers,
-        remote_write: config.remote_write()?,
+        remote_write,
     };
     let app = router(state, config.max_body_bytes());
     let listener = tokio::net::TcpListener::bind(address)
@@ -133,9 +208,14 @@ async fn run(
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("draining the billing queue");
+    let engine = replica.engine();
     let drained = tokio::time::timeout(
         SHUTDOWN_LIMIT,
-        tokio::task::spawn_blocking(move || engine.shutdown()),
+        tokio::task::spawn_blocking(move || {
+            if let Some(engine) = engine {
+                engine.shutdown();
+            }
+        }),
     )
     .await;
     match drained {
@@ -151,8 +231,8 @@ async fn run(
 }
 
 /// The Perun sync's port for adopted floors, wired to the billing engine
-/// (perun knows nothing of billing).
-struct EngineFloors(Rebaser);
+/// of this replica (perun knows nothing of billing).
+struct EngineFloors(Arc<Replica>);
 
 impl Rebase for EngineFloors {
     fn rebase<'a>(
@@ -161,7 +241,12 @@ impl Rebase for EngineFloors {
         floors: Vec<Floor>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + 'a>>
     {
-        Box::pin(self.0.rebase(project, floors))
+        Box::pin(async move {
+            match self.0.engine() {
+                Some(engine) => engine.rebaser().rebase(project, floors).await,
+                None => Err("not the leader".into()),
+            }
+        })
     }
 }
 

@@ -58,6 +58,18 @@ impl Precision {
         })
     }
 
+    /// The name [`Precision::parse`] reads back.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Nanoseconds => "n",
+            Precision::Microseconds => "u",
+            Precision::Milliseconds => "ms",
+            Precision::Seconds => "s",
+            Precision::Minutes => "m",
+            Precision::Hours => "h",
+        }
+    }
+
     /// A timestamp in this unit as nanoseconds, `None` on overflow.
     pub fn to_nanos(self, timestamp: i64) -> Option<i64> {
         let factor: i64 = match self {

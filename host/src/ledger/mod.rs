@@ -10,6 +10,8 @@
 //! ([`Notifications`]). The four are the seam a second store (PostgreSQL,
 //! for replicas) implements; [`sqlite::SqliteLedger`] is the one there is.
 
+pub mod copy;
+pub mod postgres;
 pub mod sqlite;
 
 use rust_decimal::Decimal;
@@ -22,6 +24,9 @@ pub enum LedgerError {
     /// The database said no.
     #[error("ledger database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL said no (or its connection is gone).
+    #[error("ledger database error (PostgreSQL): {0}")]
+    Postgres(#[from] ::postgres::Error),
     /// The database holds something this binary cannot read.
     #[error("ledger data is corrupt: {0}")]
     Corrupt(String),
@@ -100,12 +105,15 @@ pub struct Batch {
     pub states: Vec<(Key, Account)>,
     /// Charges to append, in billing order.
     pub charges: Vec<ChargeRecord>,
+    /// Inbox entries (writes stored by replicas) billed in this batch,
+    /// removed in the same transaction: billed exactly once.
+    pub inbox: Vec<i64>,
 }
 
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.charges.is_empty()
+        self.states.is_empty() && self.charges.is_empty() && self.inbox.is_empty()
     }
 }
 

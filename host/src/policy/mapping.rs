@@ -28,7 +28,25 @@ struct Entry {
     module: String,
     config: Option<toml::Table>,
     config_file: Option<String>,
+    memory_mb: Option<u64>,
+    timeout_ms: Option<u64>,
 }
+
+/// Limits a site's entry sets for its policy instead of the service's
+/// (`OS_CREDITS_POLICY_MEMORY_MB`, `OS_CREDITS_POLICY_TIMEOUT_MS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LimitOverrides {
+    /// Linear memory an instance may grow to, in MiB.
+    pub memory_mb: Option<u64>,
+    /// Wall-clock time one call may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The largest memory cap a mapping may set, in MiB (4 GiB: all a 32-bit
+/// Wasm memory can address).
+pub const MAX_MEMORY_MB: u64 = 4096;
+/// The longest call deadline a mapping may set, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// Where a site's configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +68,8 @@ pub struct Mapped {
     pub module: String,
     /// Its configuration.
     pub config: ConfigSource,
+    /// Its limits, where they differ from the service's.
+    pub limits: LimitOverrides,
 }
 
 /// Whether `path` names something inside the folder: relative, only
@@ -96,10 +116,27 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
                 (None, Some(file)) => ConfigSource::File(file),
                 (None, None) => ConfigSource::Defaults,
             };
+            match (entry.memory_mb, entry.timeout_ms) {
+                (Some(mb), _) if mb == 0 || mb > MAX_MEMORY_MB => {
+                    return Err(format!(
+                        "site {site}: memory_mb = {mb} is not between 1 and {MAX_MEMORY_MB}"
+                    ));
+                }
+                (_, Some(ms)) if ms == 0 || ms > MAX_TIMEOUT_MS => {
+                    return Err(format!(
+                        "site {site}: timeout_ms = {ms} is not between 1 and {MAX_TIMEOUT_MS}"
+                    ));
+                }
+                _ => {}
+            }
             Ok(Mapped {
                 site,
                 module: entry.module,
                 config,
+                limits: LimitOverrides {
+                    memory_mb: entry.memory_mb,
+                    timeout_ms: entry.timeout_ms,
+                },
             })
         })
         .collect()
@@ -108,6 +145,29 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_per_site_are_read_and_bounded() {
+        let mapped =
+            parse("[default]\nmodule = \"p.wasm\"\nmemory_mb = 256\ntimeout_ms = 1000\n").unwrap();
+        assert_eq!(
+            mapped[0].limits,
+            LimitOverrides {
+                memory_mb: Some(256),
+                timeout_ms: Some(1000)
+            }
+        );
+        for bad in [
+            "memory_mb = 0",
+            "memory_mb = 5000",
+            "timeout_ms = 0",
+            "timeout_ms = 600000",
+        ] {
+            let error = parse(&format!("[default]\nmodule = \"p.wasm\"\n{bad}\n")).unwrap_err();
+            assert!(error.contains("not between"), "{bad}: {error}");
+        }
+        assert!(parse("[default]\nmodule = \"p.wasm\"\nmemory_mb = \"lots\"\n").is_err());
+    }
 
     #[test]
     fn paths_outside_the_folder_are_refused() {
@@ -139,6 +199,7 @@ mod tests {
             ConfigSource::Inline("cpu_price = \"2\"\n".into())
         );
         assert!(parse("[sites.\"1\"]\nmodule = \"a.wasm\"\n").is_err());
+        assert_eq!(mapped[0].limits, LimitOverrides::default());
         assert!(parse("[default]\nmodule = \"a.wasm\"\nextra = 1\n").is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! a timeout or a result that is not a decimal is a [`CallError`] for that
 //! one call; an instance that trapped is dropped, never reused.
 
+pub mod cache;
 mod instance;
 pub mod mapping;
 pub mod registry;
@@ -20,7 +21,7 @@ pub mod set;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -70,6 +71,21 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// These limits with a mapping entry's own memory cap and deadline.
+    pub fn with(self, overrides: mapping::LimitOverrides) -> Limits {
+        Limits {
+            call_timeout: overrides
+                .timeout_ms
+                .map_or(self.call_timeout, Duration::from_millis),
+            memory_bytes: overrides
+                .memory_mb
+                .map_or(self.memory_bytes, |mb| (mb as usize) << 20),
+            module_bytes: self.module_bytes,
+        }
+    }
+}
+
 /// A metric a policy prices, from its `describe`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Metric {
@@ -104,6 +120,20 @@ pub struct ModuleInfo {
     pub sha256: String,
     /// Hex SHA-256 of the configuration text.
     pub config_sha256: String,
+    /// How it became ready.
+    pub activation: Activation,
+}
+
+/// How a module became ready: compiled or loaded from the compile cache,
+/// and how long that and the whole activation (instances, self-test) took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Activation {
+    /// Its compiled code came from the cache.
+    pub cached: bool,
+    /// Milliseconds spent compiling (or loading the compiled code).
+    pub compile_ms: u64,
+    /// Milliseconds from the module's bytes to a tested policy.
+    pub total_ms: u64,
 }
 
 impl ModuleInfo {
@@ -213,6 +243,7 @@ pub struct PolicyRuntime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     limits: Limits,
+    cache: Option<cache::CompileCache>,
 }
 
 impl PolicyRuntime {
@@ -238,7 +269,37 @@ impl PolicyRuntime {
             engine,
             linker: Arc::new(linker),
             limits,
+            cache: None,
         })
+    }
+
+    /// Keeps compiled modules in `dir` (see [`cache`]); without it every
+    /// load compiles.
+    pub fn use_cache(&mut self, dir: &Path) -> std::io::Result<()> {
+        self.cache = Some(cache::CompileCache::new(dir, &self.engine)?);
+        Ok(())
+    }
+
+    /// The compile cache, if any.
+    pub fn cache(&self) -> Option<&cache::CompileCache> {
+        self.cache.as_ref()
+    }
+
+    /// The module's code: from the cache when it holds it, else compiled
+    /// (and cached).
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
+        if let Some(component) = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, sha256))
+        {
+            return Ok((component, true));
+        }
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        if let Some(cache) = &self.cache {
+            cache.store(sha256, &component);
+        }
+        Ok((component, false))
     }
 
     /// The limits every call runs under.
@@ -271,7 +332,21 @@ impl PolicyRuntime {
     /// Loads a module from its bytes: compile, check the contract, configure,
     /// describe, run the self-test examples.
     pub fn load_bytes(&self, bytes: &[u8], config: &str) -> Result<Module, LoadError> {
-        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        self.load_bytes_with(bytes, config, self.limits)
+    }
+
+    /// [`PolicyRuntime::load_bytes`] with limits of its own (a mapping
+    /// entry's `memory_mb`, `timeout_ms`).
+    pub fn load_bytes_with(
+        &self,
+        bytes: &[u8],
+        config: &str,
+        limits: Limits,
+    ) -> Result<Module, LoadError> {
+        let started = Instant::now();
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let (component, cached) = self.compile(bytes, &sha256)?;
+        let compile_ms = started.elapsed().as_millis() as u64;
         let contract = contract_version(&self.engine, &component)?;
         let interface = format!("{POLICY_INTERFACE}@{contract}");
         let pool = Pool::new(
@@ -280,13 +355,13 @@ impl PolicyRuntime {
             &component,
             &interface,
             config,
-            self.limits,
+            limits,
         )?;
         let info = pool.describe().map_err(|source| LoadError::Call {
             call: "describe",
             source,
         })?;
-        let policy = Module {
+        let mut policy = Module {
             info: Arc::new(ModuleInfo {
                 name: info.name,
                 version: info.version,
@@ -294,13 +369,22 @@ impl PolicyRuntime {
                 metrics: info.metrics,
                 tags: info.tags,
                 contract,
-                sha256: hex::encode(Sha256::digest(bytes)),
+                sha256,
                 config_sha256: hex::encode(Sha256::digest(config.as_bytes())),
+                activation: Activation {
+                    cached,
+                    compile_ms,
+                    total_ms: 0,
+                },
             }),
             config: config.to_owned(),
+            limits,
             pool,
         };
         policy.self_test()?;
+        if let Some(info) = Arc::get_mut(&mut policy.info) {
+            info.activation.total_ms = started.elapsed().as_millis() as u64;
+        }
         Ok(policy)
     }
 }
@@ -346,6 +430,7 @@ fn semver_parts(version: &str) -> Option<(u64, u64)> {
 pub struct Module {
     info: Arc<ModuleInfo>,
     config: String,
+    limits: Limits,
     pool: Pool,
 }
 
@@ -359,6 +444,11 @@ impl Module {
     /// Name, version, metrics, sha256 of the module and of its config.
     pub fn info(&self) -> &Arc<ModuleInfo> {
         &self.info
+    }
+
+    /// The limits its calls run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The configuration text the policy was loaded with.

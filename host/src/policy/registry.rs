@@ -98,7 +98,7 @@ impl Registry {
             Some(set) if !set.same_as(&previous) => {
                 for active in set.active() {
                     let info = active.policy.info();
-                    tracing::info!(site = %active.site, file = %active.file, policy = %info.name, version = %info.version, sha256 = %info.sha256, "policy active");
+                    tracing::info!(site = %active.site, file = %active.file, policy = %info.name, version = %info.version, sha256 = %info.sha256, cached = info.activation.cached, compile_ms = info.activation.compile_ms, ms = info.activation.total_ms, "policy active");
                 }
                 self.current.store(Arc::new(set));
                 true

@@ -30,7 +30,7 @@ use super::{Module, PolicyRuntime};
 pub const MAPPING_FILE: &str = "policies.toml";
 
 pub use super::mapping::DEFAULT_SITE;
-use super::mapping::{self, ConfigSource};
+use super::mapping::{self, ConfigSource, LimitOverrides};
 
 /// Why the policy folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,8 @@ pub struct Assignment {
     pub module: PathBuf,
     /// The configuration text given to `configure`.
     pub config: String,
+    /// Limits of its own (`memory_mb`, `timeout_ms` in the mapping).
+    pub limits: LimitOverrides,
 }
 
 /// A policy in force at a site.
@@ -147,6 +149,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
                     site: mapped.site,
                     module: folder.join(&mapped.module),
                     config,
+                    limits: mapped.limits,
                 })
             })
             .collect();
@@ -157,6 +160,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
             site: DEFAULT_SITE.to_owned(),
             module: module.clone(),
             config: String::new(),
+            limits: LimitOverrides::default(),
         }]),
         _ => Err(SetError::Ambiguous {
             path: folder.to_owned(),
@@ -254,8 +258,11 @@ impl PolicySet {
                 Ok(bytes) => {
                     let sha256 = hex::encode(Sha256::digest(&bytes));
                     let config_sha256 = hex::encode(Sha256::digest(assignment.config.as_bytes()));
+                    let limits = runtime.limits().with(assignment.limits);
                     let same = |p: &Arc<Module>| {
-                        p.info().sha256 == sha256 && p.info().config_sha256 == config_sha256
+                        p.info().sha256 == sha256
+                            && p.info().config_sha256 == config_sha256
+                            && p.limits() == limits
                     };
                     let known = previous
                         .into_iter()
@@ -276,22 +283,24 @@ impl PolicySet {
                             policy,
                             loaded_at: now(),
                         }),
-                        (None, _) => match runtime.load_bytes(&bytes, &assignment.config) {
-                            Ok(policy) => {
-                                let policy = Arc::new(policy);
-                                fresh.push(Arc::clone(&policy));
-                                Some(Active {
-                                    site: assignment.site.clone(),
-                                    file: file.clone(),
-                                    policy,
-                                    loaded_at: now(),
-                                })
+                        (None, _) => {
+                            match runtime.load_bytes_with(&bytes, &assignment.config, limits) {
+                                Ok(policy) => {
+                                    let policy = Arc::new(policy);
+                                    fresh.push(Arc::clone(&policy));
+                                    Some(Active {
+                                        site: assignment.site.clone(),
+                                        file: file.clone(),
+                                        policy,
+                                        loaded_at: now(),
+                                    })
+                                }
+                                Err(e) => {
+                                    failures.push(fail(sha256, e.to_string()));
+                                    kept
+                                }
                             }
-                            Err(e) => {
-                                failures.push(fail(sha256, e.to_string()));
-                                kept
-                            }
-                        },
+                        }
                     }
                 }
             };

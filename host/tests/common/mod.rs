@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_perun;
+pub mod postgres;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,30 @@ pub fn wasm(package: &str) -> PathBuf {
     path
 }
 
+/// The built component of the Python policy (or fixture) `name` (e.g.
+/// `denbi-python`): `make python-policies` once per test process, which
+/// rebuilds only what changed.
+pub fn python_wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new("make")
+            .current_dir(root())
+            .args(["-s", "python-policies"])
+            // Not a sub-make of whatever make runs the tests.
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .status()
+            .expect("make runs");
+        assert!(status.success(), "building the Python policies failed");
+    });
+    let path = root()
+        .join("target/python-wasm")
+        .join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
 /// The real `os-credits serve`, on a free port of 127.0.0.1.
 pub struct Service {
     child: std::process::Child,
@@ -75,13 +100,25 @@ pub struct Service {
 impl Service {
     /// Starts the service on `data_dir` and `policy_dir` with extra
     /// environment `env`, and waits until it listens.
+    ///
+    /// With `OS_CREDITS_TEST_STORE=postgres` the service keeps its ledger
+    /// in a database of its own on a real PostgreSQL (one server per test
+    /// process, one database per data folder, so a restart finds its
+    /// ledger), and is started once it leads: the end-to-end tests run
+    /// against each store.
     pub fn start(data_dir: &Path, policy_dir: &Path, env: &[(&str, &str)]) -> Service {
-        Service::start_with(
-            Command::new(env!("CARGO_BIN_EXE_os-credits")),
-            data_dir,
-            policy_dir,
-            env,
-        )
+        let command = Command::new(env!("CARGO_BIN_EXE_os-credits"));
+        let Some(url) = postgres_store(data_dir) else {
+            return Service::start_with(command, data_dir, policy_dir, env);
+        };
+        let mut env = env.to_vec();
+        env.push(("OS_CREDITS_DATABASE_URL", &url));
+        env.push(("OS_CREDITS_LEADER_CHECK_SECONDS", "0.1"));
+        let service = Service::start_with(command, data_dir, policy_dir, &env);
+        await_until("the service to lead", || {
+            get_json(&service.at("/stats"))["role"] == "leader"
+        });
+        service
     }
 
     /// Starts `command` (the binary, or something that ends up exec'ing
@@ -209,6 +246,34 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The environment that points `os-credits ledger …` and `policy rerate`
+/// at the ledger of the service started on `data_dir` (its database when
+/// the tests run against PostgreSQL; nothing needed for SQLite).
+pub fn ledger_env(data_dir: &Path) -> Vec<(&'static str, String)> {
+    postgres_store(data_dir)
+        .map(|url| vec![("OS_CREDITS_DATABASE_URL", url)])
+        .unwrap_or_default()
+}
+
+/// With `OS_CREDITS_TEST_STORE=postgres`: the database of `data_dir` (made
+/// on first use) on this test process's PostgreSQL server.
+fn postgres_store(data_dir: &Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    if std::env::var("OS_CREDITS_TEST_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    static SERVER: OnceLock<postgres::Postgres> = OnceLock::new();
+    static DATABASES: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    let server = SERVER.get_or_init(postgres::Postgres::start);
+    let mut databases = DATABASES.get_or_init(Mutex::default).lock().unwrap();
+    let count = databases.len();
+    let url = databases
+        .entry(data_dir.to_owned())
+        .or_insert_with(|| server.database(&format!("ledger_{count}")));
+    Some(url.clone())
 }
 
 /// A policy folder holding the de.NBI module and `files` (name, content).

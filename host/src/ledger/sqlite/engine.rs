@@ -88,6 +88,11 @@ impl EngineStore for SqliteLedger {
         if batch.is_empty() {
             return Ok(());
         }
+        if !batch.inbox.is_empty() {
+            return Err(LedgerError::Corrupt(
+                "the SQLite ledger has no inbox (replicas need PostgreSQL)".into(),
+            ));
+        }
         let mut connection = lock(&self.writer);
         let tx = connection.transaction()?;
         let now = now_ns();

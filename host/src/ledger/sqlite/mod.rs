@@ -177,6 +177,11 @@ impl SqliteLedger {
 }
 
 impl SqliteLedger {
+    /// The read connection, for tools that copy the ledger elsewhere.
+    pub(crate) fn connection(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.reader)
+    }
+
     /// Opens an existing ledger read-only (for audits and re-rating while
     /// the service runs); never creates or migrates anything.
     pub fn open_read_only(data_dir: &Path) -> Result<Self, LedgerError> {
@@ -309,6 +314,7 @@ mod tests {
         let batch = Batch {
             states: vec![(key("a"), account(4, "4", "9"))],
             charges: vec![step(1, "2", "2"), step(2, "3", "5"), step(3, "4", "9")],
+            ..Batch::default()
         };
         ledger.commit(&batch).unwrap();
         let floors = [Floor {
@@ -364,6 +370,7 @@ mod tests {
                     "0.0000000000000000000000001",
                     "0.0000000000000000000000001",
                 )],
+                ..Batch::default()
             };
             ledger.commit(&batch).unwrap();
         }
@@ -406,6 +413,7 @@ mod tests {
             .commit(&Batch {
                 states: vec![(key("a"), account(2, "15.5", "5.5"))],
                 charges: vec![charge("a", "5.5", "5.5")],
+                ..Batch::default()
             })
             .unwrap();
         let d = |s: &str| s.parse::<Decimal>().unwrap();
@@ -467,6 +475,7 @@ mod tests {
         let charged = |after: &str| Batch {
             states: vec![(key("a"), account(2, "15.5", after))],
             charges: vec![charge("a", "1", after)],
+            ..Batch::default()
         };
         ledger.commit(&charged("1")).unwrap();
         let due = ledger.due(100, 10).unwrap();
