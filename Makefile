@@ -93,7 +93,7 @@ test: toolchain test-programs python-policies
 		(cd policies/$$p && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider) || exit 1; \
 	done
 	$(CARGO) test --release --workspace
-	OS_CREDITS_TEST_STORE=postgres $(CARGO) test --release -p os-credits $(foreach t,$(E2E_TESTS),--test $(t))
+	OS_CREDITS_TEST_STORE=postgres $(CARGO) test --release --workspace $(foreach t,$(E2E_TESTS),--test $(t))
 
 lint: toolchain
 	$(CARGO) fmt --all --check

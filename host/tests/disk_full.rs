@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,19 +57,6 @@ fn new_keys(batch: usize) -> String {
                 "project_vcpu_usage,location_id=8676,project_name=filler_{batch}_{i} value=1 1714609360727000000\n"
             )
         })
-        .collect()
-}
-
-fn expected() -> BTreeMap<String, Decimal> {
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
-    )
-    .unwrap();
-    expected["projects"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().parse().unwrap()))
         .collect()
 }
 
@@ -137,7 +123,7 @@ fn a_full_disk_refuses_writes_with_5xx_and_recovers_by_itself() {
     // The first half answered before the disk filled, and the retried write, count once.
     assert_eq!(service.write(&first.join("\n")).0, StatusCode::NO_CONTENT);
 
-    for (project, credits) in expected() {
+    for (project, credits) in common::expected_credits() {
         let answer = service.get_json(&format!("/api/current_credits/{project}"));
         let exact: Decimal = answer["current_credits_exact"]
             .as_str()

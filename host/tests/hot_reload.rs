@@ -5,8 +5,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Service, policy_dir, repo_file, wasm};
@@ -107,32 +105,7 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
 
     // A client posting without pause: every point raises every key, so
     // every point after the first is billed by whatever policy is in force.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (posted, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let poster = {
-        let (stop, posted, failed, url) = (
-            stop.clone(),
-            posted.clone(),
-            failed.clone(),
-            service.url.clone(),
-        );
-        std::thread::spawn(move || {
-            let client = client();
-            let mut step: i64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                step += 1;
-                let body: String = (0..20)
-                    .map(|p| format!("project_vcpu_usage,location_id=8676,project_name=load_{p} value={step} {}\n", step * 1_000_000_000))
-                    .collect();
-                match client.post(format!("{url}/write")).body(body).send() {
-                    Ok(r) if r.status() == StatusCode::NO_CONTENT => {
-                        posted.fetch_add(1, Ordering::Relaxed)
-                    }
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let poster = common::Poster::start(&service.url, "load");
 
     let mut valid = BTreeSet::from([sha256(&first)]);
     let mut refused = BTreeSet::new();
@@ -166,19 +139,11 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
             valid.insert(sha);
         }
         // let some points be priced by this version
-        let target = posted.load(Ordering::Relaxed) + 3;
-        common::await_until("three writes priced by this version", || {
-            posted.load(Ordering::Relaxed) >= target || failed.load(Ordering::Relaxed) > 0
-        });
+        poster.await_more(3);
     }
-    stop.store(true, Ordering::Relaxed);
-    poster.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during swaps"
-    );
-    assert!(posted.load(Ordering::Relaxed) >= 60);
+    let (posted, failed) = poster.finish();
+    assert_eq!(failed, 0, "requests failed during swaps");
+    assert!(posted >= 60);
     let errors = policies(&service)["errors"].clone();
     assert_eq!(
         errors,

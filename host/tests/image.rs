@@ -75,7 +75,7 @@ fn the_dockerfile_builds_and_runs_as_written() {
     for (keyword, argument) in build {
         if keyword == "RUN" {
             let command = argument.replace("/out", &out_dir);
-            let status = Command::new("sh")
+            let status = common::outside_cargo_test(&mut Command::new("sh"))
                 .args(["-c", &command])
                 .current_dir(common::root())
                 .env("SMOKE_PORT", free_port().to_string())

@@ -23,29 +23,8 @@ fn start(perun: &FakePerun, data: &std::path::Path, policies: &std::path::Path) 
     Service::start(data, policies, &env)
 }
 
-/// The sample's projects that are Perun groups, with their expected rounded credits.
-fn expected_rounded() -> BTreeMap<String, String> {
-    let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
-    )
-    .unwrap();
-    expected["projects"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| !name.starts_with("unregistered"))
-        .map(|(name, v)| {
-            let exact: Decimal = v.as_str().unwrap().parse().unwrap();
-            (
-                name.clone(),
-                os_credits::credits::round(exact, 2).to_string(),
-            )
-        })
-        .collect()
-}
-
 fn register_groups(perun: &FakePerun) {
-    for (i, name) in expected_rounded().keys().enumerate() {
+    for (i, name) in common::expected_published().keys().enumerate() {
         perun.group(name, 1000 + i as i64, "200");
     }
 }
@@ -72,7 +51,7 @@ fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
     service.post_sample();
-    let expected = expected_rounded();
+    let expected = common::expected_published();
     await_until("Perun to hold the totals", || published(&perun) == expected);
 
     let state = perun.state();
@@ -136,7 +115,7 @@ fn perun_down_during_the_whole_ingest_then_back_converges() {
     assert!(service.stats()["pending_projects"].as_u64().unwrap() >= 5);
     perun.faults(json!({ "down": false }));
     await_until("Perun to converge", || {
-        published(&perun) == expected_rounded()
+        published(&perun) == common::expected_published()
     });
 }
 
@@ -166,7 +145,7 @@ fn a_wrong_password_is_one_clear_error_and_loses_nothing() {
     assert!(published(&perun).is_empty());
     perun.faults(json!({ "password": "secret" }));
     await_until("Perun to converge", || {
-        published(&perun) == expected_rounded()
+        published(&perun) == common::expected_published()
     });
 }
 
@@ -277,7 +256,7 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
     service.post_sample();
-    let mut expected = expected_rounded();
+    let mut expected = common::expected_published();
     expected.insert("os_credits_0".into(), "267.80".into());
     await_until("Perun to hold the adopted totals", || {
         published(&perun) == expected
@@ -388,7 +367,7 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
         }
     }
     let perun = FakePerun::start();
-    for (i, name) in expected_rounded().keys().enumerate() {
+    for (i, name) in common::expected_published().keys().enumerate() {
         let mut resources = serde_json::Map::new();
         for ((project, site, metric), (_, timestamp)) in &floors {
             if project == name {
@@ -430,7 +409,7 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
         .map(|(line, ..)| format!("{line}\n"))
         .collect();
     let newer = billed_alone(&newer);
-    let expected: BTreeMap<String, String> = expected_rounded()
+    let expected: BTreeMap<String, String> = common::expected_published()
         .keys()
         .map(|name| {
             let used = Decimal::from(100) + newer.get(name).copied().unwrap_or_default();
@@ -626,7 +605,7 @@ fn an_unset_or_unreadable_value_in_perun_is_not_a_hand_edit() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(&perun, data.path(), policies.path());
     service.post_sample();
-    let expected = expected_rounded();
+    let expected = common::expected_published();
     await_until("Perun to hold the totals", || published(&perun) == expected);
     await_until("the outbox to settle", || settled(&service));
     // Someone deletes one value and garbles another; then both projects use
@@ -683,7 +662,7 @@ fn a_write_perun_applied_but_never_answered_is_ours_after_a_crash() {
     // Perun applies every write from now on but never answers.
     perun.faults(json!({ "drop_after_write": 1_000_000 }));
     post(&service, rest);
-    let expected = expected_rounded();
+    let expected = common::expected_published();
     assert_ne!(halfway, expected, "the second half must change the values");
     await_until("Perun to hold the final values, unanswered", || {
         published(&perun) == expected
@@ -721,7 +700,7 @@ fn crash_during_ingest(kills: usize) {
     let perun = FakePerun::start();
     // 150 granted: the 50 % mail is due for three projects, the 100 % one
     // for os_credits_0 (167.80 used).
-    for (i, name) in expected_rounded().keys().enumerate() {
+    for (i, name) in common::expected_published().keys().enumerate() {
         perun.group(name, 1000 + i as i64, "150");
     }
     let smtp = common::smtp::SmtpSink::start();
@@ -782,7 +761,7 @@ fn crash_during_ingest(kills: usize) {
             .unwrap();
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
     }
-    let expected = expected_rounded();
+    let expected = common::expected_published();
     await_until("Perun to converge after the crashes", || {
         published(&perun) == expected && settled(&service)
     });

@@ -14,29 +14,7 @@ use common::postgres::Postgres;
 use common::smtp::SmtpSink;
 use common::{Service, await_until, http, policy_dir, repo_file};
 use reqwest::StatusCode;
-use rust_decimal::Decimal;
-use serde_json::{Value, json};
-
-/// The sample's projects that are Perun groups, rounded as published.
-fn expected() -> BTreeMap<String, String> {
-    let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
-    )
-    .unwrap();
-    expected["projects"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| !name.starts_with("unregistered"))
-        .map(|(name, v)| {
-            let exact: Decimal = v.as_str().unwrap().parse().unwrap();
-            (
-                name.clone(),
-                os_credits::credits::round(exact, 2).to_string(),
-            )
-        })
-        .collect()
-}
+use serde_json::json;
 
 fn published(perun: &FakePerun) -> BTreeMap<String, String> {
     perun.state()["groups"]
@@ -92,7 +70,7 @@ fn two_replicas_bill_each_point_once_through_two_leader_crashes() {
     let mut random = fastrand::Rng::with_seed(seed);
     let postgres = Postgres::start();
     let perun = FakePerun::start();
-    for (i, name) in expected().keys().enumerate() {
+    for (i, name) in common::expected_published().keys().enumerate() {
         perun.group(name, 1000 + i as i64, "150");
     }
     let smtp = SmtpSink::start();
@@ -147,7 +125,7 @@ fn two_replicas_bill_each_point_once_through_two_leader_crashes() {
         }
     }
     assert_eq!(killed, 2);
-    let expected = expected();
+    let expected = common::expected_published();
     let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         await_until("Perun to hold the exact credits", || {
             published(&perun) == expected

@@ -37,6 +37,133 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// A client posting to `/write` without pause from a thread of its own:
+/// each round raises `project_vcpu_usage` of 20 projects `PREFIX_0..19` at
+/// site 8676 by 1, so every point after a key's first is billed.
+pub struct Poster {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    posted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poster {
+    /// Starts posting to the service at `url`.
+    pub fn start(url: &str, prefix: &str) -> Poster {
+        use std::sync::atomic::Ordering;
+        let poster = Poster {
+            stop: Default::default(),
+            posted: Default::default(),
+            failed: Default::default(),
+            thread: None,
+        };
+        let (stop, posted, failed) = (
+            poster.stop.clone(),
+            poster.posted.clone(),
+            poster.failed.clone(),
+        );
+        let (url, prefix) = (format!("{url}/write"), prefix.to_owned());
+        let thread = std::thread::spawn(move || {
+            let client = http();
+            let mut step: i64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                step += 1;
+                let body: String = (0..20)
+                    .map(|p| {
+                        format!(
+                            "project_vcpu_usage,location_id=8676,project_name={prefix}_{p} value={step} {}\n",
+                            step * 1_000_000_000
+                        )
+                    })
+                    .collect();
+                match client.post(&url).body(body).send() {
+                    Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {
+                        posted.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+        Poster {
+            thread: Some(thread),
+            ..poster
+        }
+    }
+
+    /// Writes answered 204 so far.
+    pub fn posted(&self) -> usize {
+        self.posted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes refused or unanswered so far.
+    pub fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `more` further writes were answered 204, or
+    /// one failed.
+    pub fn await_more(&self, more: usize) {
+        let target = self.posted() + more;
+        await_until("more writes answered", || {
+            self.posted() >= target || self.failed() > 0
+        });
+    }
+
+    /// Stops posting; the writes answered 204 and the failed ones.
+    pub fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the poster thread");
+        }
+        (self.posted(), self.failed())
+    }
+}
+
+/// `examples/stack-sample.expected.json`: the exact credits per project.
+pub fn expected_credits() -> std::collections::BTreeMap<String, rust_decimal::Decimal> {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json"))
+            .expect("the expected credits"),
+    )
+    .expect("JSON");
+    expected["projects"]
+        .as_object()
+        .expect("projects")
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().expect("text").parse().expect("decimal"),
+            )
+        })
+        .collect()
+}
+
+/// The sample's projects that are Perun groups (all but `unregistered-*`)
+/// with their expected credits rounded as published.
+pub fn expected_published() -> std::collections::BTreeMap<String, String> {
+    expected_credits()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("unregistered"))
+        .map(|(name, exact)| (name, os_credits::credits::round(exact, 2).to_string()))
+        .collect()
+}
+
+/// Clears what `cargo test` sets for a test process (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...) from a command that runs cargo: build
+/// scripts that read them (ring's, via `rerun-if-env-changed`) would
+/// otherwise see another environment than `make` gave them and rebuild
+/// half the dependency tree.
+pub fn outside_cargo_test(command: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command
+}
+
 /// The built module of `package` (e.g. `denbi-policy`), building all
 /// policy packages for `wasm32-wasip2` once per test process.
 pub fn wasm(package: &str) -> PathBuf {
@@ -44,6 +171,7 @@ pub fn wasm(package: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
+        outside_cargo_test(&mut command);
         command.current_dir(root()).args([
             "build",
             "--profile",
@@ -71,7 +199,7 @@ pub fn wasm(package: &str) -> PathBuf {
 pub fn python_wasm(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new("make")
+        let status = outside_cargo_test(&mut Command::new("make"))
             .current_dir(root())
             .args(["-s", "python-policies"])
             // Not a sub-make of whatever make runs the tests.

@@ -91,18 +91,17 @@ def decimal_text(value: Decimal) -> str:
         raise PricingError(f"a charge must be a Decimal, not {type(value).__name__}")
     if not value.is_finite():
         raise PricingError(f"a charge must be finite, not {value}")
-    value = +value  # canonical
     sign, digits, exponent = value.as_tuple()
-    if -exponent > _MAX_SCALE:
-        value = value.quantize(Decimal(1).scaleb(-_MAX_SCALE), context=CONTEXT)
-    if len(value.as_tuple().digits) > _MAX_DIGITS:
-        with decimal.localcontext(CONTEXT) as ctx:
-            ctx.prec = _MAX_DIGITS
-            value = +value
-    if value == 0:
+    if -exponent > _MAX_SCALE or len(digits) > _MAX_DIGITS:
+        if -exponent > _MAX_SCALE:
+            value = value.quantize(Decimal(1).scaleb(-_MAX_SCALE), context=CONTEXT)
+        if len(value.as_tuple().digits) > _MAX_DIGITS:
+            with decimal.localcontext(CONTEXT) as ctx:
+                ctx.prec = _MAX_DIGITS
+                value = +value
+    if not value:
         return "0"
-    text = format(value, "f")
-    return text
+    return format(value, "f")
 
 
 def parse_config(text: str) -> dict[str, Any]:

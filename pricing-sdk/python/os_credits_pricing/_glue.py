@@ -27,19 +27,20 @@ _FIXED = 5
 
 def unpack(text: str, ends: Sequence[int], timestamps: Sequence[int], tag_counts: Sequence[int]) -> list[Usage]:
     """The steps of a batch; ``ValueError`` if its columns do not fit."""
-    data = text.encode("utf-8")
     steps = len(tag_counts)
     if len(timestamps) != 2 * steps:
         raise ValueError(f"{len(timestamps)} timestamps for {steps} steps")
     if len(ends) != sum(_FIXED + 2 * count for count in tag_counts):
         raise ValueError(f"{len(ends)} strings do not fit the steps' tag counts")
-    strings = []
-    start = 0
-    for end in ends:
-        if end < start or end > len(data):
-            raise ValueError(f"string offset {end} out of order or past the text")
-        strings.append(data[start:end].decode("utf-8"))
-        start = end
+    if ends and (ends[-1] > len(text.encode("utf-8")) or any(b < a for a, b in zip(ends, ends[1:]))):
+        raise ValueError("string offsets out of order or past the text")
+    starts = [0, *ends[:-1]]
+    if text.isascii():
+        # Byte offsets are character offsets: slice the text itself.
+        strings = [text[a:b] for a, b in zip(starts, ends)]
+    else:
+        data = text.encode("utf-8")
+        strings = [data[a:b].decode("utf-8") for a, b in zip(starts, ends)]
     usages = []
     at = 0
     for index, count in enumerate(tag_counts):
