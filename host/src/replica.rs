@@ -21,6 +21,7 @@
 //!
 //! With the SQLite ledger there is one process: it leads from the start.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,8 @@ pub struct Replica {
     /// The last inbox id handed to the engine: the leader hands over
     /// entries and its own writes one at a time, in order.
     handed: tokio::sync::Mutex<i64>,
+    /// Set when a handed entry failed: hand over from the oldest again.
+    rehand: Arc<AtomicBool>,
 }
 
 impl Replica {
@@ -116,6 +119,7 @@ impl Replica {
             last_check: Mutex::new(None),
             labels: Arc::default(),
             handed: tokio::sync::Mutex::new(0),
+            rehand: Arc::default(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Replica {
             last_check: Mutex::new(None),
             labels,
             handed: tokio::sync::Mutex::new(0),
+            rehand: Arc::default(),
         }
     }
 
@@ -189,13 +194,19 @@ impl Replica {
     }
 
     /// Hands the inbox entries after `handed` to the engine, in id order
-    /// (the caller holds `handed`); their answers come as they commit.
+    /// (the caller holds `handed`). A task awaits their answers; if one
+    /// fails (the ledger could not commit), the next hand-over starts again
+    /// from the oldest entry still there. An entry handed twice bills
+    /// nothing twice: its points are no newer than its keys' states.
     async fn hand_over(
         &self,
         store: &Arc<PostgresLedger>,
         engine: &Engine,
         handed: &mut i64,
-    ) -> Result<Vec<impl Future<Output = WriteResult> + use<>>, String> {
+    ) -> Result<(), String> {
+        if self.rehand.swap(false, Ordering::SeqCst) {
+            *handed = 0;
+        }
         let mut answers = Vec::new();
         loop {
             let (reader, after) = (store.clone(), *handed);
@@ -209,9 +220,21 @@ impl Replica {
                 answers.push(engine.submit(request(entry, &self.labels)));
             }
             if !full {
-                return Ok(answers);
+                break;
             }
         }
+        if !answers.is_empty() {
+            let rehand = self.rehand.clone();
+            tokio::spawn(async move {
+                for answer in answers {
+                    if let WriteResult::Failed(e) = answer.await {
+                        tracing::warn!("inbox entry not billed yet (handed over again): {e}");
+                        rehand.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     /// This replica's part, for `/stats` and `/metrics`.
@@ -338,24 +361,13 @@ fn request(entry: InboxEntry, labels: &Arc<Labels>) -> WriteRequest {
 
 /// The leader's inbox drain: what followers stored, in arrival order
 /// through the engine, each entry removed in the transaction that bills it.
-/// An entry that fails (the ledger cannot commit) is handed over again.
 async fn drain(replica: Arc<Replica>, store: Arc<PostgresLedger>, engine: Arc<Engine>) {
     loop {
-        let answers = {
+        {
             let mut handed = replica.handed.lock().await;
-            replica.hand_over(&store, &engine, &mut handed).await
-        };
-        match answers {
-            Ok(answers) => {
-                for answer in answers {
-                    if let WriteResult::Failed(e) = answer.await {
-                        tracing::warn!("inbox entry not billed yet (retried): {e}");
-                        // From the start: whatever is still there.
-                        *replica.handed.lock().await = 0;
-                    }
-                }
+            if let Err(e) = replica.hand_over(&store, &engine, &mut handed).await {
+                tracing::warn!("cannot read the inbox: {e}");
             }
-            Err(e) => tracing::warn!("cannot read the inbox: {e}"),
         }
         tokio::time::sleep(DRAIN_EVERY).await;
     }
