@@ -9,6 +9,7 @@
 #   make test       the test suite (what CI runs, with `make lint`)
 #   make lint       rustfmt and clippy on every target, native and Wasm
 #   make bench      the benchmarks
+#   make deny       the dependency check (cargo-deny; not in CI)
 #   make fuzz       every fuzz target for FUZZ_SECONDS each (default 600)
 #   make clean      remove build output
 #
@@ -35,7 +36,7 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: print-rust-policies all toolchain test-programs python-tools host policies rust-policies python-policies run test lint bench fuzz clean
+.PHONY: print-rust-policies all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
 
 all: policies host
 
@@ -99,6 +100,13 @@ lint: toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p pricing-sdk $(POLICY_PACKAGES) $(FIXTURE_PACKAGES) -- -D warnings
+
+# Licenses, bans and sources of every dependency (deny.toml), and the
+# RustSec advisories when the database can be fetched.
+deny: toolchain
+	command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked
+	cargo deny --workspace check --hide-inclusion-graph licenses bans sources
+	cargo deny --workspace check advisories
 
 bench: toolchain
 	$(CARGO) bench -p os-credits
