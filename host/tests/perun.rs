@@ -29,21 +29,6 @@ fn register_groups(perun: &FakePerun) {
     }
 }
 
-fn published(perun: &FakePerun) -> BTreeMap<String, String> {
-    let state = perun.state();
-    state["groups"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter_map(|(name, g)| {
-            Some((
-                name.clone(),
-                g["attributes"]["denbiCreditsCurrent"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
 #[test]
 fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
     let perun = FakePerun::start();
@@ -52,7 +37,7 @@ fn perun_gets_the_ledgers_rounded_totals_for_two_sites_with_few_calls() {
     let service = start(&perun, data.path(), policies.path());
     service.post_sample();
     let expected = common::expected_published();
-    await_until("Perun to hold the totals", || published(&perun) == expected);
+    await_until("Perun to hold the totals", || perun.published() == expected);
 
     let state = perun.state();
     for name in expected.keys() {
@@ -111,11 +96,11 @@ fn perun_down_during_the_whole_ingest_then_back_converges() {
             .as_str()
             .is_some_and(|e| e.contains("unavailable"))
     });
-    assert!(published(&perun).is_empty());
+    assert!(perun.published().is_empty());
     assert!(service.stats()["pending_projects"].as_u64().unwrap() >= 5);
     perun.faults(json!({ "down": false }));
     await_until("Perun to converge", || {
-        published(&perun) == common::expected_published()
+        perun.published() == common::expected_published()
     });
 }
 
@@ -142,10 +127,10 @@ fn a_wrong_password_is_one_clear_error_and_loses_nothing() {
         "{}",
         service.log()
     );
-    assert!(published(&perun).is_empty());
+    assert!(perun.published().is_empty());
     perun.faults(json!({ "password": "secret" }));
     await_until("Perun to converge", || {
-        published(&perun) == common::expected_published()
+        perun.published() == common::expected_published()
     });
 }
 
@@ -259,7 +244,7 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
     let mut expected = common::expected_published();
     expected.insert("os_credits_0".into(), "267.80".into());
     await_until("Perun to hold the adopted totals", || {
-        published(&perun) == expected
+        perun.published() == expected
     });
     let current = service.get_json("/api/current_credits/os_credits_0");
     assert_eq!(current["current_credits_exact"], "267.8000000000000");
@@ -292,7 +277,7 @@ fn adoption_continues_from_perun_and_a_hand_edit_is_recorded_not_overwritten() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     await_until("the edit to be continued from", || {
-        published(&perun)["os_credits_4"] == "60.00"
+        perun.published()["os_credits_4"] == "60.00"
     });
     assert!(service.log().contains("changed in Perun by hand"));
     let current = service.get_json("/api/current_credits/os_credits_4");
@@ -423,7 +408,7 @@ fn migration_adopts_perun_timestamps_and_bills_nothing_twice() {
     perun.faults(json!({ "down": false }));
     await_until(
         "Perun to hold 100 + what was billed after the floor",
-        || published(&perun) == expected,
+        || perun.published() == expected,
     );
     let current = service.get_json("/api/current_credits/os_credits_0");
     let exact: Decimal = current["current_credits_exact"]
@@ -606,7 +591,7 @@ fn an_unset_or_unreadable_value_in_perun_is_not_a_hand_edit() {
     let service = start(&perun, data.path(), policies.path());
     service.post_sample();
     let expected = common::expected_published();
-    await_until("Perun to hold the totals", || published(&perun) == expected);
+    await_until("Perun to hold the totals", || perun.published() == expected);
     await_until("the outbox to settle", || settled(&service));
     // Someone deletes one value and garbles another; then both projects use
     // 10 more credits.
@@ -627,7 +612,7 @@ fn an_unset_or_unreadable_value_in_perun_is_not_a_hand_edit() {
         (used + Decimal::from(10)).to_string()
     };
     await_until("the ledger's values to be published again", || {
-        let now = published(&perun);
+        let now = perun.published();
         now.get("os_credits_0") == Some(&plus_ten("os_credits_0"))
             && now.get("denbi-annotation-005") == Some(&plus_ten("denbi-annotation-005"))
     });
@@ -656,16 +641,16 @@ fn a_write_perun_applied_but_never_answered_is_ours_after_a_crash() {
     // The first half published and confirmed.
     post(&service, first);
     await_until("the first half to be confirmed", || {
-        settled(&service) && published(&perun).len() == 5
+        settled(&service) && perun.published().len() == 5
     });
-    let halfway = published(&perun);
+    let halfway = perun.published();
     // Perun applies every write from now on but never answers.
     perun.faults(json!({ "drop_after_write": 1_000_000 }));
     post(&service, rest);
     let expected = common::expected_published();
     assert_ne!(halfway, expected, "the second half must change the values");
     await_until("Perun to hold the final values, unanswered", || {
-        published(&perun) == expected
+        perun.published() == expected
     });
     assert!(perun.state()["dropped_writes"].as_u64().unwrap() >= 5);
     // Killed in that window: the ledger never learnt the writes landed.
@@ -675,7 +660,7 @@ fn a_write_perun_applied_but_never_answered_is_ours_after_a_crash() {
     await_until("the outbox to settle after the restart", || {
         settled(&service)
     });
-    assert_eq!(published(&perun), expected);
+    assert_eq!(perun.published(), expected);
     assert!(
         !service.log().contains("changed in Perun by hand"),
         "{}",
@@ -763,7 +748,7 @@ fn crash_during_ingest(kills: usize) {
     }
     let expected = common::expected_published();
     await_until("Perun to converge after the crashes", || {
-        published(&perun) == expected && settled(&service)
+        perun.published() == expected && settled(&service)
     });
     assert_no_adjustment(data.path());
     // Each threshold mail once: one Message-ID per (project, threshold).

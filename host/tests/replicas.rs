@@ -16,20 +16,6 @@ use common::{Service, await_until, http, policy_dir, repo_file};
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn published(perun: &FakePerun) -> BTreeMap<String, String> {
-    perun.state()["groups"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter_map(|(name, g)| {
-            Some((
-                name.clone(),
-                g["attributes"]["denbiCreditsCurrent"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
 struct Cluster<'a> {
     url: String,
     perun: &'a FakePerun,
@@ -128,13 +114,13 @@ fn two_replicas_bill_each_point_once_through_two_leader_crashes() {
     let expected = common::expected_published();
     let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         await_until("Perun to hold the exact credits", || {
-            published(&perun) == expected
+            perun.published() == expected
         })
     }));
     assert!(
         converged.is_ok(),
         "Perun {:?}\nexpected {expected:?}\n{}\n---\n{}\n---\n{}",
-        published(&perun),
+        perun.published(),
         replicas[0].stats(),
         replicas[0].log(),
         replicas[1].log()

@@ -76,6 +76,22 @@ impl FakePerun {
     pub fn state(&self) -> Value {
         super::get_json(&format!("{}/_fake/state", self.url))
     }
+
+    /// Each group's `denbiCreditsCurrent` as published (groups without one
+    /// left out).
+    pub fn published(&self) -> std::collections::BTreeMap<String, String> {
+        self.state()["groups"]
+            .as_object()
+            .expect("groups")
+            .iter()
+            .filter_map(|(name, g)| {
+                Some((
+                    name.clone(),
+                    g["attributes"]["denbiCreditsCurrent"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
 }
 
 impl Drop for FakePerun {
