@@ -9,8 +9,67 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::ledger::sqlite::Durability;
+use crate::ledger::Durability;
 use crate::policy::Limits;
+
+/// The service's data directory: the SQLite ledger (created if missing),
+/// the policies' compile cache. Declared once for `serve` and the tools.
+#[derive(Debug, Clone, Args)]
+pub struct DataDir {
+    /// Folder of the service's data (the SQLite ledger, the compile cache).
+    #[arg(long = "data-dir", env = "OS_CREDITS_DATA_DIR", default_value = "data")]
+    pub path: PathBuf,
+}
+
+/// Where the ledger is: SQLite in the data directory, or PostgreSQL.
+/// Declared once for `serve` and the tools that read the ledger.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// The data directory.
+    #[command(flatten)]
+    pub data_dir: DataDir,
+    /// The ledger in PostgreSQL (`postgres://user:password@host/database`),
+    /// for replicas; unset: SQLite in the data directory.
+    #[arg(long, env = "OS_CREDITS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl LedgerArgs {
+    /// The PostgreSQL URL, if one is set (blank counts as unset).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+    }
+}
+
+/// Limits on policy modules and calls, declared once for `serve` and the
+/// policy tools.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyLimitArgs {
+    /// Wall-clock limit of one policy call, in milliseconds.
+    #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
+    pub policy_timeout_ms: u64,
+    /// Memory limit of one policy instance, in MiB.
+    #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
+    pub policy_memory_mb: usize,
+    /// Largest policy module in MiB; a bigger file is refused unread (a
+    /// Python policy is ~18 MiB).
+    #[arg(long, env = "OS_CREDITS_POLICY_MAX_MB", default_value_t = 64)]
+    pub policy_max_mb: usize,
+}
+
+impl PolicyLimitArgs {
+    /// The limits on policy calls.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            call_timeout: Duration::from_millis(self.policy_timeout_ms),
+            memory_bytes: self.policy_memory_mb << 20,
+            module_bytes: self.policy_max_mb << 20,
+        }
+    }
+}
 
 /// `os-credits serve` settings.
 #[derive(Debug, Clone, Args)]
@@ -21,18 +80,19 @@ pub struct ServeConfig {
     /// Port to listen on (0: any free port, logged at start).
     #[arg(long, env = "CREDITS_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Folder of the ledger (SQLite, created if missing).
-    #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
-    /// The ledger in PostgreSQL (`postgres://user:password@host/database`),
-    /// for replicas; unset: SQLite in the data directory.
-    #[arg(long, env = "OS_CREDITS_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    /// Where the ledger is.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
     /// With PostgreSQL: how often, in seconds, a follower tries to take the
-    /// leader's lock and the leader checks it still holds it (failover
-    /// takes about this long).
-    #[arg(long, env = "OS_CREDITS_LEADER_CHECK_SECONDS", default_value_t = 2.0)]
+    /// leader's lock and the leader renews its lease (after a leader's
+    /// death, failover takes about this long).
+    #[arg(long, env = "OS_CREDITS_LEADER_CHECK_SECONDS", default_value_t = 1.0)]
     pub leader_check_seconds: f64,
+    /// With PostgreSQL: a leader whose lease is older than this many
+    /// seconds stopped answering (frozen, cut off) and is replaced; it
+    /// stops publishing and mailing after half of it.
+    #[arg(long, env = "OS_CREDITS_LEASE_SECONDS", default_value_t = 8.0)]
+    pub lease_seconds: f64,
     /// This replica's name in the inbox and the logs (default: the host name).
     #[arg(long, env = "OS_CREDITS_REPLICA_NAME", default_value = "")]
     pub replica_name: String,
@@ -65,10 +125,9 @@ pub struct ServeConfig {
         default_value_t = 900
     )]
     pub future_tolerance_seconds: u64,
-    /// Largest policy module in MiB; a bigger file in the policy folder is
-    /// refused unread (a Python policy is ~18 MiB).
-    #[arg(long, env = "OS_CREDITS_POLICY_MAX_MB", default_value_t = 64)]
-    pub policy_max_mb: usize,
+    /// Limits on policy modules and calls.
+    #[command(flatten)]
+    pub policy_limits: PolicyLimitArgs,
     /// Largest size a remote-write body may decompress to, in MiB (checked
     /// before decompressing; Prometheus sends well under 1 MiB).
     #[arg(
@@ -193,12 +252,6 @@ pub struct ServeConfig {
     /// Attribute id of the maintainers' mail addresses (group, java.util.ArrayList).
     #[arg(long, env = "OS_CREDITS_PERUN_EMAILS_ID", default_value_t = 2020)]
     pub perun_emails_id: i64,
-    /// Wall-clock limit of one policy call, in milliseconds.
-    #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
-    pub policy_timeout_ms: u64,
-    /// Memory limit of one policy instance, in MiB.
-    #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
-    pub policy_memory_mb: usize,
     /// SMTP server for threshold mails; empty: no mails.
     #[arg(long, env = "MAIL_SMTP_SERVER", default_value = "")]
     pub mail_smtp_server: String,
@@ -273,11 +326,7 @@ impl ServeConfig {
 
     /// The limits on policy calls.
     pub fn limits(&self) -> Limits {
-        Limits {
-            call_timeout: Duration::from_millis(self.policy_timeout_ms),
-            memory_bytes: self.policy_memory_mb << 20,
-            module_bytes: self.policy_max_mb << 20,
-        }
+        self.policy_limits.limits()
     }
 
     /// Ledger durability.

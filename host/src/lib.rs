@@ -4,9 +4,9 @@
 //! project usage exporter publishes. Data flows one way:
 //!
 //! ```text
-//! api -> ingest (line protocol, remote write) -> billing (rules, exact decimals) -> ledger -> perun / notify
-//!                                |
-//!                              Pricer port -> policy (Wasm pricing modules)
+//! api -> replica (leader or follower) -> billing (rules, exact decimals) -> ledger -> perun / notify
+//!                                          |  uses ingest (line protocol, remote write)
+//!                                          Pricer port -> policy (Wasm pricing modules)
 //! ```
 //!
 //! - [`api`]: the HTTP routes;
@@ -16,13 +16,17 @@
 //!   thread, `policy run`'s intake; prices only through [`billing::Pricer`];
 //! - [`policy`]: the wasmtime host for pricing policies (knows nothing of
 //!   billing);
-//! - [`ledger`]: the durable truth, one role trait per client;
+//! - [`replica`]: leader or follower on a replicated ledger (lock, lease, inbox);
+//! - [`ledger`]: the durable truth, one role trait per client, each
+//!   written once over SQLite and PostgreSQL;
 //! - [`perun`]: the outbox published to Perun, adoption from the old service;
 //! - [`notify`]: threshold mails to the maintainers;
+//! - [`account`]: the key, state and account billing and the ledger share (a leaf);
 //! - [`credits`]: how totals are shown (rounding), for api, perun and notify.
 //!
 //! `tests/layers.rs` keeps these import rules.
 
+pub mod account;
 pub mod api;
 pub mod billing;
 pub mod config;

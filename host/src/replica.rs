@@ -3,21 +3,30 @@
 //!
 //! Every replica accepts writes. A follower stores each body in the
 //! ledger's inbox and answers 204 once the insert is committed; the leader
-//! drains the inbox in arrival order through the one engine, removing each
-//! entry in the transaction that bills it (billed exactly once, whoever
-//! dies when). The leader bills what it receives itself without the inbox
+//! drains the inbox in arrival order through the one engine and removes
+//! each entry once the transaction that billed it committed (an entry
+//! billed again, because a leader died in between, charges nothing: its
+//! points are no newer than their keys' states). The leader bills what it receives itself without the inbox
 //! (no body stored twice), but only after every inbox entry committed
 //! before it arrived: a write answered 204 by any replica is billed before
 //! every write sent after that answer, whichever replica takes it, so a
 //! series spread over replicas is billed in the order it was sent.
 //!
 //! The leader is whoever holds a PostgreSQL session advisory lock, taken on
-//! the connection every billing transaction runs on: a leader that lost its
-//! session can never commit. Followers try to take the lock every check
-//! interval; the one that gets it restores the book from the database,
-//! starts the Perun sync and the mails (leader only) and drains the inbox.
-//! A leader that finds its lock gone exits, so that it never bills beside
-//! a new one; its supervisor restarts it as a follower.
+//! the connection every billing transaction runs on, and the lease that
+//! goes with it ([`crate::ledger::replication`]): every check and every
+//! billing transaction renews the lease and fails unless it still carries
+//! this leader's epoch (fencing). Followers try to take the lock every
+//! check interval; when the lease is older than the lease timeout, the
+//! leader stopped answering without dying (a frozen process, a lost
+//! machine, a cut network) and the follower ends its sessions first. The
+//! new leader restores the book from the database, starts the Perun sync
+//! and the mails and drains the inbox. A leader that cannot renew its
+//! lease in time, or finds it taken, exits at once, so that it never bills,
+//! publishes or mails beside a new one; its supervisor restarts it as a
+//! follower. The Perun sync and the mails also ask [`Leadership`] before
+//! every effect: a lease not renewed within half its timeout (as after a
+//! freeze) stops them before the process even notices.
 //!
 //! With the SQLite ledger there is one process: it leads from the start.
 
@@ -28,58 +37,67 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 
-use crate::billing::engine::{Body, Engine, WriteRequest, WriteResult};
+use crate::billing::engine::{Body, Engine, WriteResult};
 use crate::billing::intake::FeedReport;
 use crate::ingest::Precision;
 use crate::ingest::remote_write::{self, Labels};
-use crate::ledger::postgres::{InboxEntry, PostgresLedger};
+use crate::ledger::Leadership;
+use crate::ledger::replication::{InboxEntry, Lease, Replication};
 
 /// Inbox entries drained at a time.
 const DRAIN: i64 = 512;
 /// How often the leader looks into the inbox.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
-/// A write as it arrived, before billing.
-#[derive(Debug, Clone)]
-pub enum Inbound {
-    /// Line protocol.
-    Lines {
-        /// The body.
-        text: Bytes,
-        /// The unit of its timestamps.
-        precision: Precision,
-        /// When it arrived (ns).
-        received: i64,
-    },
-    /// A Prometheus remote-write request: the body as received, and decoded.
-    RemoteWrite {
-        /// The snappy body.
-        raw: Bytes,
-        /// The request it decodes to.
-        request: Box<remote_write::WriteRequest>,
-        /// The labels naming project and site.
-        labels: Arc<Labels>,
-        /// When it arrived (ns).
-        received: i64,
-    },
+/// How a replica keeps and checks the lead.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often a follower tries to take the lock and the leader renews
+    /// its lease.
+    pub check: Duration,
+    /// A lease older than this (on the database's clock) is stale: its
+    /// leader stopped answering and is replaced.
+    pub lease: Duration,
 }
 
-impl Inbound {
-    fn into_request(self) -> WriteRequest {
-        WriteRequest::new(match self {
-            Inbound::Lines {
-                text,
-                precision,
-                received,
-            } => Body::Lines {
-                text,
-                precision,
-                received,
-            },
-            Inbound::RemoteWrite {
-                request, labels, ..
-            } => Body::RemoteWrite { request, labels },
-        })
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            check: Duration::from_secs(1),
+            lease: Duration::from_secs(8),
+        }
+    }
+}
+
+/// When this process last renewed its lease: the Perun sync and the mails
+/// act only while it is fresher than half the lease timeout (a follower
+/// waits the whole timeout before it takes over).
+struct LeaseClock {
+    renewed: Mutex<Option<Instant>>,
+    valid_for: Duration,
+}
+
+impl LeaseClock {
+    fn renewed_at(&self, at: Option<Instant>) {
+        *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = at;
+    }
+}
+
+impl Leadership for LeaseClock {
+    fn leading(&self) -> bool {
+        self.renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < self.valid_for)
+    }
+}
+
+/// A lone service (SQLite) always leads.
+struct Alone;
+
+impl Leadership for Alone {
+    fn leading(&self) -> bool {
+        true
     }
 }
 
@@ -92,16 +110,26 @@ pub struct ReplicaStatus {
     pub inbox_depth: Option<u64>,
     /// Seconds since the lock was last checked (replicated ledgers only).
     pub lock_checked_seconds_ago: Option<f64>,
+    /// The lease as the database holds it: epoch, leader, age (replicated
+    /// ledgers only).
+    pub lease: Option<Lease>,
+    /// The lease timeout in seconds (replicated ledgers only).
+    pub lease_timeout_seconds: Option<f64>,
 }
 
 /// This process as a replica: its engine once it leads.
 pub struct Replica {
     name: String,
     engine: ArcSwapOption<Engine>,
-    store: Option<Arc<PostgresLedger>>,
+    store: Option<Arc<Replication>>,
     last_check: Mutex<Option<Instant>>,
     /// The labels naming project and site in stored remote writes.
     labels: Arc<Labels>,
+    /// The most a stored remote-write body may decompress to (as the
+    /// handler's limit).
+    max_decompressed: usize,
+    timing: Timing,
+    clock: Arc<LeaseClock>,
     /// The last inbox id handed to the engine: the leader hands over
     /// entries and its own writes one at a time, in order.
     handed: tokio::sync::Mutex<i64>,
@@ -118,20 +146,39 @@ impl Replica {
             store: None,
             last_check: Mutex::new(None),
             labels: Arc::default(),
+            max_decompressed: 0,
+            timing: Timing::default(),
+            clock: Arc::new(LeaseClock {
+                renewed: Mutex::new(None),
+                valid_for: Duration::ZERO,
+            }),
             handed: tokio::sync::Mutex::new(0),
             rehand: Arc::default(),
         }
     }
 
     /// A replica on `store`, following until it takes the lock; `labels`
-    /// name project and site in remote writes.
-    pub fn replicated(name: &str, store: Arc<PostgresLedger>, labels: Arc<Labels>) -> Self {
+    /// name project and site in remote writes, which decompress to
+    /// `max_decompressed` bytes at most.
+    pub fn replicated(
+        name: &str,
+        store: Arc<Replication>,
+        labels: Arc<Labels>,
+        max_decompressed: usize,
+        timing: Timing,
+    ) -> Self {
         Replica {
             name: name.to_owned(),
             engine: ArcSwapOption::empty(),
             store: Some(store),
             last_check: Mutex::new(None),
             labels,
+            max_decompressed,
+            timing,
+            clock: Arc::new(LeaseClock {
+                renewed: Mutex::new(None),
+                valid_for: timing.lease / 2,
+            }),
             handed: tokio::sync::Mutex::new(0),
             rehand: Arc::default(),
         }
@@ -147,10 +194,20 @@ impl Replica {
         self.engine.load().is_some()
     }
 
+    /// Whether this process may act as the leader now, for the Perun sync
+    /// and the mails (see the module doc).
+    pub fn leadership(&self) -> Arc<dyn Leadership> {
+        if self.store.is_some() {
+            self.clock.clone()
+        } else {
+            Arc::new(Alone)
+        }
+    }
+
     /// Bills `inbound`. The leader (or a lone service) bills it at once and
     /// answers once it is committed; a follower stores it in the inbox and
     /// answers once the insert is committed.
-    pub async fn accept(&self, inbound: Inbound) -> WriteResult {
+    pub async fn accept(&self, inbound: Body) -> WriteResult {
         if let Some(engine) = self.engine() {
             // The engine commits on the connection that holds the lock: a
             // leader that lost it cannot commit, and answers 5xx.
@@ -162,7 +219,7 @@ impl Replica {
                         return WriteResult::Failed(format!("cannot read the inbox: {e}"));
                     }
                 }
-                engine.submit(inbound.into_request())
+                engine.submit(inbound)
             };
             return answer.await;
         }
@@ -170,12 +227,12 @@ impl Replica {
             return WriteResult::Failed("the billing engine is not running".into());
         };
         let (kind, body, precision, received) = match &inbound {
-            Inbound::Lines {
+            Body::Lines {
                 text,
                 precision,
                 received,
             } => ("lines", text.clone(), precision.as_str(), *received),
-            Inbound::RemoteWrite { raw, received, .. } => {
+            Body::RemoteWrite { raw, received, .. } => {
                 ("remote_write", raw.clone(), "ms", *received)
             }
         };
@@ -194,13 +251,14 @@ impl Replica {
     }
 
     /// Hands the inbox entries after `handed` to the engine, in id order
-    /// (the caller holds `handed`). A task awaits their answers; if one
-    /// fails (the ledger could not commit), the next hand-over starts again
-    /// from the oldest entry still there. An entry handed twice bills
-    /// nothing twice: its points are no newer than its keys' states.
+    /// (the caller holds `handed`). A task awaits their answers and removes
+    /// the entries billed; if one fails (the ledger could not commit), the
+    /// next hand-over starts again from the oldest entry still there. An
+    /// entry billed twice (handed again, or the leader died before removing
+    /// it) bills nothing twice: its points are no newer than its keys' states.
     async fn hand_over(
         &self,
-        store: &Arc<PostgresLedger>,
+        store: &Arc<Replication>,
         engine: &Engine,
         handed: &mut i64,
     ) -> Result<(), String> {
@@ -217,20 +275,42 @@ impl Replica {
             let full = entries.len() as i64 == DRAIN;
             for entry in entries {
                 *handed = entry.id;
-                answers.push(engine.submit(request(entry, &self.labels)));
+                let id = entry.id;
+                match body(entry, &self.labels, self.max_decompressed) {
+                    Ok(body) => answers.push((id, Some(engine.submit(body)))),
+                    Err(e) => {
+                        // Stored by a replica that checked it: only by hand.
+                        tracing::error!(id, "inbox entry not billed, removed: {e}");
+                        answers.push((id, None));
+                    }
+                }
             }
             if !full {
                 break;
             }
         }
         if !answers.is_empty() {
-            let rehand = self.rehand.clone();
+            let (rehand, store) = (self.rehand.clone(), store.clone());
             tokio::spawn(async move {
-                for answer in answers {
-                    if let WriteResult::Failed(e) = answer.await {
-                        tracing::warn!("inbox entry not billed yet (handed over again): {e}");
-                        rehand.store(true, Ordering::SeqCst);
+                let mut billed = Vec::with_capacity(answers.len());
+                for (id, answer) in answers {
+                    match answer {
+                        Some(answer) => match answer.await {
+                            WriteResult::Done(_) => billed.push(id),
+                            WriteResult::Failed(e) => {
+                                tracing::warn!(
+                                    "inbox entry not billed yet (handed over again): {e}"
+                                );
+                                rehand.store(true, Ordering::SeqCst);
+                            }
+                        },
+                        None => billed.push(id),
                     }
+                }
+                let settled = tokio::task::spawn_blocking(move || store.settle(&billed)).await;
+                if let Ok(Err(e)) = settled {
+                    // Left in the inbox: billed again later, charging nothing.
+                    tracing::warn!("cannot remove billed inbox entries: {e}");
                 }
             });
         }
@@ -239,12 +319,13 @@ impl Replica {
 
     /// This replica's part, for `/stats` and `/metrics`.
     pub async fn status(&self) -> ReplicaStatus {
-        let inbox_depth = match self.store.clone() {
-            Some(store) => tokio::task::spawn_blocking(move || store.inbox_depth().ok())
-                .await
-                .ok()
-                .flatten(),
-            None => None,
+        let (inbox_depth, lease) = match self.store.clone() {
+            Some(store) => tokio::task::spawn_blocking(move || {
+                (store.inbox_depth().ok(), store.lease().ok().flatten())
+            })
+            .await
+            .unwrap_or_default(),
+            None => (None, None),
         };
         let last_check = *self
             .last_check
@@ -258,6 +339,8 @@ impl Replica {
             },
             inbox_depth,
             lock_checked_seconds_ago: last_check.map(|at| at.elapsed().as_secs_f64()),
+            lease,
+            lease_timeout_seconds: self.store.as_ref().map(|_| self.timing.lease.as_secs_f64()),
         }
     }
 
@@ -269,72 +352,110 @@ impl Replica {
     }
 
     /// Runs forever on a replicated ledger: follows until the lock is
-    /// taken, then calls `lead` (which starts the engine and the leader's
-    /// tasks), drains the inbox, and checks the lock every `every`; exits
-    /// the process when it is lost.
+    /// taken (deposing a leader whose lease went stale), then calls `lead`
+    /// (which starts the engine and the leader's tasks), drains the inbox,
+    /// and renews the lease every check; exits the process when it cannot.
     pub async fn campaign(
         self: Arc<Self>,
-        every: Duration,
         lead: impl FnOnce() -> anyhow::Result<Arc<Engine>> + Send + 'static,
     ) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let mut tick = tokio::time::interval(every);
-        loop {
+        let timing = self.timing;
+        let mut tick = tokio::time::interval(timing.check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let epoch = loop {
             tick.tick().await;
-            let store = store.clone();
-            let taken = tokio::task::spawn_blocking(move || store.try_lead()).await;
+            let (ledger, name) = (store.clone(), self.name.clone());
+            let taken = tokio::task::spawn_blocking(move || -> Result<Option<i64>, String> {
+                if let Some(epoch) = ledger.try_lead(&name).map_err(|e| e.to_string())? {
+                    return Ok(Some(epoch));
+                }
+                let Some((deposed, sessions)) = ledger
+                    .depose_stale(timing.lease)
+                    .map_err(|e| e.to_string())?
+                else {
+                    return Ok(None);
+                };
+                tracing::warn!(
+                    %deposed, sessions,
+                    "the leader's lease is older than {:?}: ended its sessions", timing.lease
+                );
+                // Its lock goes with its session, a moment later.
+                for _ in 0..40 {
+                    if let Some(epoch) = ledger.try_lead(&name).map_err(|e| e.to_string())? {
+                        return Ok(Some(epoch));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None)
+            })
+            .await;
             self.checked();
             match taken {
-                Ok(Ok(true)) => break,
-                Ok(Ok(false)) => {}
+                Ok(Ok(Some(epoch))) => break epoch,
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!("cannot reach the ledger to check the leader's lock: {e}")
                 }
                 Err(e) => tracing::error!("{e}"),
             }
-        }
-        tracing::info!(replica = %self.name, "took the leader's lock: restoring the book and billing");
+        };
+        self.clock.renewed_at(Some(Instant::now()));
+        tracing::info!(replica = %self.name, epoch, "took the leader's lock: restoring the book and billing");
         let started = Instant::now();
         let engine = match tokio::task::spawn_blocking(lead).await {
             Ok(Ok(engine)) => engine,
-            Ok(Err(e)) => return lost(&format!("cannot start billing as the leader: {e:#}")),
-            Err(e) => return lost(&e.to_string()),
+            Ok(Err(e)) => return self.lost(&format!("cannot start billing as the leader: {e:#}")),
+            Err(e) => return self.lost(&e.to_string()),
         };
         self.engine.store(Some(engine.clone()));
-        tracing::info!(took = ?started.elapsed(), "leading");
+        tracing::info!(took = ?started.elapsed(), epoch, "leading");
         tokio::spawn(drain(self.clone(), store.clone(), engine));
         loop {
             tick.tick().await;
-            let store = store.clone();
-            let holding = tokio::task::spawn_blocking(move || store.still_leading()).await;
+            let asked = Instant::now();
+            let ledger = store.clone();
+            // A renewal that hangs (the database unreachable) counts as
+            // lost once the lease would be stale for the followers.
+            let renewed = tokio::time::timeout(
+                timing.lease,
+                tokio::task::spawn_blocking(move || ledger.renew(epoch)),
+            )
+            .await;
             self.checked();
-            match holding {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return lost("the leader's lock is gone"),
-                Ok(Err(e)) => return lost(&format!("the leader's session is gone: {e}")),
-                Err(e) => return lost(&e.to_string()),
+            match renewed {
+                Ok(Ok(Ok(true))) => self.clock.renewed_at(Some(asked)),
+                Ok(Ok(Ok(false))) => return self.lost("another replica took the lead"),
+                Ok(Ok(Err(e))) => return self.lost(&format!("the leader's session is gone: {e}")),
+                Ok(Err(e)) => return self.lost(&e.to_string()),
+                Err(_) => return self.lost("the lease could not be renewed in time"),
             }
         }
     }
+
+    /// A leader that lost the lead exits: another replica may bill already.
+    fn lost(&self, why: &str) {
+        self.clock.renewed_at(None);
+        tracing::error!("{why}: exiting so that no two replicas bill (restart me: I follow)");
+        std::process::exit(3);
+    }
 }
 
-/// A leader that lost its lock exits: another replica may bill already.
-fn lost(why: &str) {
-    tracing::error!("{why}: exiting so that no two replicas bill (restart me: I follow)");
-    std::process::exit(3);
-}
-
-/// What an inbox entry asks the engine to bill.
-fn request(entry: InboxEntry, labels: &Arc<Labels>) -> WriteRequest {
-    let body = match entry.kind.as_str() {
-        "remote_write" => remote_write::decode(&entry.body, usize::MAX)
-            .map(|request| Body::RemoteWrite {
+/// What an inbox entry asks the engine to bill, decoded as the handler
+/// decodes (the same size limit).
+fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, String> {
+    match entry.kind.as_str() {
+        "remote_write" => {
+            let request = remote_write::decode(&entry.body, limit).map_err(|e| e.to_string())?;
+            Ok(Body::RemoteWrite {
+                raw: Bytes::from(entry.body),
                 request: Box::new(request),
                 labels: labels.clone(),
+                received: entry.received,
             })
-            .map_err(|e| e.to_string()),
+        }
         "lines" => Precision::parse(&entry.precision)
             .map(|precision| Body::Lines {
                 text: Bytes::from(entry.body),
@@ -343,25 +464,12 @@ fn request(entry: InboxEntry, labels: &Arc<Labels>) -> WriteRequest {
             })
             .ok_or_else(|| format!("unknown precision {:?}", entry.precision)),
         other => Err(format!("unknown kind {other:?}")),
-    };
-    let body = body.unwrap_or_else(|e| {
-        // Stored by a replica that checked it: cannot happen but by hand.
-        tracing::error!(id = entry.id, "inbox entry not billed: {e}");
-        Body::Lines {
-            text: Bytes::new(),
-            precision: Precision::Nanoseconds,
-            received: entry.received,
-        }
-    });
-    WriteRequest {
-        body,
-        inbox_id: Some(entry.id),
     }
 }
 
 /// The leader's inbox drain: what followers stored, in arrival order
 /// through the engine, each entry removed in the transaction that bills it.
-async fn drain(replica: Arc<Replica>, store: Arc<PostgresLedger>, engine: Arc<Engine>) {
+async fn drain(replica: Arc<Replica>, store: Arc<Replication>, engine: Arc<Engine>) {
     loop {
         {
             let mut handed = replica.handed.lock().await;

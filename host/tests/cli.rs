@@ -300,3 +300,23 @@ fn ping_says_whether_a_service_answers() {
     assert!(!dead.status.success());
     assert!(String::from_utf8_lossy(&dead.stderr).contains("no answer from"));
 }
+
+/// `examples/stack-sample.expected.json` is what an independent derivation
+/// gives (`scripts/expected-credits.py`: its own line-protocol reader, the
+/// billing rules written again, Python's exact decimals), byte for byte.
+#[test]
+fn the_expected_credits_of_the_sample_are_derived_independently() {
+    let output = std::process::Command::new("python3")
+        .arg(repo_file("scripts/expected-credits.py"))
+        .arg(repo_file("examples/stack-sample.lp"))
+        .output()
+        .expect("python3 runs (it is on every machine this project builds on)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected =
+        std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+}

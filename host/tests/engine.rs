@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use os_credits::api::{AppState, router};
 use os_credits::billing::engine::Engine;
 use os_credits::billing::{Account, Key};
-use os_credits::ledger::sqlite::{Durability, SqliteLedger};
 use os_credits::ledger::{Batch, EngineStore, Floor, LedgerError, Reads};
+use os_credits::ledger::{Durability, Store};
 use os_credits::policy::registry::Registry;
 use os_credits::policy::{Limits, PolicyRuntime};
 use rust_decimal::Decimal;
@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 /// The SQLite store whose commits fail while `failing` is set (as when the
 /// disk is full).
 struct Switch {
-    store: Arc<SqliteLedger>,
+    store: Arc<Store>,
     failing: AtomicBool,
 }
 
@@ -57,7 +57,7 @@ fn line(value: &str, at: i64) -> String {
 fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
     let policies = common::policy_dir(&[]);
-    let store = Arc::new(SqliteLedger::open(data.path(), Durability::Normal).unwrap());
+    let store = Arc::new(Store::sqlite(data.path(), Durability::Normal).unwrap());
     let switch = Arc::new(Switch {
         store: store.clone(),
         failing: AtomicBool::new(false),

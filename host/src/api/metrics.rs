@@ -31,6 +31,12 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     registry.register(name, help, metric);
 }
 
+fn gauge_f64(registry: &mut Registry, name: &str, help: &str, value: f64) {
+    let metric = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    metric.set(value);
+    registry.register(name, help, metric);
+}
+
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let counts = match super::counts(&app).await {
         Ok(counts) => counts,
@@ -134,6 +140,20 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "Seconds since the leader's lock was last checked (replicated ledgers)",
         replica.lock_checked_seconds_ago.unwrap_or(0.0) as i64,
     );
+    if let Some(lease) = &replica.lease {
+        gauge_f64(
+            &mut registry,
+            "lease_age_seconds",
+            "Seconds since the leader last renewed its lease, on the database's clock (replicated ledgers; replaced past the lease timeout)",
+            lease.age_ms as f64 / 1000.0,
+        );
+        gauge(
+            &mut registry,
+            "lease_epoch",
+            "The leader's epoch: bumped by every new leader (replicated ledgers)",
+            lease.epoch,
+        );
+    }
     gauge(
         &mut registry,
         "ledger_failing",

@@ -80,6 +80,8 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
         "role": replica.role,
         "inbox_depth": replica.inbox_depth,
         "lock_checked_seconds_ago": replica.lock_checked_seconds_ago,
+        "lease": replica.lease,
+        "lease_timeout_seconds": replica.lease_timeout_seconds,
         "projects": counts.projects,
         "keys": counts.keys,
         "charges": counts.charges,

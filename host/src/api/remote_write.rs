@@ -16,9 +16,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::{AppState, blocking, error};
-use crate::billing::engine::WriteResult;
+use crate::billing::engine::{Body, WriteResult};
 use crate::ingest::remote_write;
-use crate::replica::Inbound;
 
 /// The header Prometheus sends with the protocol version.
 const VERSION_HEADER: &str = "x-prometheus-remote-write-version";
@@ -94,7 +93,7 @@ pub async fn remote_write(
         }
     };
     let series = request.timeseries.len();
-    let inbound = Inbound::RemoteWrite {
+    let inbound = Body::RemoteWrite {
         raw,
         request: Box::new(request),
         labels: app.remote_write.labels.clone(),

@@ -12,9 +12,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{AppState, error};
-use crate::billing::engine::WriteResult;
+use crate::billing::engine::{Body, WriteResult};
 use crate::ingest::Precision;
-use crate::replica::Inbound;
 
 /// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are
 /// accepted and not used.
@@ -40,7 +39,7 @@ pub async fn write(
     };
     let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     let bytes = body.len();
-    let inbound = Inbound::Lines {
+    let inbound = Body::Lines {
         text: body,
         precision,
         received,

@@ -9,7 +9,8 @@ use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
 
 use super::pricer::{Priced, Pricer};
-use super::rules::{Skip, State, skip};
+use super::rules::{Skip, skip, state_of};
+pub use crate::account::{Account, Key, State};
 use crate::ingest::Sample;
 use crate::policy::{CallError, MAX_BATCH, ModuleInfo, Step};
 
@@ -86,17 +87,6 @@ enum Next {
     Wait,
 }
 
-/// A key: project, site, metric.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    /// The project.
-    pub project: Arc<str>,
-    /// The site (`location_id`).
-    pub location_id: Arc<str>,
-    /// The metric.
-    pub metric: Arc<str>,
-}
-
 /// A borrowed key for lookups without allocating.
 struct KeyRef<'a>(&'a str, &'a str, &'a str);
 
@@ -112,33 +102,6 @@ impl Hash for KeyRef<'_> {
 impl Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
         *key.project == *self.0 && *key.location_id == *self.1 && *key.metric == *self.2
-    }
-}
-
-/// A key's state and what it has been charged so far.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    /// The last billed measurement.
-    pub state: State,
-    /// The exact sum of this key's charges.
-    pub charged: Decimal,
-    /// Adopted from elsewhere: the state's timestamp is a floor, and the
-    /// first point newer than it is a baseline, not a step.
-    pub awaiting_baseline: bool,
-    /// A step of this key waits to be priced; only ever set inside
-    /// [`Book::apply`], never stored.
-    pub pending: bool,
-}
-
-impl Account {
-    /// A key's first point: its baseline, nothing charged.
-    pub fn baseline(state: State) -> Self {
-        Account {
-            state,
-            charged: Decimal::ZERO,
-            awaiting_baseline: false,
-            pending: false,
-        }
     }
 }
 
@@ -286,14 +249,39 @@ impl Book {
     /// next sample wait until that step is settled, so the outcome is the
     /// same as pricing one sample at a time. A step the policy cannot price
     /// leaves the key's state alone: the next sample prices the whole span.
+    /// Whether the pricer prices a sample's metric is asked once per sample.
     pub fn apply(&mut self, samples: &[Sample<'_>], pricer: &impl Pricer) -> Vec<Outcome> {
+        let priced: Vec<bool> = samples
+            .iter()
+            .map(|s| pricer.prices(&s.location_id, &s.metric))
+            .collect();
+        self.apply_where(samples, pricer, |index| priced[index])
+    }
+
+    /// [`Book::apply`] for samples whose metrics the caller already knows
+    /// the pricer prices (the intake asks once per sample, when it sorts
+    /// them): nothing is asked again.
+    pub fn apply_priced(&mut self, samples: &[Sample<'_>], pricer: &impl Pricer) -> Vec<Outcome> {
+        self.apply_where(samples, pricer, |_| true)
+    }
+
+    fn apply_where(
+        &mut self,
+        samples: &[Sample<'_>],
+        pricer: &impl Pricer,
+        priced: impl Fn(usize) -> bool,
+    ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; samples.len()];
         let mut waiting: Vec<usize> = Vec::new();
         for (index, sample) in samples.iter().enumerate() {
-            let mut next = self.decide(sample, pricer);
+            if !priced(index) {
+                outcomes[index] = Some(Outcome::UnknownMetric);
+                continue;
+            }
+            let mut next = self.decide(sample);
             if next == Next::Wait {
                 self.price(samples, &mut waiting, &mut outcomes, pricer);
-                next = self.decide(sample, pricer);
+                next = self.decide(sample);
             }
             match next {
                 Next::Settled(outcome) => outcomes[index] = Some(outcome),
@@ -312,17 +300,14 @@ impl Book {
 
     /// The rules for one sample. A rise changes nothing yet: its key is
     /// marked pending until [`Book::price`] settles it.
-    fn decide(&mut self, s: &Sample<'_>, pricer: &impl Pricer) -> Next {
-        if !pricer.prices(&s.location_id, &s.metric) {
-            return Next::Settled(Outcome::UnknownMetric);
-        }
+    fn decide(&mut self, s: &Sample<'_>) -> Next {
         let key = KeyRef(&s.project, &s.location_id, &s.metric);
         let Some(account) = self.accounts.get_mut(&key) else {
             if self.accounts.len() >= self.max_keys {
                 return Next::Settled(Outcome::TooManyKeys(self.max_keys));
             }
             let key = self.intern(&s.project, &s.location_id, &s.metric);
-            self.accounts.insert(key, Account::baseline(State::of(s)));
+            self.accounts.insert(key, Account::baseline(state_of(s)));
             return Next::Settled(Outcome::Skipped(Skip::Baseline));
         };
         if account.pending {
@@ -332,7 +317,7 @@ impl Book {
             if s.timestamp <= account.state.timestamp {
                 return Next::Settled(Outcome::Skipped(Skip::Stale));
             }
-            account.state = State::of(s);
+            account.state = state_of(s);
             account.awaiting_baseline = false;
             return Next::Settled(Outcome::Skipped(Skip::Baseline));
         }
@@ -342,7 +327,7 @@ impl Book {
                 Next::Price
             }
             Some(Skip::Reset) => {
-                account.state = State::of(s);
+                account.state = state_of(s);
                 Next::Settled(Outcome::Skipped(Skip::Reset))
             }
             Some(other) => Next::Settled(Outcome::Skipped(other)),
@@ -397,7 +382,7 @@ impl Book {
         account.pending = false;
         match priced {
             Some(Ok(Priced { credits, policy })) => {
-                let previous = std::mem::replace(&mut account.state, State::of(s));
+                let previous = std::mem::replace(&mut account.state, state_of(s));
                 account.charged += credits;
                 let total = match self.projects.get_mut(&*s.project) {
                     Some(total) => {

@@ -36,7 +36,8 @@ use crate::policy::set::PolicySet;
 /// Writes applied in one transaction at most.
 const MAX_GROUP: usize = 512;
 
-/// What a write carries, from either ingest path.
+/// A write as it arrived, from either ingest path: the one envelope from
+/// the request handler through a follower's inbox to the billing thread.
 #[derive(Debug, Clone)]
 pub enum Body {
     /// InfluxDB line protocol as received (decoded on the billing thread).
@@ -48,34 +49,18 @@ pub enum Body {
         /// When it was received (ns), for points without a timestamp.
         received: i64,
     },
-    /// A Prometheus remote-write request, decompressed and decoded by the
-    /// request handler (off the billing thread).
+    /// A Prometheus remote-write request, decompressed and decoded once by
+    /// whoever received it (off the billing thread).
     RemoteWrite {
-        /// The request.
+        /// The snappy body as received (what a follower stores).
+        raw: Bytes,
+        /// The request it decodes to.
         request: Box<remote_write::WriteRequest>,
         /// The labels naming project and site.
         labels: Arc<Labels>,
+        /// When it was received (ns).
+        received: i64,
     },
-}
-
-/// A write to apply.
-#[derive(Debug, Clone)]
-pub struct WriteRequest {
-    /// Its body.
-    pub body: Body,
-    /// The inbox entry it comes from (a replica stored it), removed in the
-    /// transaction that bills it.
-    pub inbox_id: Option<i64>,
-}
-
-impl WriteRequest {
-    /// A write received here, for the engine.
-    pub fn new(body: Body) -> Self {
-        WriteRequest {
-            body,
-            inbox_id: None,
-        }
-    }
 }
 
 /// How a write ended.
@@ -89,7 +74,7 @@ pub enum WriteResult {
 
 enum Job {
     Write {
-        request: WriteRequest,
+        request: Body,
         reply: oneshot::Sender<WriteResult>,
     },
     Rebase {
@@ -229,17 +214,9 @@ impl Engine {
         })
     }
 
-    /// Queues a write and waits until it is committed (or failed).
-    pub async fn write(&self, request: WriteRequest) -> WriteResult {
-        self.submit(request).await
-    }
-
     /// Queues a write now (writes submitted one after the other are applied
     /// in that order); the answer comes when it is committed (or failed).
-    pub fn submit(
-        &self,
-        request: WriteRequest,
-    ) -> impl std::future::Future<Output = WriteResult> + use<> {
+    pub fn submit(&self, request: Body) -> impl std::future::Future<Output = WriteResult> + use<> {
         let (reply, answer) = oneshot::channel();
         self.queued.fetch_add(1, Ordering::Relaxed);
         let sent = send(&self.jobs, Job::Write { request, reply });
@@ -382,16 +359,15 @@ impl Worker {
         }
     }
 
-    fn apply(&mut self, group: Vec<(WriteRequest, oneshot::Sender<WriteResult>)>) {
+    fn apply(&mut self, group: Vec<(Body, oneshot::Sender<WriteResult>)>) {
         let policies = self.policies.load_full();
         let mut batch = Batch::default();
         let mut reports = Vec::with_capacity(group.len());
         for (request, _) in &group {
-            batch.inbox.extend(request.inbox_id);
             let record = |sample: &Sample<'_>, outcome: &Outcome, book: &Book| {
                 record(&mut batch, sample, outcome, book)
             };
-            let report = match &request.body {
+            let report = match request {
                 Body::Lines {
                     text,
                     precision,
@@ -400,7 +376,9 @@ impl Worker {
                     let items = crate::ingest::lines(text, *precision, *received);
                     self.intake.feed(policies.as_ref(), items, |_| {}, record)
                 }
-                Body::RemoteWrite { request, labels } => {
+                Body::RemoteWrite {
+                    request, labels, ..
+                } => {
                     let items = remote_write::samples(request, labels);
                     self.intake.feed(policies.as_ref(), items, |_| {}, record)
                 }

@@ -243,7 +243,7 @@ impl Intake {
             return;
         }
         let (lines, samples): (Vec<usize>, Vec<Sample<'b>>) = chunk.drain(..).unzip();
-        let outcomes = self.book.apply(&samples, pricer);
+        let outcomes = self.book.apply_priced(&samples, pricer);
         for ((line, sample), outcome) in lines.into_iter().zip(&samples).zip(&outcomes) {
             match outcome {
                 Outcome::TooManyKeys(limit) => report.reject(

@@ -5,25 +5,14 @@ use rust_decimal::Decimal;
 
 use crate::ingest::Sample;
 
-/// The last billed sample of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct State {
-    /// Unix time in ns.
-    pub timestamp: i64,
-    /// The value, exact.
-    pub value: Decimal,
-    /// The value's text as it arrived (what the policy sees).
-    pub text: Box<str>,
-}
+pub use crate::account::State;
 
-impl State {
-    /// The state a sample leaves.
-    pub fn of(sample: &Sample<'_>) -> Self {
-        State {
-            timestamp: sample.timestamp,
-            value: sample.value,
-            text: sample.text.as_ref().into(),
-        }
+/// The state a sample leaves.
+pub fn state_of(sample: &Sample<'_>) -> State {
+    State {
+        timestamp: sample.timestamp,
+        value: sample.value,
+        text: sample.text.as_ref().into(),
     }
 }
 

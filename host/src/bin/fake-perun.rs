@@ -1,7 +1,8 @@
-//! A fake Perun for tests and demos, faithful to `reference/perun-rpc.md`
+//! A fake Perun for tests and demos, faithful to `docs/perun.md`
 //! for the calls os-credits makes, quirks included, with fault injection.
 //!
-//! `fake-perun [PORT]` (0 or none: any free port; prints `listening on ADDR`).
+//! `fake-perun [PORT] [HOST]` (port 0 or none: any free port; host: 127.0.0.1
+//! unless given; prints `listening on ADDR`).
 //!
 //! RPC: `POST /{auth}/rpc/json/{manager}/{method}[/...]` with Basic auth
 //! (login `oscredits`, password `secret` unless changed):
@@ -584,7 +585,10 @@ async fn main() -> std::io::Result<()> {
         .route("/_fake/faults", put(set_faults))
         .route("/_fake/state", get(dump))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let host = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     eprintln!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await
 }

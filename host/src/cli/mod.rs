@@ -6,10 +6,10 @@ mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use os_credits::policy::{Limits, PolicyRuntime};
+use os_credits::config::{DataDir, LedgerArgs, PolicyLimitArgs};
+use os_credits::policy::PolicyRuntime;
 
 /// Credits engine for OpenStack clouds, with pricing policies in WebAssembly.
 #[derive(Debug, Parser)]
@@ -73,8 +73,8 @@ enum LedgerCommand {
     /// replicas); refuses a target that holds anything.
     Copy {
         /// The service's data directory (the SQLite ledger to copy).
-        #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: DataDir,
         /// The PostgreSQL ledger to fill (`postgres://…`).
         #[arg(long)]
         to: String,
@@ -84,36 +84,31 @@ enum LedgerCommand {
 /// Where the ledger is: the SQLite file in the data directory, or PostgreSQL.
 #[derive(Debug, Args)]
 pub struct LedgerLocation {
-    /// The service's data directory (the SQLite ledger).
-    #[arg(long, env = "OS_CREDITS_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
-    /// The PostgreSQL ledger instead (`postgres://…`).
-    #[arg(long, env = "OS_CREDITS_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    /// The ledger: SQLite in the data directory, or PostgreSQL.
+    #[command(flatten)]
+    ledger: LedgerArgs,
 }
 
 impl LedgerLocation {
     /// The ledger, for reading (SQLite read-only; works while the service runs).
     fn open(&self) -> anyhow::Result<Box<dyn os_credits::ledger::Reads>> {
-        match self
-            .database_url
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-        {
-            Some(url) => Ok(Box::new(
-                os_credits::ledger::postgres::PostgresLedger::open(url)?,
-            )),
-            None => Ok(Box::new(
-                os_credits::ledger::sqlite::SqliteLedger::open_read_only(&self.data_dir)?,
-            )),
+        match self.ledger.postgres_url() {
+            Some(url) => Ok(Box::new(os_credits::ledger::Store::postgres(
+                url,
+                Default::default(),
+                "os-credits ledger reader",
+            )?)),
+            None => Ok(Box::new(os_credits::ledger::Store::sqlite_read_only(
+                &self.ledger.data_dir.path,
+            )?)),
         }
     }
 
     /// Where it is, for messages.
     fn describe(&self) -> String {
-        match &self.database_url {
+        match self.ledger.postgres_url() {
             Some(_) => "the PostgreSQL ledger".into(),
-            None => self.data_dir.display().to_string(),
+            None => self.ledger.data_dir.path.display().to_string(),
         }
     }
 }
@@ -174,15 +169,9 @@ struct PolicyOptions {
     /// Site configuration for the policy (TOML or JSON).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Wall-clock limit of one policy call, in milliseconds.
-    #[arg(long, env = "OS_CREDITS_POLICY_TIMEOUT_MS", default_value_t = 100)]
-    policy_timeout_ms: u64,
-    /// Memory limit of one policy instance, in MiB.
-    #[arg(long, env = "OS_CREDITS_POLICY_MEMORY_MB", default_value_t = 64)]
-    policy_memory_mb: usize,
-    /// Largest policy module read, in MiB.
-    #[arg(long, env = "OS_CREDITS_POLICY_MAX_MB", default_value_t = 64)]
-    policy_max_mb: usize,
+    /// Limits on the module and its calls.
+    #[command(flatten)]
+    limits: PolicyLimitArgs,
     /// Keep compiled modules in this folder, so that the next run of the
     /// same module does not compile it again (e.g. a service's
     /// `<data dir>/policy-cache`).
@@ -192,11 +181,7 @@ struct PolicyOptions {
 
 impl PolicyOptions {
     fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
-        let mut runtime = PolicyRuntime::new(Limits {
-            call_timeout: Duration::from_millis(self.policy_timeout_ms),
-            memory_bytes: self.policy_memory_mb << 20,
-            module_bytes: self.policy_max_mb << 20,
-        })?;
+        let mut runtime = PolicyRuntime::new(self.limits.limits())?;
         if let Some(dir) = &self.cache_dir {
             runtime.use_cache(dir).map_err(|e| {
                 anyhow::anyhow!("cannot use the compile cache {}: {e}", dir.display())
@@ -292,7 +277,7 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             ledger,
             format,
         }) => ledger::adjustments(project.as_deref(), &ledger, format),
-        Command::Ledger(LedgerCommand::Copy { data_dir, to }) => ledger::copy(&data_dir, &to),
+        Command::Ledger(LedgerCommand::Copy { data_dir, to }) => ledger::copy(&data_dir.path, &to),
         Command::Ping { port, timeout } => ping(port, timeout),
     }
 }

@@ -8,15 +8,15 @@ use anyhow::Context;
 use os_credits::api::{AppState, LogFilter, router};
 use os_credits::billing::engine::Engine;
 use os_credits::config::ServeConfig;
-use os_credits::ledger::postgres::PostgresLedger;
-use os_credits::ledger::sqlite::SqliteLedger;
-use os_credits::ledger::{Floor, Ledger};
+use os_credits::ledger::replication::Replication;
+use os_credits::ledger::sql::Keepalive;
+use os_credits::ledger::{Floor, Ledger, Store};
 use os_credits::notify::Notifier;
 use os_credits::perun::client::PerunClient;
 use os_credits::perun::sync::{Publisher, Rebase};
 use os_credits::policy::PolicyRuntime;
 use os_credits::policy::registry::Registry;
-use os_credits::replica::Replica;
+use os_credits::replica::{Replica, Timing};
 
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -42,7 +42,7 @@ async fn run(
     let address = config.address()?;
     let mut policy_runtime = PolicyRuntime::new(config.limits())?;
     // Compiled policies, so that a restart activates without compiling.
-    let cache_dir = config.data_dir.join("policy-cache");
+    let cache_dir = config.ledger.data_dir.path.join("policy-cache");
     if let Err(e) = policy_runtime.use_cache(&cache_dir) {
         tracing::warn!(
             dir = %cache_dir.display(),
@@ -66,14 +66,21 @@ async fn run(
     })?;
     let policies = registry.policies();
     // The store: SQLite in the data folder, or PostgreSQL (replicas).
-    let postgres = match config.database_url.as_deref().map(str::trim) {
+    let postgres = match config.ledger.database_url.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            // The synchronous client: never on an async thread.
+            // The synchronous client: never on an async thread. Every
+            // session of this process carries one name: a follower that
+            // deposes it as a hung leader ends all of them.
             let url = url.to_owned();
-            let store = tokio::task::spawn_blocking(move || PostgresLedger::open(&url))
-                .await?
-                .context("cannot open the PostgreSQL ledger")?;
+            let session = session_name();
+            let store = tokio::task::spawn_blocking(move || {
+                let keepalive = Keepalive::default();
+                let store = Arc::new(Store::postgres(&url, keepalive, &session)?);
+                Replication::open(store, &url, keepalive, &session)
+            })
+            .await?
+            .context("cannot open the PostgreSQL ledger")?;
             Some(Arc::new(store))
         }
         Some(other) => anyhow::bail!(
@@ -82,11 +89,16 @@ async fn run(
         ),
     };
     let ledger: Arc<dyn Ledger> = match &postgres {
-        Some(store) => store.clone(),
+        Some(replication) => replication.store().clone(),
         None => Arc::new(
-            SqliteLedger::open(&config.data_dir, config.durability()).with_context(|| {
-                format!("cannot open the ledger in {}", config.data_dir.display())
-            })?,
+            Store::sqlite(&config.ledger.data_dir.path, config.durability()).with_context(
+                || {
+                    format!(
+                        "cannot open the ledger in {}",
+                        config.ledger.data_dir.path.display()
+                    )
+                },
+            )?,
         ),
     };
     let whitelist = config.whitelist();
@@ -112,6 +124,11 @@ async fn run(
                 &name,
                 store.clone(),
                 remote_write.labels.clone(),
+                remote_write.max_decompressed,
+                Timing {
+                    check: Duration::from_secs_f64(config.leader_check_seconds.max(0.1)),
+                    lease: Duration::from_secs_f64(config.lease_seconds.max(1.0)),
+                },
             ))
         }
     };
@@ -127,6 +144,7 @@ async fn run(
                 client,
                 ledger.clone(),
                 Arc::new(EngineFloors(replica.clone())),
+                replica.leadership(),
                 sync_config,
             ));
             tracing::info!(url = %config.perun_url, "publishing credits to Perun (while leading)");
@@ -143,7 +161,7 @@ async fn run(
         Some(mail) => {
             let server = format!("{}:{}", mail.server, mail.port);
             let notifier = Arc::new(
-                Notifier::new(ledger.clone(), mail)
+                Notifier::new(ledger.clone(), replica.leadership(), mail)
                     .with_context(|| format!("cannot set up SMTP to {server}"))?,
             );
             tracing::info!(%server, "threshold mails on (while leading)");
@@ -170,7 +188,7 @@ async fn run(
         None => leader_tasks(&tokio::runtime::Handle::current()),
         Some(store) => {
             let (store, policies, handle) = (
-                store.clone(),
+                store.store().clone(),
                 policies.clone(),
                 tokio::runtime::Handle::current(),
             );
@@ -179,10 +197,7 @@ async fn run(
                 leader_tasks(&handle);
                 Ok(engine)
             };
-            tokio::spawn(replica.clone().campaign(
-                Duration::from_secs_f64(config.leader_check_seconds.max(0.1)),
-                lead,
-            ));
+            tokio::spawn(replica.clone().campaign(lead));
         }
     }
     let state = AppState {
@@ -228,6 +243,15 @@ async fn run(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// This process's PostgreSQL sessions' name (`application_name`): unique
+/// per process, so that deposing it ends its sessions and no other's.
+fn session_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("os-credits {} {nanos:08x}", std::process::id())
 }
 
 /// The Perun sync's port for adopted floors, wired to the billing engine

@@ -7,23 +7,20 @@
 
 use std::path::Path;
 
-use postgres::types::ToSql;
 use rust_decimal::Decimal;
 
-use super::LedgerError;
-use super::postgres::PostgresLedger;
-use super::sqlite::SqliteLedger;
+use super::sql::{Keepalive, Param};
+use super::{LedgerError, Store};
 
-/// A column's type in PostgreSQL.
+/// A column's type.
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
     Int,
-    Int4,
     Numeric,
     Bool,
 }
-use Kind::{Bool, Int, Int4, Numeric, Text};
+use Kind::{Bool, Int, Numeric, Text};
 
 /// A table: its name, its columns, and whether it has an `id` sequence.
 type Table = (&'static str, &'static [(&'static str, Kind)], bool);
@@ -106,7 +103,7 @@ const TABLES: &[Table] = &[
         "notifications",
         &[
             ("project", Text),
-            ("threshold", Int4),
+            ("threshold", Int),
             ("granted", Numeric),
             ("sent_at", Int),
         ],
@@ -127,113 +124,114 @@ const TABLES: &[Table] = &[
     ),
 ];
 
-/// One value, read from SQLite as its column's PostgreSQL type.
-fn value(
-    row: &rusqlite::Row<'_>,
-    index: usize,
-    kind: Kind,
-) -> Result<Box<dyn ToSql + Sync>, LedgerError> {
-    Ok(match kind {
-        Text => Box::new(row.get::<_, Option<String>>(index)?),
-        Int => Box::new(row.get::<_, Option<i64>>(index)?),
-        Int4 => Box::new(row.get::<_, Option<i64>>(index)?.map(|v| v as i32)),
-        Bool => Box::new(row.get::<_, bool>(index)?),
-        Numeric => Box::new(
-            row.get::<_, Option<String>>(index)?
-                .map(|text| {
-                    pricing_sdk::parse_decimal(&text)
-                        .map_err(|e| LedgerError::Corrupt(e.to_string()))
-                })
-                .transpose()?
-                .map(|d: Decimal| d),
-        ),
-    })
-}
-
 /// Copies the SQLite ledger in `data_dir` into the empty PostgreSQL ledger
 /// at `url`; returns the rows copied per table.
 pub fn sqlite_to_postgres(
     data_dir: &Path,
     url: &str,
 ) -> Result<Vec<(&'static str, u64)>, LedgerError> {
-    let source = SqliteLedger::open_read_only(data_dir)?;
-    let target = PostgresLedger::open(url)?;
+    let source = Store::sqlite_read_only(data_dir)?;
+    let target = Store::postgres(url, Keepalive::default(), "os-credits ledger copy")?;
     if !target.is_empty()? {
         return Err(LedgerError::Corrupt(
             "the target PostgreSQL ledger is not empty: copy into a new database".into(),
         ));
     }
-    let connection = source.connection();
-    target.transaction(|tx| {
-        let mut copied = Vec::new();
-        for (table, columns, sequence) in TABLES {
-            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-            let insert = tx.prepare(&format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
-                names.join(", "),
-                placeholders.join(", ")
-            ))?;
-            let mut select =
-                connection.prepare(&format!("SELECT {} FROM {table}", names.join(", ")))?;
-            let mut rows = select.query([])?;
-            let mut count: u64 = 0;
-            // Per numeric column, the exact sum of what was read.
-            let mut sums = vec![Decimal::ZERO; columns.len()];
-            while let Some(row) = rows.next()? {
-                let values = columns
-                    .iter()
-                    .enumerate()
-                    .map(|(index, (_, kind))| value(row, index, *kind))
-                    .collect::<Result<Vec<_>, _>>()?;
-                for (index, (_, kind)) in columns.iter().enumerate() {
-                    if let Numeric = kind
-                        && let Some(text) = row.get::<_, Option<String>>(index)?
-                    {
-                        sums[index] += pricing_sdk::parse_decimal(&text)
-                            .map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    source.read(|from| {
+        target.transaction(|to| {
+            let mut copied = Vec::new();
+            for (table, columns, sequence) in TABLES {
+                let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+                let placeholders: Vec<String> =
+                    (1..=columns.len()).map(|i| format!("?{i}")).collect();
+                let insert = format!(
+                    "INSERT INTO {table} ({}) VALUES ({})",
+                    names.join(", "),
+                    placeholders.join(", ")
+                );
+                let mut count: u64 = 0;
+                // Per numeric column, the exact sum of what was read.
+                let mut sums = vec![Decimal::ZERO; columns.len()];
+                from.for_each(
+                    &format!("SELECT {} FROM {table}", names.join(", ")),
+                    &[],
+                    |row| {
+                        let mut values = Vec::with_capacity(columns.len());
+                        for (index, (_, kind)) in columns.iter().enumerate() {
+                            values.push(match kind {
+                                Text => row.opt_text(index)?.map_or(Value::Null, Value::Text),
+                                Int => row.opt_int(index)?.map_or(Value::Null, Value::Int),
+                                Bool => Value::Bool(row.bool(index)?),
+                                Numeric => match row.opt_decimal(index)? {
+                                    Some(value) => {
+                                        sums[index] += value;
+                                        Value::Decimal(value)
+                                    }
+                                    None => Value::Null,
+                                },
+                            });
+                        }
+                        let params: Vec<Param<'_>> = values.iter().map(Value::param).collect();
+                        to.execute(&insert, &params)?;
+                        count += 1;
+                        Ok(())
+                    },
+                )?;
+                // What the target holds now must be what was read, exactly.
+                let stored = to
+                    .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                    .int(0)?;
+                if stored as u64 != count {
+                    return Err(LedgerError::Corrupt(format!(
+                        "{table}: read {count} rows, the target holds {stored}"
+                    )));
+                }
+                for (index, (column, kind)) in columns.iter().enumerate() {
+                    if let Numeric = kind {
+                        let total = to
+                            .query_one(
+                                &format!("SELECT COALESCE(SUM({column}), 0) FROM {table}"),
+                                &[],
+                            )?
+                            .decimal(0)?;
+                        if total != sums[index] {
+                            return Err(LedgerError::Corrupt(format!(
+                                "{table}.{column}: the source sums to {}, the target to {total}",
+                                sums[index]
+                            )));
+                        }
                     }
                 }
-                let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(AsRef::as_ref).collect();
-                tx.execute(&insert, &params)?;
-                count += 1;
-            }
-            // What the target holds now must be what was read, exactly.
-            let stored: i64 = tx
-                .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
-                .get(0);
-            if stored as u64 != count {
-                return Err(LedgerError::Corrupt(format!(
-                    "{table}: read {count} rows, the target holds {stored}"
-                )));
-            }
-            for (index, (column, kind)) in columns.iter().enumerate() {
-                if let Numeric = kind {
-                    let total: Decimal = tx
-                        .query_one(
-                            &format!("SELECT COALESCE(SUM({column}), 0) FROM {table}"),
-                            &[],
-                        )?
-                        .get(0);
-                    if total != sums[index] {
-                        return Err(LedgerError::Corrupt(format!(
-                            "{table}.{column}: the source sums to {}, the target to {total}",
-                            sums[index]
-                        )));
-                    }
-                }
-            }
-            if *sequence {
-                tx.execute(
-                    &format!(
+                if *sequence {
+                    to.batch(&format!(
                         "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
                              COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
-                    ),
-                    &[],
-                )?;
+                    ))?;
+                }
+                copied.push((*table, count));
             }
-            copied.push((*table, count));
-        }
-        Ok(copied)
+            Ok(copied)
+        })
     })
+}
+
+/// One value read, owned until it is bound.
+enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Decimal(Decimal),
+    Bool(bool),
+}
+
+impl Value {
+    fn param(&self) -> Param<'_> {
+        match self {
+            Value::Null => Param::Null,
+            Value::Int(v) => Param::Int(*v),
+            Value::Text(v) => Param::Text(v),
+            Value::Decimal(v) => Param::Decimal(*v),
+            Value::Bool(v) => Param::Bool(*v),
+        }
+    }
 }

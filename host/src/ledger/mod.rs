@@ -7,16 +7,30 @@
 //! the billing engine writes it in batches ([`EngineStore`], one
 //! transaction each), the APIs read it ([`Reads`]), the Perun sync works
 //! the outbox ([`Outbox`]) and the mails record what they sent
-//! ([`Notifications`]). The four are the seam a second store (PostgreSQL,
-//! for replicas) implements; [`sqlite::SqliteLedger`] is the one there is.
+//! ([`Notifications`]).
+//!
+//! One [`Store`] implements every role once, over SQLite (a file in the
+//! data directory, the default) or PostgreSQL (replicas), through the small
+//! SQL layer in [`sql`]; [`schema`] holds the migrations. What only
+//! replicas have (the inbox, the leader's lock and lease) is a role of its
+//! own: [`replication::Replication`]. The ledger names nothing above it: its
+//! values come from the leaf [`crate::account`].
 
 pub mod copy;
-pub mod postgres;
-pub mod sqlite;
+mod engine;
+mod notifications;
+mod outbox;
+mod reads;
+pub mod replication;
+pub mod schema;
+pub mod sql;
+mod store;
+
+pub use store::{Durability, FILE_NAME, Store};
 
 use rust_decimal::Decimal;
 
-use crate::billing::{Account, Key};
+use crate::account::{Account, Key};
 
 /// A ledger failure.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +44,10 @@ pub enum LedgerError {
     /// The database holds something this binary cannot read.
     #[error("ledger data is corrupt: {0}")]
     Corrupt(String),
+    /// This replica is no longer the leader: another took over (its lease
+    /// carries a newer epoch than this one).
+    #[error("fenced: the leader's lease is no longer epoch {0} (another replica leads)")]
+    Fenced(i64),
     /// The database was written by a newer version of os-credits.
     #[error(
         "ledger schema version {found} is newer than this binary's {supported}: upgrade os-credits"
@@ -105,15 +123,12 @@ pub struct Batch {
     pub states: Vec<(Key, Account)>,
     /// Charges to append, in billing order.
     pub charges: Vec<ChargeRecord>,
-    /// Inbox entries (writes stored by replicas) billed in this batch,
-    /// removed in the same transaction: billed exactly once.
-    pub inbox: Vec<i64>,
 }
 
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.charges.is_empty() && self.inbox.is_empty()
+        self.states.is_empty() && self.charges.is_empty()
     }
 }
 
@@ -190,6 +205,17 @@ pub enum AdjustmentKind {
 }
 
 impl AdjustmentKind {
+    /// The kind a stored name stands for (`project`: for the message).
+    pub fn parse(name: &str, project: &str) -> Result<Self, LedgerError> {
+        match name {
+            "adopted" => Ok(AdjustmentKind::Adopted),
+            "manual edit" => Ok(AdjustmentKind::ManualEdit),
+            other => Err(LedgerError::Corrupt(format!(
+                "unknown adjustment kind {other:?} of {project}"
+            ))),
+        }
+    }
+
     /// The name stored in the ledger.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -233,6 +259,18 @@ pub enum ValueSource {
 }
 
 impl ValueSource {
+    /// The source a stored name stands for (`project`: for the message).
+    pub fn parse(name: &str, project: &str) -> Result<Self, LedgerError> {
+        match name {
+            "write" => Ok(ValueSource::Write),
+            "adopted" => Ok(ValueSource::Adopted),
+            "manual edit" => Ok(ValueSource::ManualEdit),
+            other => Err(LedgerError::Corrupt(format!(
+                "unknown source {other:?} of a Perun value of {project}"
+            ))),
+        }
+    }
+
     /// The name stored in the ledger.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -290,10 +328,15 @@ pub trait EngineStore: Send + Sync {
     /// Writes a batch atomically: states, charges, project totals, outbox.
     fn commit(&self, batch: &Batch) -> Result<(), LedgerError>;
 
-    /// take back.
+    /// Per floor, the exact sum of the charges it would take back: not yet
+    /// reversed, their step started before the floor.
     fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError>;
 
-    /// project for publishing. Returns how many charges were reversed.
+    /// Applies floors adopted from Perun in one transaction: reverses the
+    /// charges of steps that started before a floor (kept for the audit,
+    /// out of totals), stores the keys' `states`, sets the project's
+    /// exact `charged` total, recomputes its history's running totals and
+    /// queues the project for publishing. Returns how many charges were reversed.
     fn rebase(
         &self,
         project: &str,
@@ -329,6 +372,8 @@ pub trait Outbox: Send + Sync {
     /// Outbox entries due at `now` (ns), oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError>;
 
+    /// `entry` was published: its version is done (a later charge keeps
+    /// the project waiting), and the project is not published again
     /// before `next_attempt` (the interval holds for the next charge too).
     fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError>;
 
@@ -347,9 +392,13 @@ pub trait Outbox: Send + Sync {
         emails: &[String],
     ) -> Result<(), LedgerError>;
 
+    /// What this service knows of the project's credits used in Perun:
+    /// when it was adopted, and every value it recognises as its
     /// own (written, about to be written, adopted or accepted as a hand edit).
     fn perun_record(&self, project: &str) -> Result<PerunRecord, LedgerError>;
 
+    /// Records an adjustment (adoption or hand edit): credits used change
+    /// by its amount, the audit keeps it, and `perun_value` (what Perun
     /// showed) becomes a value this service recognises.
     fn adjust(
         &self,
@@ -359,6 +408,9 @@ pub trait Outbox: Send + Sync {
         modified_at: Option<&str>,
     ) -> Result<(), LedgerError>;
 
+    /// Records the intent to write `value` (with the sites' `timestamps`)
+    /// to Perun, before the write: read back later, it is recognised as
+    /// ours even if the answer never came. Returns
     /// the intent's id for [`Outbox::confirm_write`].
     fn record_intent(
         &self,
@@ -367,13 +419,16 @@ pub trait Outbox: Send + Sync {
         timestamps: &str,
     ) -> Result<i64, LedgerError>;
 
-    /// theirs can still be on its way.
+    /// Perun confirmed intent `id`; values recorded before `forget_before`
+    /// (ns) and older than the newest confirmed one are forgotten, as no
+    /// write of theirs can still be on its way.
     fn confirm_write(&self, project: &str, id: i64, forget_before: i64) -> Result<(), LedgerError>;
 }
 
 /// What the threshold mails read and record.
 pub trait Notifications: Send + Sync {
-    /// queries whatever the number of projects.
+    /// Every project with granted credits known, with the thresholds
+    /// already mailed: two queries whatever the number of projects.
     fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError>;
 
     /// Records that the mail for `threshold` was sent at `granted`.
@@ -385,9 +440,17 @@ pub trait Notifications: Send + Sync {
     ) -> Result<(), LedgerError>;
 }
 
-/// Every role at once: what a store implements ([`sqlite::SqliteLedger`]
-/// today; a second store implements the same four traits). Each client
-/// holds only its role (`Arc<dyn Outbox>` …), upcast from this.
+/// Whether this process may act as the ledger's leader right now: the Perun
+/// sync and the mails ask before every effect outside the ledger. A lone
+/// service always may; a replica only while its lease is fresh (see
+/// [`replication`]).
+pub trait Leadership: Send + Sync {
+    /// `true` while this process leads and its lease is fresh.
+    fn leading(&self) -> bool;
+}
+
+/// Every role at once: what [`Store`] implements, over either database.
+/// Each client holds only its role (`Arc<dyn Outbox>` …), upcast from this.
 pub trait Ledger: EngineStore + Reads + Outbox + Notifications {}
 
 impl<T: EngineStore + Reads + Outbox + Notifications> Ledger for T {}

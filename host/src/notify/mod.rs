@@ -22,7 +22,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::credits::round;
-use crate::ledger::{Notifications, ProjectRecord};
+use crate::ledger::{Leadership, Notifications, ProjectRecord};
 
 /// How often the ledger is checked for crossings.
 const PASS: Duration = Duration::from_secs(1);
@@ -218,6 +218,7 @@ pub enum SetupError {
 /// Sends the threshold mails.
 pub struct Notifier {
     ledger: Arc<dyn Notifications>,
+    leadership: Arc<dyn Leadership>,
     config: MailConfig,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -227,8 +228,13 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier writing through `config`'s server.
-    pub fn new(ledger: Arc<dyn Notifications>, config: MailConfig) -> Result<Self, SetupError> {
+    /// A notifier writing through `config`'s server; it sends nothing
+    /// unless `leadership` says this process leads right then.
+    pub fn new(
+        ledger: Arc<dyn Notifications>,
+        leadership: Arc<dyn Leadership>,
+        config: MailConfig,
+    ) -> Result<Self, SetupError> {
         let from = config
             .from
             .trim()
@@ -248,6 +254,7 @@ impl Notifier {
         }
         Ok(Notifier {
             ledger,
+            leadership,
             from,
             transport: builder.build(),
             status: Mutex::new(NotifyStatus {
@@ -276,8 +283,12 @@ impl Notifier {
         }
     }
 
-    /// Sends what is due now (unless the server failed recently).
+    /// Sends what is due now (unless the server failed recently, or this
+    /// process does not lead).
     pub async fn pass(&self) {
+        if !self.leadership.leading() {
+            return;
+        }
         self.status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -307,6 +318,11 @@ impl Notifier {
             Err(e) => return tracing::error!("notifications: {e}"),
         };
         for due in due {
+            // Asked before every mail: a leader that was frozen or cut off
+            // and replaced sends nothing when it wakes.
+            if !self.leadership.leading() {
+                return;
+            }
             let span = tracing::info_span!("notify", project = %due.project.project, threshold = due.threshold);
             if !self.deliver(&due).instrument(span).await {
                 return;

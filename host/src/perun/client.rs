@@ -1,4 +1,4 @@
-//! A JSON-RPC client for Perun (`reference/perun-rpc.md`): `POST
+//! A JSON-RPC client for Perun (`docs/perun.md`): `POST
 //! {url}/{manager}/{method}` with a JSON object, Basic auth; errors detected
 //! by the `errorId` key and classified by `name`, else `type`; Apache's HTML
 //! answers (401, 403, 503) and timeouts mapped to typed errors.

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::client::{AttributeDef, PerunClient, PerunError};
 use super::reconcile::{Reading, Verdict, judge};
 use crate::credits::round;
-use crate::ledger::{AdjustmentKind, Floor, LedgerError, Outbox, OutboxEntry};
+use crate::ledger::{AdjustmentKind, Floor, Leadership, LedgerError, Outbox, OutboxEntry};
 
 /// Perun's timestamp format for `denbiCreditTimestamps`.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
@@ -24,6 +24,8 @@ const NOT_A_GROUP_RETRY: Duration = Duration::from_secs(3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Projects published at once.
 const CONCURRENCY: usize = 8;
+/// The longest pause between two passes over the outbox.
+const PASS_MAX: Duration = Duration::from_millis(500);
 /// How long a write may still be on its way to Perun after it was sent
 /// (far beyond any call timeout): its value is recognised as ours that long
 /// even after a newer write was confirmed.
@@ -85,6 +87,7 @@ pub struct Publisher {
     client: PerunClient,
     ledger: Arc<dyn Outbox>,
     rebaser: Arc<dyn Rebase>,
+    leadership: Arc<dyn Leadership>,
     config: SyncConfig,
     groups: Mutex<HashMap<String, (i64, Instant)>>,
     status: Mutex<SyncStatus>,
@@ -119,17 +122,20 @@ fn backoff(attempts: i64) -> Duration {
 
 impl Publisher {
     /// A publisher over `client` and the ledger's outbox; floors adopted on
-    /// first contact go to the engine through `rebaser`.
+    /// first contact go to the engine through `rebaser`; nothing is written
+    /// to Perun unless `leadership` says this process leads right then.
     pub fn new(
         client: PerunClient,
         ledger: Arc<dyn Outbox>,
         rebaser: Arc<dyn Rebase>,
+        leadership: Arc<dyn Leadership>,
         config: SyncConfig,
     ) -> Self {
         Publisher {
             client,
             ledger,
             rebaser,
+            leadership,
             config,
             groups: Mutex::new(HashMap::new()),
             status: Mutex::new(SyncStatus {
@@ -153,17 +159,24 @@ impl Publisher {
         status
     }
 
-    /// Runs forever: publishes what is due, every half second.
+    /// Runs forever: publishes what is due, every 1/600 of the interval
+    /// (half a second at the default 300 s; a clock sped up for a test
+    /// speeds this up with it), at least every 5 ms.
     pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let every = (self.config.interval / 600).clamp(Duration::from_millis(5), PASS_MAX);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             self.pass().await;
         }
     }
 
-    /// One pass over what is due now.
+    /// One pass over what is due now (nothing while not leading).
     pub async fn pass(self: &Arc<Self>) {
+        if !self.leadership.leading() {
+            return;
+        }
         let ledger = self.ledger.clone();
         let due = match tokio::task::spawn_blocking(move || ledger.due(now_ns(), 256)).await {
             Ok(Ok(due)) => due,
@@ -265,6 +278,19 @@ impl Publisher {
     }
 
     /// Runs `work` on the ledger off the async threads.
+    /// Fails unless this process leads right now: asked before every write
+    /// to Perun, so a leader that was frozen or cut off and replaced writes
+    /// nothing when it wakes.
+    fn leading(&self) -> Result<(), PerunError> {
+        if self.leadership.leading() {
+            Ok(())
+        } else {
+            Err(PerunError::Local(
+                "not the leader (its lease is not fresh): nothing written".into(),
+            ))
+        }
+    }
+
     async fn on_ledger<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn Outbox) -> Result<T, LedgerError> + Send + 'static,
@@ -478,6 +504,7 @@ impl Publisher {
             .on_ledger(move |ledger| ledger.record_intent(&project, used, &intended))
             .await?;
         if writes.is_empty() {
+            self.leading()?;
             self.client
                 .set_attributes(group, None, std::slice::from_ref(&current))
                 .await?;
@@ -487,6 +514,7 @@ impl Publisher {
                 current.clone(),
                 self.config.timestamps.write(Value::Object(stamps)),
             ];
+            self.leading()?;
             self.client
                 .set_attributes(group, Some(resource), &attributes)
                 .await?;

@@ -14,9 +14,15 @@ pub struct FakePerun {
 }
 
 impl FakePerun {
-    /// Starts it.
+    /// Starts it on 127.0.0.1.
     pub fn start() -> FakePerun {
+        FakePerun::start_on("127.0.0.1")
+    }
+
+    /// Starts it on `host`.
+    pub fn start_on(host: &str) -> FakePerun {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fake-perun"))
+            .args(["0", host])
             .stderr(Stdio::piped())
             .spawn()
             .expect("fake-perun starts");

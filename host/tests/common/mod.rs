@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_perun;
+pub mod netns;
 pub mod postgres;
 pub mod smtp;
 
@@ -319,6 +320,30 @@ impl Service {
         self.child.wait().expect("reaped");
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code (`None`:
+    /// still running, or ended by a signal).
+    pub fn exit_within(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// GETs `path` and parses the answer as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         get_json(&self.at(path))
@@ -431,6 +456,20 @@ pub fn get_json(url: &str) -> serde_json::Value {
         .send()
         .and_then(|r| r.json())
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// A random generator for a test, and its seed: `OS_CREDITS_TEST_SEED` when
+/// set (to replay a run), a fresh one otherwise; printed either way.
+pub fn seeded(test: &str) -> (fastrand::Rng, u64) {
+    let seed = match std::env::var("OS_CREDITS_TEST_SEED") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("OS_CREDITS_TEST_SEED={text:?} is not a number")),
+        Err(_) => fastrand::u64(..),
+    };
+    println!("{test}: seed {seed} (replay with OS_CREDITS_TEST_SEED={seed})");
+    (fastrand::Rng::with_seed(seed), seed)
 }
 
 /// Polls `condition` every 50 ms for up to 60 s.

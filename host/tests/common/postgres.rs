@@ -73,6 +73,12 @@ impl Postgres {
 
     /// Starts a fresh server with `settings` (`-c name=value ...`).
     pub fn start_with(settings: &str) -> Postgres {
+        Self::start_listening(settings, None)
+    }
+
+    /// Starts a fresh server that also listens on `extra` (an address of
+    /// this machine, trusted from its /30), with `settings`.
+    pub fn start_listening(settings: &str, extra: Option<&str>) -> Postgres {
         let dir = tempfile::tempdir().expect("temp dir");
         if is_root() {
             let status = Command::new("chown")
@@ -105,8 +111,18 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        let listen = match extra {
+            Some(address) => {
+                let hba = server.dir.path().join("data").join("pg_hba.conf");
+                let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+                rules.push_str(&format!("host all all {address}/30 trust\n"));
+                std::fs::write(&hba, rules).expect("pg_hba.conf written");
+                format!("'127.0.0.1,{address}'")
+            }
+            None => "127.0.0.1".to_owned(),
+        };
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}",
+            "-p {port} -k {} -c listen_addresses={listen} -c max_connections=200 {settings}",
             server.dir.path().display()
         );
         let log = server.dir.path().join("server.log");
@@ -132,12 +148,17 @@ impl Postgres {
 
     /// A new, empty database; its URL.
     pub fn database(&self, name: &str) -> String {
+        self.database_at(name, "127.0.0.1")
+    }
+
+    /// A new, empty database; its URL through `address`.
+    pub fn database_at(&self, name: &str, address: &str) -> String {
         let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
         let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connects");
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("database created");
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        format!("postgres://postgres@{address}:{}/{name}", self.port)
     }
 
     /// The server's folder.

@@ -1,0 +1,226 @@
+//! What the billing engine writes and restores: key states, charges,
+//! project totals and outbox versions, in one transaction per batch, each
+//! table in as few multi-row statements as the parameter limits allow; the
+//! reversal of charges for adopted floors.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+
+use super::sql::{Db, Param, params};
+use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, now_ns};
+use super::{Batch, EngineStore, Floor, LedgerError, replication};
+use crate::account::{Account, Key, State};
+
+/// Stores key states (insert or replace; a later entry for a key wins).
+fn upsert_keys(db: &mut Db, states: &[(Key, Account)]) -> Result<(), LedgerError> {
+    let mut last: BTreeMap<&Key, &Account> = BTreeMap::new();
+    for (key, account) in states {
+        last.insert(key, account);
+    }
+    let mut values = Vec::with_capacity(last.len() * 7);
+    for (key, account) in last {
+        values.extend([
+            Param::Text(&key.project),
+            Param::Text(&key.location_id),
+            Param::Text(&key.metric),
+            Param::Int(account.state.timestamp),
+            Param::Text(&account.state.text),
+            Param::Decimal(account.charged),
+            Param::Bool(account.awaiting_baseline),
+        ]);
+    }
+    db.insert(
+        "INSERT INTO keys (project, location_id, metric, timestamp, value, charged, awaiting_baseline)",
+        7,
+        "ON CONFLICT (project, location_id, metric) DO UPDATE SET
+             timestamp = excluded.timestamp, value = excluded.value, charged = excluded.charged,
+             awaiting_baseline = excluded.awaiting_baseline",
+        &values,
+    )
+}
+
+/// Sets projects' exact charged totals and queues them for publishing.
+fn charged_totals(
+    db: &mut Db,
+    totals: &BTreeMap<&str, Decimal>,
+    now: i64,
+) -> Result<(), LedgerError> {
+    let mut values = Vec::with_capacity(totals.len() * 3);
+    let mut queued = Vec::with_capacity(totals.len() * 2);
+    for (project, charged) in totals {
+        values.extend([
+            Param::Text(project),
+            Param::Decimal(*charged),
+            Param::Int(now),
+        ]);
+        queued.extend([Param::Text(project), Param::Int(now)]);
+    }
+    db.insert(
+        "INSERT INTO projects (project, charged, updated_at)",
+        3,
+        "ON CONFLICT (project) DO UPDATE SET charged = excluded.charged,
+             updated_at = excluded.updated_at",
+        &values,
+    )?;
+    db.insert(QUEUE_HEAD, 2, QUEUE_TAIL, &queued)
+}
+
+/// Writes a batch in `db`'s open transaction.
+fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
+    let now = now_ns();
+    upsert_keys(db, &batch.states)?;
+    let mut values = Vec::with_capacity(batch.charges.len() * 13);
+    let mut totals: BTreeMap<&str, Decimal> = BTreeMap::new();
+    for charge in &batch.charges {
+        values.extend([
+            Param::Text(&charge.key.project),
+            Param::Text(&charge.key.location_id),
+            Param::Text(&charge.key.metric),
+            Param::Int(charge.previous.0),
+            Param::Text(&charge.previous.1),
+            Param::Int(charge.current.0),
+            Param::Text(&charge.current.1),
+            Param::Decimal(charge.credits),
+            Param::Decimal(charge.charged_after),
+            Param::Text(&charge.policy.name),
+            Param::Text(&charge.policy.version),
+            Param::Text(&charge.policy.sha256),
+            Param::Int(now),
+        ]);
+        totals.insert(&charge.key.project, charge.charged_after);
+    }
+    db.insert(
+        "INSERT INTO charges (project, location_id, metric, previous_timestamp, previous_value,
+             timestamp, value, credits, charged_after, policy_name, policy_version,
+             policy_sha256, recorded_at)",
+        13,
+        "",
+        &values,
+    )?;
+    charged_totals(db, &totals, now)
+}
+
+impl EngineStore for Store {
+    fn accounts(&self) -> Result<Vec<(Key, Account)>, LedgerError> {
+        let mut accounts = Vec::new();
+        self.reader().for_each(
+            "SELECT project, location_id, metric, timestamp, value, charged, awaiting_baseline
+             FROM keys",
+            &[],
+            |row| {
+                let text = row.text(4)?;
+                let key = Key {
+                    project: row.text(0)?.into(),
+                    location_id: row.text(1)?.into(),
+                    metric: row.text(2)?.into(),
+                };
+                let state = State {
+                    timestamp: row.int(3)?,
+                    value: pricing_sdk::parse_decimal(&text)
+                        .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+                    text: text.into(),
+                };
+                accounts.push((
+                    key,
+                    Account {
+                        state,
+                        charged: row.decimal(5)?,
+                        awaiting_baseline: row.bool(6)?,
+                        pending: false,
+                    },
+                ));
+                Ok(())
+            },
+        )?;
+        Ok(accounts)
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), LedgerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let fence = *super::store::lock(&self.fence);
+        self.writer().transaction(|db| {
+            if let Some(epoch) = fence {
+                replication::check_fence(db, epoch)?;
+            }
+            write_batch(db, batch)
+        })
+    }
+
+    fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError> {
+        let mut db = self.reader();
+        floors
+            .iter()
+            .map(|floor| {
+                let mut total = Decimal::ZERO;
+                db.for_each(
+                    "SELECT credits FROM charges WHERE project = ?1 AND location_id = ?2
+                         AND metric = ?3 AND previous_timestamp < ?4 AND reversed_at IS NULL",
+                    params![project, &floor.location_id, &floor.metric, floor.timestamp],
+                    |row| {
+                        total += row.decimal(0)?;
+                        Ok(())
+                    },
+                )?;
+                Ok(total)
+            })
+            .collect()
+    }
+
+    fn rebase(
+        &self,
+        project: &str,
+        floors: &[Floor],
+        states: &[(Key, Account)],
+        charged: Decimal,
+    ) -> Result<usize, LedgerError> {
+        let fence = *super::store::lock(&self.fence);
+        self.writer().transaction(|db| {
+            if let Some(epoch) = fence {
+                replication::check_fence(db, epoch)?;
+            }
+            let now = now_ns();
+            let mut reversed = 0;
+            for floor in floors {
+                reversed += db.execute(
+                    "UPDATE charges SET reversed_at = ?5 WHERE project = ?1 AND location_id = ?2
+                         AND metric = ?3 AND previous_timestamp < ?4 AND reversed_at IS NULL",
+                    params![
+                        project,
+                        &floor.location_id,
+                        &floor.metric,
+                        floor.timestamp,
+                        now
+                    ],
+                )?;
+            }
+            upsert_keys(db, states)?;
+            db.execute(
+                "INSERT INTO projects (project, charged, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (project) DO UPDATE SET charged = excluded.charged,
+                     updated_at = excluded.updated_at",
+                params![project, charged, now],
+            )?;
+            if reversed > 0 {
+                // The history's running totals, without the reversed charges.
+                let rows = db.query(
+                    "SELECT id, credits FROM charges WHERE project = ?1 AND reversed_at IS NULL
+                     ORDER BY id",
+                    params![project],
+                )?;
+                let mut running = Decimal::ZERO;
+                for row in rows {
+                    running += row.decimal(1)?;
+                    db.execute(
+                        "UPDATE charges SET charged_after = ?2 WHERE id = ?1",
+                        params![row.int(0)?, running],
+                    )?;
+                }
+                db.insert(QUEUE_HEAD, 2, QUEUE_TAIL, params![project, now])?;
+            }
+            Ok(reversed as usize)
+        })
+    }
+}
