@@ -1,5 +1,5 @@
 //! Failover time: two replicas on a PostgreSQL server the benchmark starts,
-//! default lock check (`OS_CREDITS_LEADER_CHECK_SECONDS`, 2 s). The leader
+//! default lock check (`OS_CREDITS_LEADER_CHECK_SECONDS`, 1 s). The leader
 //! is killed with SIGKILL; measured is the time until a write sent to the
 //! other replica is billed (it answers as the leader). Repeated `ROUNDS`
 //! times (the killed replica restarts as a follower each time).

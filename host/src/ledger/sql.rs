@@ -654,71 +654,48 @@ impl ToSql for Column<'_> {
 /// The columns of rows of `width` values, each typed by its first value
 /// that is not `NULL` (a column of `NULL`s only is text).
 fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, LedgerError> {
-    let rows = values.len() / width;
-    let mut columns = Vec::with_capacity(width);
-    for column in 0..width {
-        let cells = values.iter().skip(column).step_by(width);
-        let first = cells.clone().find(|p| !matches!(p, Param::Null));
-        let mismatch = |p: &Param<'_>| corrupt(format!("column {column} mixes types: {p:?}"));
-        columns.push(match first {
-            Some(Param::Int(_)) => Column::Int(
+    (0..width)
+        .map(|column| {
+            let cells = || values.iter().skip(column).step_by(width);
+            // Every value of the column as `pick` reads it, `NULL` as `None`.
+            fn gather<'b, 'a: 'b, T>(
+                cells: impl Iterator<Item = &'b Param<'a>>,
+                column: usize,
+                pick: impl Fn(Param<'a>) -> Option<T>,
+            ) -> Result<Vec<Option<T>>, LedgerError> {
                 cells
                     .map(|p| match *p {
-                        Param::Int(v) => Ok(Some(v)),
                         Param::Null => Ok(None),
-                        _ => Err(mismatch(p)),
+                        other => pick(other).map(Some).ok_or_else(|| {
+                            corrupt(format!("column {column} mixes types: {other:?}"))
+                        }),
                     })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(Param::Decimal(_)) => Column::Decimal(
-                cells
-                    .map(|p| match *p {
-                        Param::Decimal(v) => Ok(Some(v)),
-                        Param::Null => Ok(None),
-                        _ => Err(mismatch(p)),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(Param::Bool(_)) => Column::Bool(
-                cells
-                    .map(|p| match *p {
-                        Param::Bool(v) => Ok(Some(v)),
-                        Param::Null => Ok(None),
-                        _ => Err(mismatch(p)),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(Param::Bytes(_)) => Column::Bytes(
-                cells
-                    .map(|p| match *p {
-                        Param::Bytes(v) => Ok(Some(v)),
-                        Param::Null => Ok(None),
-                        _ => Err(mismatch(p)),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(Param::Text(_)) | Some(Param::Null) | None => Column::Text(
-                cells
-                    .map(|p| match *p {
-                        Param::Text(v) => Ok(Some(v)),
-                        Param::Null => Ok(None),
-                        _ => Err(mismatch(p)),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-        });
-        debug_assert_eq!(
-            match &columns[column] {
-                Column::Int(v) => v.len(),
-                Column::Text(v) => v.len(),
-                Column::Decimal(v) => v.len(),
-                Column::Bool(v) => v.len(),
-                Column::Bytes(v) => v.len(),
-            },
-            rows
-        );
-    }
-    Ok(columns)
+                    .collect()
+            }
+            Ok(match cells().find(|p| !matches!(p, Param::Null)) {
+                Some(Param::Int(_)) => Column::Int(gather(cells(), column, |p| match p {
+                    Param::Int(v) => Some(v),
+                    _ => None,
+                })?),
+                Some(Param::Decimal(_)) => Column::Decimal(gather(cells(), column, |p| match p {
+                    Param::Decimal(v) => Some(v),
+                    _ => None,
+                })?),
+                Some(Param::Bool(_)) => Column::Bool(gather(cells(), column, |p| match p {
+                    Param::Bool(v) => Some(v),
+                    _ => None,
+                })?),
+                Some(Param::Bytes(_)) => Column::Bytes(gather(cells(), column, |p| match p {
+                    Param::Bytes(v) => Some(v),
+                    _ => None,
+                })?),
+                _ => Column::Text(gather(cells(), column, |p| match p {
+                    Param::Text(v) => Some(v),
+                    _ => None,
+                })?),
+            })
+        })
+        .collect()
 }
 
 /// `head SELECT c1, c2 FROM UNNEST($1::t[], $2::t[]) WITH ORDINALITY AS
