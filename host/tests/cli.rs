@@ -1,5 +1,5 @@
-//! `os-credits policy check|run` as a policy author runs them: the real
-//! binary on the example measurements.
+//! `os-credits policy check|run|test` as a policy author runs them: the
+//! real binary on the example measurements.
 
 mod common;
 
@@ -319,4 +319,81 @@ fn the_expected_credits_of_the_sample_are_derived_independently() {
     let expected =
         std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+}
+
+/// `policy test`: equal credits exit 0; other prices exit 1 with a table of
+/// the differences (each project and the total, exact); a missing or
+/// malformed expected file exits 2; `--update` writes what the policy
+/// bills, in the expected file's format (here: the file itself, byte for
+/// byte).
+#[test]
+fn policy_test_compares_with_the_expected_credits_and_updates_them() {
+    let module = wasm("denbi-policy");
+    let sample = repo_file("examples/stack-sample.lp");
+    let expected = repo_file("examples/stack-sample.expected.json");
+    let test = |expect: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "test",
+            path(&module),
+            path(&sample),
+            "--expect",
+            path(expect),
+        ];
+        args.extend_from_slice(extra);
+        os_credits(&args)
+    };
+    let same = test(&expected, &[]);
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    assert!(String::from_utf8_lossy(&same.stdout).starts_with("ok: 6 projects"));
+
+    // The price of a vCPU-hour doubled: every project differs by its
+    // vCPU-hours, exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prices.toml");
+    std::fs::write(&config, "cpu_price = \"2\"\n").unwrap();
+    let changed = test(&expected, &["--config", path(&config)]);
+    assert_eq!(changed.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&changed.stdout).into_owned();
+    assert!(
+        table.contains("FAILED: 7 of the expected credits differ"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "os_credits_0             167.8000000000000     258.8000000000000      91.0000000000000"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.lines().last().unwrap().starts_with("TOTAL"),
+        "{table}"
+    );
+
+    // Nothing to compare with, or not an expected file: an error, exit 2.
+    let missing = test(&dir.path().join("missing.json"), &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    let malformed = dir.path().join("malformed.json");
+    std::fs::write(
+        &malformed,
+        "{\"projects\": {\"a\": \"one\"}, \"total\": \"1\"}",
+    )
+    .unwrap();
+    let bad = test(&malformed, &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("the expected credits of a (\"one\")"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // --update writes what is billed; it then passes.
+    let written = dir.path().join("expected.json");
+    let update = test(&written, &["--update"]);
+    assert_eq!(update.status.code(), Some(0), "{}", stdout(&update));
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        std::fs::read_to_string(&expected).unwrap()
+    );
+    assert_eq!(test(&written, &[]).status.code(), Some(0));
 }

@@ -143,6 +143,27 @@ enum PolicyCommand {
         #[arg(long, env = "OS_CREDITS_PRECISION", default_value_t = 2)]
         decimals: u32,
     },
+    /// Bill measurements through a policy and compare the exact credits per
+    /// project and in total with an expected file; exit 0 when equal, 1
+    /// with the differences, 2 on an error.
+    Test {
+        /// The policy module (`.wasm` component).
+        module: PathBuf,
+        /// Measurements in InfluxDB line protocol, as `/write` receives them (`-` for stdin).
+        measurements: PathBuf,
+        /// The expected credits (`{"projects": {"name": "1.5"}, "total": "1.5"}`,
+        /// as `examples/stack-sample.expected.json`).
+        #[arg(long)]
+        expect: PathBuf,
+        /// Write the expected file from what the policy bills instead.
+        #[arg(long)]
+        update: bool,
+        #[command(flatten)]
+        options: PolicyOptions,
+        /// Unit of the timestamps in the file: n, u, ms, s, m or h.
+        #[arg(long, default_value = "n")]
+        precision: String,
+    },
     /// Dry run: price the ledger's recorded steps of a period with another module; writes nothing.
     Rerate {
         /// The policy module to compare with.
@@ -244,6 +265,21 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             options,
             format,
         }) => policy::check(&module, &options, format),
+        Command::Policy(PolicyCommand::Test {
+            module,
+            measurements,
+            expect,
+            update,
+            options,
+            precision,
+        }) => Ok(policy::test(
+            &module,
+            &measurements,
+            &expect,
+            &options,
+            &precision,
+            update,
+        )),
         Command::Policy(PolicyCommand::Run {
             module,
             measurements,

@@ -1,4 +1,4 @@
-//! `os-credits policy check|run`: the policy author's tools.
+//! `os-credits policy check|run|test|rerate`: the policy author's tools.
 
 use std::io::Read;
 use std::path::Path;
@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use os_credits::billing::intake::{Intake, Report};
 use os_credits::ingest::Precision;
 use os_credits::policy::{Module, ModuleInfo};
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::{Format, PolicyOptions};
@@ -103,15 +104,15 @@ fn read_measurements(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read measurements {}", path.display()))
 }
 
-/// `policy run`: replay measurements through a policy.
-pub fn run(
+/// Bills `measurements` through `module` with the intake `/write` uses;
+/// line warnings go to stderr.
+fn bill(
     module: &Path,
     measurements: &Path,
     options: &PolicyOptions,
-    format: Format,
     precision: &str,
     decimals: u32,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(Module, Report)> {
     let precision = Precision::parse(precision)
         .with_context(|| format!("unknown precision {precision:?} (n, u, ms, s, m or h)"))?;
     let policy = load(module, options)?;
@@ -148,6 +149,19 @@ pub fn run(
     if issues.count() > SHOWN_WARNINGS {
         eprintln!("warning: … and more (see --format json)");
     }
+    Ok((policy, report))
+}
+
+/// `policy run`: replay measurements through a policy.
+pub fn run(
+    module: &Path,
+    measurements: &Path,
+    options: &PolicyOptions,
+    format: Format,
+    precision: &str,
+    decimals: u32,
+) -> anyhow::Result<ExitCode> {
+    let (policy, report) = bill(module, measurements, options, precision, decimals)?;
     match format {
         Format::Json => {
             let output = RunOutput {
@@ -159,6 +173,153 @@ pub fn run(
         Format::Table => print_report(policy.info(), &report),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exact credits per project and in total: the expected file's format
+/// (`examples/stack-sample.expected.json`), decimals as text.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Expected {
+    projects: std::collections::BTreeMap<String, String>,
+    total: String,
+}
+
+/// Reads an expected file.
+fn read_expected(path: &Path) -> anyhow::Result<Expected> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the expected credits {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not an expected-credits file ({{\"projects\": {{\"name\": \"1.5\"}}, \"total\": \"1.5\"}})",
+            path.display()
+        )
+    })
+}
+
+/// An exact decimal of the expected file.
+fn expected_decimal(text: &str, what: &str) -> anyhow::Result<Decimal> {
+    pricing_sdk::parse_decimal(text)
+        .map_err(|e| anyhow::anyhow!("the expected credits of {what} ({text:?}): {e}"))
+}
+
+/// `policy test`: bills the measurements and compares the exact credits
+/// per project and in total with the expected file; exit 0 when equal, 1
+/// with a table of the differences, 2 when something cannot be done.
+/// `--update` writes the file instead.
+pub fn test(
+    module: &Path,
+    measurements: &Path,
+    expected: &Path,
+    options: &PolicyOptions,
+    precision: &str,
+    update: bool,
+) -> ExitCode {
+    match compare(module, measurements, expected, options, precision, update) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Whether the billed credits equal the expected ones (printing the
+/// differences when not), or the file written with `update`.
+fn compare(
+    module: &Path,
+    measurements: &Path,
+    expected: &Path,
+    options: &PolicyOptions,
+    precision: &str,
+    update: bool,
+) -> anyhow::Result<bool> {
+    let (policy, report) = bill(module, measurements, options, precision, 2)?;
+    let billed: std::collections::BTreeMap<String, Decimal> = report
+        .projects
+        .iter()
+        .map(|p| (p.project.clone(), p.credits))
+        .collect();
+    let info = policy.info();
+    if update {
+        let file = Expected {
+            projects: billed
+                .iter()
+                .map(|(project, credits)| (project.clone(), credits.to_string()))
+                .collect(),
+            total: report.total.to_string(),
+        };
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b" ");
+        let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+        file.serialize(&mut serializer)?;
+        out.push(b'\n');
+        std::fs::write(expected, out)
+            .with_context(|| format!("cannot write {}", expected.display()))?;
+        println!(
+            "wrote {} ({} projects, total {}) with policy {} {}",
+            expected.display(),
+            billed.len(),
+            report.total,
+            info.name,
+            info.version
+        );
+        return Ok(true);
+    }
+    let wanted = read_expected(expected)?;
+    let mut rows = Vec::new();
+    let mut names: std::collections::BTreeSet<&String> = billed.keys().collect();
+    names.extend(wanted.projects.keys());
+    for name in names {
+        let want = wanted
+            .projects
+            .get(name)
+            .map(|text| expected_decimal(text, name))
+            .transpose()?;
+        let got = billed.get(name).copied();
+        if want != got {
+            let show = |d: Option<Decimal>| d.map_or_else(|| "-".to_owned(), |d| d.to_string());
+            let difference = got.unwrap_or_default() - want.unwrap_or_default();
+            rows.push(vec![
+                name.clone(),
+                show(want),
+                show(got),
+                difference.to_string(),
+            ]);
+        }
+    }
+    let want_total = expected_decimal(&wanted.total, "the total")?;
+    if want_total != report.total {
+        rows.push(vec![
+            "TOTAL".into(),
+            want_total.to_string(),
+            report.total.to_string(),
+            (report.total - want_total).to_string(),
+        ]);
+    }
+    if rows.is_empty() {
+        println!(
+            "ok: {} projects, total {}, as expected ({} {}, {} lines, {} billed)",
+            billed.len(),
+            report.total,
+            info.name,
+            info.version,
+            report.lines,
+            report.billed
+        );
+        return Ok(true);
+    }
+    println!(
+        "FAILED: {} of the expected credits differ ({} {}):",
+        rows.len(),
+        info.name,
+        info.version
+    );
+    print!(
+        "{}",
+        table(&["PROJECT", "EXPECTED", "BILLED", "DIFFERENCE"], rows)
+    );
+    Ok(false)
 }
 
 fn print_report(info: &ModuleInfo, report: &Report) {
