@@ -43,7 +43,10 @@ fuzz_target!(|columns: Columns| {
     let charges = bill::<Delta>(batch);
     assert_eq!(charges.ends.len(), steps, "one charge or failure per step");
     assert!(charges.ends.windows(2).all(|w| w[0] <= w[1]));
-    assert_eq!(charges.ends.last().map_or(0, |&e| e as usize), charges.text.len());
+    assert_eq!(
+        charges.ends.last().map_or(0, |&e| e as usize),
+        charges.text.len()
+    );
     assert!(charges.failed.windows(2).all(|w| w[0] < w[1]));
     assert!(charges.failed.iter().all(|&i| (i as usize) < steps));
     // Every charge that did not fail is a decimal.

@@ -16,6 +16,13 @@ fuzz_target!(|text: &str| {
         if let ConfigSource::File(file) = &entry.config {
             assert!(inside_folder(file), "{entry:?}");
         }
+        if let Some(pin) = &entry.sha256 {
+            assert!(
+                pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{entry:?}"
+            );
+            assert_eq!(pin, &pin.to_ascii_lowercase(), "{entry:?}");
+        }
         for path in std::iter::once(&entry.module) {
             let path = std::path::Path::new(path);
             assert!(path.is_relative() && !path.components().any(|c| c.as_os_str() == ".."));

@@ -207,6 +207,59 @@ fn a_removed_module_keeps_its_last_good_version_and_says_so() {
     assert_eq!(stats["policy_errors"][0]["file"], "current.wasm");
 }
 
+/// A mapping entry that pins `sha256`: the module with those bytes is
+/// active; other bytes under the same name are refused (the last good
+/// version kept, the reason in `/api/policies`, `/stats` and `/metrics`);
+/// pinning the new bytes activates them.
+#[test]
+fn a_pinned_sha256_refuses_other_bytes_and_keeps_the_last_good_version() {
+    let denbi = std::fs::read(wasm("denbi-policy")).unwrap();
+    let pinned = |bytes: &[u8]| {
+        format!(
+            "[default]\nmodule = \"current.wasm\"\nsha256 = \"{}\"\n",
+            sha256(bytes)
+        )
+    };
+    let folder = policy_dir(&[("policies.toml", &pinned(&denbi))]);
+    deploy(folder.path(), "current.wasm", &denbi);
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(data.path(), folder.path(), &[("API_KEY", KEY)]);
+    assert_eq!(active_sha(&policies(&service)), sha256(&denbi));
+    // Other bytes, the pin unchanged: refused, the pinned module stays.
+    let other = variant(&denbi, "not the one built");
+    deploy(folder.path(), "current.wasm", &other);
+    await_policies(&service, "the other bytes to be refused", |s| {
+        s["errors"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("the mapping pins {}", sha256(&denbi))))
+    });
+    let state = policies(&service);
+    assert_eq!(active_sha(&state), sha256(&denbi));
+    assert_eq!(state["errors"][0]["sha256"], sha256(&other).as_str());
+    assert!(
+        state["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("refused; keeping the last good version")
+    );
+    let metrics = client()
+        .get(service.at("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("os_credits_policy_load_failures_total 1"),
+        "{metrics}"
+    );
+    // The operator pins the new bytes: they go live.
+    std::fs::write(folder.path().join("policies.toml"), pinned(&other)).unwrap();
+    await_policies(&service, "the newly pinned module", |s| {
+        active_sha(s) == sha256(&other)
+    });
+    assert!(policies(&service)["errors"].as_array().unwrap().is_empty());
+}
+
 #[test]
 fn the_reload_endpoint_wants_the_api_key() {
     let folder = policy_dir(&[]);

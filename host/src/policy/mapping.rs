@@ -30,6 +30,7 @@ struct Entry {
     config_file: Option<String>,
     memory_mb: Option<u64>,
     timeout_ms: Option<u64>,
+    sha256: Option<String>,
 }
 
 /// Limits a site's entry sets for its policy instead of the service's
@@ -70,6 +71,9 @@ pub struct Mapped {
     pub config: ConfigSource,
     /// Its limits, where they differ from the service's.
     pub limits: LimitOverrides,
+    /// The module's SHA-256 (lowercase hex) when the entry pins it: a
+    /// module with other bytes is refused.
+    pub sha256: Option<String>,
 }
 
 /// Whether `path` names something inside the folder: relative, only
@@ -129,8 +133,22 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
                 }
                 _ => {}
             }
+            let sha256 = entry
+                .sha256
+                .map(|pin| {
+                    let pin = pin.trim().to_ascii_lowercase();
+                    if pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        Ok(pin)
+                    } else {
+                        Err(format!(
+                            "site {site}: sha256 = {pin:?} is not a SHA-256 (64 hex digits; `sha256sum` prints it)"
+                        ))
+                    }
+                })
+                .transpose()?;
             Ok(Mapped {
                 site,
+                sha256,
                 module: entry.module,
                 config,
                 limits: LimitOverrides {
@@ -145,6 +163,27 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_sha256_is_read_and_checked() {
+        let pin = "AB".repeat(32);
+        let mapped = parse(&format!(
+            "[default]\nmodule = \"p.wasm\"\nsha256 = \"{pin}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(mapped[0].sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(
+            parse("[default]\nmodule = \"p.wasm\"\n").unwrap()[0].sha256,
+            None
+        );
+        for bad in ["abc", &"zz".repeat(32), &"ab".repeat(33)] {
+            let err = parse(&format!(
+                "[default]\nmodule = \"p.wasm\"\nsha256 = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(err.contains("is not a SHA-256"), "{err}");
+        }
+    }
 
     #[test]
     fn limits_per_site_are_read_and_bounded() {

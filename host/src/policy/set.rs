@@ -84,6 +84,8 @@ pub struct Assignment {
     pub config: String,
     /// Limits of its own (`memory_mb`, `timeout_ms` in the mapping).
     pub limits: LimitOverrides,
+    /// The SHA-256 the mapping pins the module to (lowercase hex), if any.
+    pub sha256: Option<String>,
 }
 
 /// A policy in force at a site.
@@ -150,6 +152,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
                     module: folder.join(&mapped.module),
                     config,
                     limits: mapped.limits,
+                    sha256: mapped.sha256,
                 })
             })
             .collect();
@@ -161,6 +164,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
             module: module.clone(),
             config: String::new(),
             limits: LimitOverrides::default(),
+            sha256: None,
         }]),
         _ => Err(SetError::Ambiguous {
             path: folder.to_owned(),
@@ -251,6 +255,27 @@ impl PolicySet {
                         format!(
                             "cannot read {}: {e}{kept_note}",
                             assignment.module.display()
+                        ),
+                    ));
+                    kept
+                }
+                Ok(bytes)
+                    if assignment
+                        .sha256
+                        .as_ref()
+                        .is_some_and(|pin| *pin != hex::encode(Sha256::digest(&bytes))) =>
+                {
+                    let sha256 = hex::encode(Sha256::digest(&bytes));
+                    let kept_note = if kept.is_some() {
+                        "; keeping the last good version"
+                    } else {
+                        ""
+                    };
+                    failures.push(fail(
+                        sha256.clone(),
+                        format!(
+                            "{file} has sha256 {sha256}, the mapping pins {}: refused{kept_note}",
+                            assignment.sha256.as_deref().unwrap_or_default()
                         ),
                     ));
                     kept
