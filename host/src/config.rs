@@ -99,6 +99,10 @@ pub struct ServeConfig {
     /// Folder of the policy modules (`make policies` fills policies/dist).
     #[arg(long, env = "OS_CREDITS_POLICY_DIR", default_value = "policies/dist")]
     pub policy_dir: PathBuf,
+    /// Public keys (OpenSSH, one per line) whose signatures a policy module
+    /// needs (`MODULE.wasm.sig` beside it); unset: modules need none.
+    #[arg(long, env = "OS_CREDITS_POLICY_TRUSTED_KEYS", default_value = "")]
+    pub policy_trusted_keys: String,
     /// Decimal places of credits shown and written (half-even rounding).
     #[arg(long, env = "OS_CREDITS_PRECISION", default_value_t = 2)]
     pub precision: u32,

@@ -260,6 +260,107 @@ fn a_pinned_sha256_refuses_other_bytes_and_keeps_the_last_good_version() {
     assert!(policies(&service)["errors"].as_array().unwrap().is_empty());
 }
 
+/// Runs `os-credits policy …` (the real binary); its exit code and output.
+fn policy_tool(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .arg("policy")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// With trusted keys set, under load: a module signed by a trusted key
+/// goes live; unsigned, tampered (signed bytes changed) and wrongly keyed
+/// modules are refused with the reason, the last good version kept; no
+/// write fails meanwhile. `policy verify` agrees with the service.
+#[test]
+fn only_modules_signed_by_a_trusted_key_go_live() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("author");
+    let stranger = keys.path().join("stranger");
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    for k in [&key, &stranger] {
+        assert_eq!(policy_tool(&["keygen", "--out", &path(k)]).0, 0);
+    }
+    let trusted = keys.path().join("author.pub");
+    let denbi = std::fs::read(wasm("denbi-policy")).unwrap();
+    let folder = policy_dir(&[("policies.toml", MAPPING)]);
+    let module = folder.path().join("current.wasm");
+    // Signed before it is renamed into place, as a deployment would.
+    let signed = |bytes: &[u8], by: &Path| {
+        let staged = keys.path().join("current.wasm");
+        std::fs::write(&staged, bytes).unwrap();
+        let (code, text) = policy_tool(&["sign", &path(&staged), "--key", &path(by)]);
+        assert_eq!(code, 0, "{text}");
+        std::fs::read(keys.path().join("current.wasm.sig")).unwrap()
+    };
+    let first = variant(&denbi, "signed");
+    deploy(folder.path(), "current.wasm.sig", &signed(&first, &key));
+    deploy(folder.path(), "current.wasm", &first);
+    let (code, text) = policy_tool(&["verify", &path(&module), "--trusted-keys", &path(&trusted)]);
+    assert_eq!(code, 0, "{text}");
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        data.path(),
+        folder.path(),
+        &[("OS_CREDITS_POLICY_TRUSTED_KEYS", &path(&trusted))],
+    );
+    assert_eq!(active_sha(&policies(&service)), sha256(&first));
+    let poster = common::Poster::start(&service.url, "signed");
+    poster.await_more(20);
+
+    let refused =
+        |bytes: &[u8], why: &str| {
+            let sha = sha256(bytes);
+            await_policies(&service, why, |s| {
+                s["errors"].as_array().unwrap().iter().any(|e| {
+                    e["sha256"] == sha.as_str() && e["error"].as_str().unwrap().contains(why)
+                })
+            });
+            assert_eq!(active_sha(&policies(&service)), sha256(&first));
+            let (code, text) =
+                policy_tool(&["verify", &path(&module), "--trusted-keys", &path(&trusted)]);
+            assert_eq!(code, 1, "{text}");
+            assert!(text.contains(why), "{text}");
+        };
+    // Unsigned: new bytes, no signature beside them.
+    std::fs::remove_file(folder.path().join("current.wasm.sig")).unwrap();
+    let unsigned = variant(&denbi, "unsigned");
+    deploy(folder.path(), "current.wasm", &unsigned);
+    refused(&unsigned, "unsigned: no current.wasm.sig");
+    // Tampered: a valid signature of other bytes.
+    deploy(folder.path(), "current.wasm.sig", &signed(&first, &key));
+    let tampered = variant(&denbi, "tampered");
+    deploy(folder.path(), "current.wasm", &tampered);
+    refused(&tampered, "the signature does not match the module's bytes");
+    // Wrongly keyed: signed, but by a key nobody trusts.
+    let strange = variant(&denbi, "strange");
+    deploy(
+        folder.path(),
+        "current.wasm.sig",
+        &signed(&strange, &stranger),
+    );
+    deploy(folder.path(), "current.wasm", &strange);
+    refused(&strange, "which is not a trusted key");
+    // Signed by the author: live.
+    let next = variant(&denbi, "next");
+    deploy(folder.path(), "current.wasm.sig", &signed(&next, &key));
+    deploy(folder.path(), "current.wasm", &next);
+    await_policies(&service, "the signed module", |s| {
+        active_sha(s) == sha256(&next)
+    });
+    poster.await_more(20);
+    let (posted, failed) = poster.finish();
+    assert!(posted > 40);
+    assert_eq!(failed, 0, "writes failed during the swaps");
+}
+
 #[test]
 fn the_reload_endpoint_wants_the_api_key() {
     let folder = policy_dir(&[]);

@@ -164,6 +164,34 @@ enum PolicyCommand {
         #[arg(long, default_value = "n")]
         precision: String,
     },
+    /// Make an Ed25519 key pair for signing policies: KEY (private, OpenSSH
+    /// format, mode 0600) and KEY.pub (the line for the trusted keys).
+    Keygen {
+        /// Where to write the private key (the public one goes to KEY.pub).
+        #[arg(long)]
+        out: PathBuf,
+        /// The keys' comment (who signs).
+        #[arg(long, default_value = "os-credits policy signing")]
+        comment: String,
+    },
+    /// Sign a module: writes MODULE.sig beside it (SSHSIG, namespace
+    /// `os-credits-policy`, as `ssh-keygen -Y sign` makes).
+    Sign {
+        /// The policy module.
+        module: PathBuf,
+        /// The private key (OpenSSH Ed25519, unencrypted).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a module's signature (MODULE.sig) against trusted public keys:
+    /// exit 0 and the signer, or 1 and why not.
+    Verify {
+        /// The policy module.
+        module: PathBuf,
+        /// The trusted public keys (OpenSSH, one per line).
+        #[arg(long, env = "OS_CREDITS_POLICY_TRUSTED_KEYS")]
+        trusted_keys: PathBuf,
+    },
     /// Dry run: price the ledger's recorded steps of a period with another module; writes nothing.
     Rerate {
         /// The policy module to compare with.
@@ -265,6 +293,12 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             options,
             format,
         }) => policy::check(&module, &options, format),
+        Command::Policy(PolicyCommand::Keygen { out, comment }) => policy::keygen(&out, &comment),
+        Command::Policy(PolicyCommand::Sign { module, key }) => policy::sign(&module, &key),
+        Command::Policy(PolicyCommand::Verify {
+            module,
+            trusted_keys,
+        }) => policy::verify(&module, &trusted_keys),
         Command::Policy(PolicyCommand::Test {
             module,
             measurements,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use os_credits::billing::intake::{Intake, Report};
 use os_credits::ingest::Precision;
+use os_credits::policy::signature;
 use os_credits::policy::{Module, ModuleInfo};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -483,4 +484,68 @@ pub fn rerate(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `policy keygen`: an Ed25519 key pair, the private key readable by its
+/// owner only; refuses to overwrite either file.
+pub fn keygen(out: &Path, comment: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let (private, public) = signature::keygen(comment).map_err(anyhow::Error::msg)?;
+    let public_path = {
+        let mut path = out.as_os_str().to_owned();
+        path.push(".pub");
+        std::path::PathBuf::from(path)
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+    file.write_all(private.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&public_path)
+        .and_then(|mut f| f.write_all(format!("{public}\n").as_bytes()))
+        .with_context(|| format!("cannot create {}", public_path.display()))?;
+    println!("private key: {} (keep it secret)", out.display());
+    println!(
+        "public key:  {} (add it to OS_CREDITS_POLICY_TRUSTED_KEYS)",
+        public_path.display()
+    );
+    println!("{public}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy sign`: MODULE.sig beside the module.
+pub fn sign(module: &Path, key: &Path) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let key_text =
+        std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let text = signature::sign(&bytes, &key_text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let path = signature::signature_path(module);
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("signed {}: {}", module.display(), path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy verify`: exit 0 with the signer, 1 with why not.
+pub fn verify(module: &Path, trusted_keys: &Path) -> anyhow::Result<ExitCode> {
+    let keys = signature::TrustedKeys::load(trusted_keys).map_err(anyhow::Error::msg)?;
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    match keys.verify_file(module, &bytes) {
+        Ok(signer) => {
+            println!("ok: {} signed by {signer}", module.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            println!("FAILED: {}: {why}", module.display());
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -16,6 +16,7 @@ use os_credits::perun::client::PerunClient;
 use os_credits::perun::sync::{Publisher, Rebase};
 use os_credits::policy::PolicyRuntime;
 use os_credits::policy::registry::Registry;
+use os_credits::policy::signature::TrustedKeys;
 use os_credits::replica::{Replica, Timing};
 
 /// How long shutdown may take before the process exits anyway.
@@ -41,6 +42,17 @@ async fn run(
 ) -> anyhow::Result<ExitCode> {
     let address = config.address()?;
     let mut policy_runtime = PolicyRuntime::new(config.limits())?;
+    let trusted = config.policy_trusted_keys.trim();
+    if !trusted.is_empty() {
+        let keys = TrustedKeys::load(std::path::Path::new(trusted))
+            .map_err(|e| anyhow::anyhow!("OS_CREDITS_POLICY_TRUSTED_KEYS: {e}"))?;
+        tracing::info!(
+            keys = keys.len(),
+            file = trusted,
+            "policy modules need a signature by a trusted key (MODULE.wasm.sig)"
+        );
+        policy_runtime.require_signatures(keys);
+    }
     // Compiled policies, so that a restart activates without compiling.
     let cache_dir = config.ledger.data_dir.path.join("policy-cache");
     if let Err(e) = policy_runtime.use_cache(&cache_dir) {

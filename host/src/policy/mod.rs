@@ -18,6 +18,7 @@ mod instance;
 pub mod mapping;
 pub mod registry;
 pub mod set;
+pub mod signature;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -244,6 +245,7 @@ pub struct PolicyRuntime {
     linker: Arc<Linker<HostState>>,
     limits: Limits,
     cache: Option<cache::CompileCache>,
+    trusted: Option<Arc<signature::TrustedKeys>>,
 }
 
 impl PolicyRuntime {
@@ -270,6 +272,7 @@ impl PolicyRuntime {
             linker: Arc::new(linker),
             limits,
             cache: None,
+            trusted: None,
         })
     }
 
@@ -278,6 +281,17 @@ impl PolicyRuntime {
     pub fn use_cache(&mut self, dir: &Path) -> std::io::Result<()> {
         self.cache = Some(cache::CompileCache::new(dir, &self.engine)?);
         Ok(())
+    }
+
+    /// From now on, a module loads from the policy folder only with a
+    /// signature beside it by one of `keys` (see [`signature`]).
+    pub fn require_signatures(&mut self, keys: signature::TrustedKeys) {
+        self.trusted = Some(Arc::new(keys));
+    }
+
+    /// The keys whose signatures a module needs, if signatures are required.
+    pub fn trusted_keys(&self) -> Option<&signature::TrustedKeys> {
+        self.trusted.as_deref()
     }
 
     /// The compile cache, if any.

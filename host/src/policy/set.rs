@@ -194,6 +194,26 @@ pub fn modules_in(folder: &Path) -> Result<Vec<PathBuf>, SetError> {
     Ok(modules)
 }
 
+/// Whether the module's bytes may be loaded for `assignment`: the sha256
+/// its mapping entry pins, and, when signatures are required, a signature
+/// by a trusted key beside it.
+fn vet(runtime: &PolicyRuntime, assignment: &Assignment, bytes: &[u8]) -> Result<(), String> {
+    let file = file_name(&assignment.module);
+    if let Some(pin) = &assignment.sha256 {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if *pin != sha256 {
+            return Err(format!(
+                "{file} has sha256 {sha256}, the mapping pins {pin}"
+            ));
+        }
+    }
+    if let Some(keys) = runtime.trusted_keys() {
+        keys.verify_file(&assignment.module, bytes)
+            .map_err(|why| format!("{file}: {why}"))?;
+    }
+    Ok(())
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -259,24 +279,15 @@ impl PolicySet {
                     ));
                     kept
                 }
-                Ok(bytes)
-                    if assignment
-                        .sha256
-                        .as_ref()
-                        .is_some_and(|pin| *pin != hex::encode(Sha256::digest(&bytes))) =>
-                {
-                    let sha256 = hex::encode(Sha256::digest(&bytes));
+                Ok(bytes) if let Err(why) = vet(runtime, assignment, &bytes) => {
                     let kept_note = if kept.is_some() {
                         "; keeping the last good version"
                     } else {
                         ""
                     };
                     failures.push(fail(
-                        sha256.clone(),
-                        format!(
-                            "{file} has sha256 {sha256}, the mapping pins {}: refused{kept_note}",
-                            assignment.sha256.as_deref().unwrap_or_default()
-                        ),
+                        hex::encode(Sha256::digest(&bytes)),
+                        format!("{why}: refused{kept_note}"),
                     ));
                     kept
                 }
