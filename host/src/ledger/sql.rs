@@ -428,14 +428,6 @@ impl Db {
         }
     }
 
-    /// The SQLite connection, for what only SQLite has (pragmas, backups).
-    pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
-        match &self.inner {
-            Inner::Sqlite(connection) => Some(connection),
-            Inner::Postgres(_) => None,
-        }
-    }
-
     /// Runs one statement; returns the rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, LedgerError> {
         match &mut self.inner {

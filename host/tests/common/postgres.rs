@@ -139,7 +139,38 @@ impl Postgres {
                 "start",
             ],
         );
+        server.reap_with_this_process();
         server
+    }
+
+    /// Stops the server once this test process has exited, however it
+    /// ends: a server held in a `static` is never dropped, and a test that
+    /// panics or is killed never drops its own. (The watcher runs as the
+    /// server's user, which may not signal this process: it watches
+    /// `/proc` instead.)
+    fn reap_with_this_process(&self) {
+        let script = format!(
+            "while [ -e /proc/{pid} ]; do sleep 1; done; \
+             '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1",
+            pid = std::process::id(),
+            pg_ctl = self.bin.join("pg_ctl").display(),
+            data = self.data(),
+        );
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--", "sh", "-c", &script]);
+            command
+        } else {
+            let mut command = Command::new("sh");
+            command.args(["-c", &script]);
+            command
+        };
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the server's reaper starts");
     }
 
     fn data(&self) -> String {
