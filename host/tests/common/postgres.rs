@@ -149,9 +149,11 @@ impl Postgres {
     /// server's user, which may not signal this process: it watches
     /// `/proc` instead.)
     fn reap_with_this_process(&self) {
+        // Backgrounded by the shell, which exits at once: the watcher is
+        // nobody's child here and outlives this process.
         let script = format!(
-            "while [ -e /proc/{pid} ]; do sleep 1; done; \
-             '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1",
+            "(while [ -e /proc/{pid} ]; do sleep 1; done; \
+              '{pg_ctl}' -D '{data}' -m immediate stop) >/dev/null 2>&1 </dev/null &",
             pid = std::process::id(),
             pg_ctl = self.bin.join("pg_ctl").display(),
             data = self.data(),
@@ -165,12 +167,13 @@ impl Postgres {
             command.args(["-c", &script]);
             command
         };
-        command
+        let status = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()
+            .status()
             .expect("the server's reaper starts");
+        assert!(status.success(), "the server's reaper did not start");
     }
 
     fn data(&self) -> String {
