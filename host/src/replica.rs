@@ -421,7 +421,7 @@ impl Replica {
             // lost once the lease would be stale for the followers.
             let renewed = tokio::time::timeout(
                 timing.lease,
-                tokio::task::spawn_blocking(move || ledger.renew(epoch)),
+                tokio::task::spawn_blocking(move || ledger.renew(epoch, timing.check / 2)),
             )
             .await;
             self.checked();

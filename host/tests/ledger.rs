@@ -434,7 +434,10 @@ fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
     let second = replication(&url, "conformance second");
     let epoch = first.try_lead("first").unwrap().expect("the lock is free");
     assert_eq!(second.try_lead("second").unwrap(), None);
-    assert!(first.renew(epoch).unwrap());
+    assert!(first.renew(epoch, Duration::ZERO).unwrap());
+    // Renewed just now: a check within the freshness writes nothing, and
+    // still says it leads.
+    assert!(first.renew(epoch, Duration::from_secs(60)).unwrap());
     let lease = first.lease().unwrap().unwrap();
     assert_eq!((lease.epoch, lease.replica.as_str()), (epoch, "first"));
     // Fresh: nobody is deposed.
@@ -464,12 +467,12 @@ fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
     assert_eq!(new_epoch, epoch + 1);
     // The old leader, awake: its session is gone; it commits nothing.
     assert!(first.store().commit(&batch).is_err());
-    assert!(first.renew(epoch).is_err());
+    assert!(first.renew(epoch, Duration::ZERO).is_err());
     assert!(first.store_inbox("lines", b"x", "n", 1, "first").is_err());
     assert_eq!(second.store().charges("a").unwrap().len(), 1);
     // The new leader commits, and its fence holds.
     second.store().commit(&batch).unwrap();
-    assert!(second.renew(new_epoch).unwrap());
+    assert!(second.renew(new_epoch, Duration::ZERO).unwrap());
     assert_eq!(second.lease().unwrap().unwrap().epoch, new_epoch);
 }
 
@@ -489,7 +492,7 @@ fn a_leader_whose_epoch_was_taken_commits_nothing() {
     };
     let err = leader.store().commit(&batch).unwrap_err();
     assert!(matches!(err, LedgerError::Fenced(e) if e == epoch), "{err}");
-    assert!(!leader.renew(epoch).unwrap());
+    assert!(!leader.renew(epoch, Duration::from_secs(60)).unwrap());
     assert!(leader.store().charges("a").unwrap().is_empty());
     assert!(leader.store().accounts().unwrap().is_empty());
 }

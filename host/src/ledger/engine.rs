@@ -14,12 +14,15 @@ use crate::account::{Account, Key, State};
 
 /// Stores key states (insert or replace; a later entry for a key wins).
 fn upsert_keys(db: &mut Db, states: &[(Key, Account)]) -> Result<(), LedgerError> {
-    let mut last: BTreeMap<&Key, &Account> = BTreeMap::new();
-    for (key, account) in states {
-        last.insert(key, account);
-    }
-    let mut values = Vec::with_capacity(last.len() * 7);
-    for (key, account) in last {
+    // One row per key (PostgreSQL refuses to update a row twice in one
+    // statement): the last entry of each, found from the end with a hash
+    // set (this runs on the billing thread for every commit).
+    let mut seen = hashbrown::HashSet::with_capacity(states.len());
+    let mut values = Vec::with_capacity(states.len() * 7);
+    for (key, account) in states.iter().rev() {
+        if !seen.insert(key) {
+            continue;
+        }
         values.extend([
             Param::Text(&key.project),
             Param::Text(&key.location_id),
@@ -30,7 +33,7 @@ fn upsert_keys(db: &mut Db, states: &[(Key, Account)]) -> Result<(), LedgerError
             Param::Bool(account.awaiting_baseline),
         ]);
     }
-    db.insert(
+    db.upsert(
         "INSERT INTO keys (project, location_id, metric, timestamp, value, charged, awaiting_baseline)",
         7,
         "ON CONFLICT (project, location_id, metric) DO UPDATE SET
@@ -56,14 +59,14 @@ fn charged_totals(
         ]);
         queued.extend([Param::Text(project), Param::Int(now)]);
     }
-    db.insert(
+    db.upsert(
         "INSERT INTO projects (project, charged, updated_at)",
         3,
         "ON CONFLICT (project) DO UPDATE SET charged = excluded.charged,
              updated_at = excluded.updated_at",
         &values,
     )?;
-    db.insert(QUEUE_HEAD, 2, QUEUE_TAIL, &queued)
+    db.upsert(QUEUE_HEAD, 2, QUEUE_TAIL, &queued)
 }
 
 /// Writes a batch in `db`'s open transaction.
@@ -95,7 +98,6 @@ fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
              timestamp, value, credits, charged_after, policy_name, policy_version,
              policy_sha256, recorded_at)",
         13,
-        "",
         &values,
     )?;
     charged_totals(db, &totals, now)
@@ -218,7 +220,7 @@ impl EngineStore for Store {
                         params![row.int(0)?, running],
                     )?;
                 }
-                db.insert(QUEUE_HEAD, 2, QUEUE_TAIL, params![project, now])?;
+                db.upsert(QUEUE_HEAD, 2, QUEUE_TAIL, params![project, now])?;
             }
             Ok(reversed as usize)
         })

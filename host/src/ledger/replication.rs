@@ -126,19 +126,26 @@ impl Replication {
     }
 
     /// The leader's check: it still holds the lock and the lease carries
-    /// its epoch; renews the lease. `false`: another replica leads.
-    pub fn renew(&self, epoch: i64) -> Result<bool, LedgerError> {
+    /// its epoch. Renews the lease unless a billing transaction did so
+    /// within `fresh` (read-only then: no commit to sync on the engine's
+    /// connection). `false`: another replica leads.
+    pub fn renew(&self, epoch: i64, fresh: Duration) -> Result<bool, LedgerError> {
         let mut db = self.store.writer();
-        let holding = db
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+        let state = db.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
                      AND pid = pg_backend_pid() AND granted
-                     AND ((classid::bigint << 32) | objid::bigint) = ?1)",
-                params![LEADER_LOCK],
-            )?
-            .bool(0)?;
-        if !holding {
+                     AND ((classid::bigint << 32) | objid::bigint) = ?1),
+                 (SELECT epoch FROM leader WHERE id = 1),
+                 (SELECT CAST(EXTRACT(EPOCH FROM (clock_timestamp() - renewed_at)) * 1000
+                          AS BIGINT) FROM leader WHERE id = 1)",
+            params![LEADER_LOCK],
+        )?;
+        if !state.bool(0)? || state.opt_int(1)? != Some(epoch) {
             return Ok(false);
+        }
+        let fresh_ms = i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+        if state.opt_int(2)?.is_some_and(|age| age < fresh_ms) {
+            return Ok(true);
         }
         match check_fence(&mut db, epoch) {
             Ok(()) => Ok(true),

@@ -529,18 +529,40 @@ impl Db {
         }
     }
 
-    /// Inserts rows of `width` values each (`values`, row after row) with
-    /// `head` (`INSERT INTO t (a, b)`) and `tail` (`ON CONFLICT …`, or
-    /// empty). Rows are inserted in order (ids follow it). SQLite gets
+    /// Appends rows of `width` values each (`values`, row after row) with
+    /// `head` (`INSERT INTO t (a, b)`), in order: ids follow it. SQLite gets
     /// multi-row `VALUES` of up to 256 rows (the sizes powers of two, so few
     /// statements are prepared); PostgreSQL gets one statement over one
-    /// array per column (`UNNEST … WITH ORDINALITY`), whatever the number
-    /// of rows.
+    /// array per column (`UNNEST … WITH ORDINALITY … ORDER BY`), whatever
+    /// the number of rows.
     pub fn insert(
         &mut self,
         head: &'static str,
         width: usize,
+        values: &[Param<'_>],
+    ) -> Result<(), LedgerError> {
+        self.rows(head, width, "", true, values)
+    }
+
+    /// Inserts or updates rows as [`Db::insert`] with `conflict` (`ON
+    /// CONFLICT (…) DO …`), in no particular order: each row names another
+    /// key (the caller keeps one row per key), so PostgreSQL sorts nothing.
+    pub fn upsert(
+        &mut self,
+        head: &'static str,
+        width: usize,
+        conflict: &'static str,
+        values: &[Param<'_>],
+    ) -> Result<(), LedgerError> {
+        self.rows(head, width, conflict, false, values)
+    }
+
+    fn rows(
+        &mut self,
+        head: &'static str,
+        width: usize,
         tail: &'static str,
+        ordered: bool,
         values: &[Param<'_>],
     ) -> Result<(), LedgerError> {
         debug_assert_eq!(values.len() % width, 0);
@@ -551,10 +573,10 @@ impl Db {
             let columns = columns(width, values)?;
             let kinds: String = columns.iter().map(Column::kind).collect();
             let key = format!("{head}\u{0}{kinds}\u{0}{tail}");
-            let sql = unnest_text(head, &columns, tail);
             let statement = match pg.statements.get(&key) {
                 Some(statement) => statement.clone(),
                 None => {
+                    let sql = unnest_text(head, &columns, tail, ordered);
                     let statement = pg.client().prepare(&sql)?;
                     pg.statements.insert(key, statement.clone());
                     statement
@@ -690,20 +712,23 @@ fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, Le
         .collect()
 }
 
-/// `head SELECT c1, c2 FROM UNNEST($1::t[], $2::t[]) WITH ORDINALITY AS
-/// u(c1, c2, i) ORDER BY i tail`: the rows in order.
-fn unnest_text(head: &str, columns: &[Column<'_>], tail: &str) -> String {
+/// `head SELECT c1, c2 FROM UNNEST($1::t[], $2::t[]) AS u(c1, c2) tail`;
+/// `ordered`: `WITH ORDINALITY … ORDER BY`, the rows in order.
+fn unnest_text(head: &str, columns: &[Column<'_>], tail: &str, ordered: bool) -> String {
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
     let arrays: Vec<String> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| format!("${}::{}", i + 1, c.array_type()))
         .collect();
-    format!(
-        "{head} SELECT {names} FROM UNNEST({arrays}) WITH ORDINALITY AS u({names}, i) ORDER BY i {tail}",
-        names = names.join(", "),
-        arrays = arrays.join(", "),
-    )
+    let (names, arrays) = (names.join(", "), arrays.join(", "));
+    if ordered {
+        format!(
+            "{head} SELECT {names} FROM UNNEST({arrays}) WITH ORDINALITY AS u({names}, i) ORDER BY i {tail}"
+        )
+    } else {
+        format!("{head} SELECT {names} FROM UNNEST({arrays}) AS u({names}) {tail}")
+    }
 }
 
 /// `head VALUES (?1, ?2), (?3, ?4) tail`.
@@ -756,7 +781,7 @@ mod tests {
             let values: Vec<Param<'_>> = (0..rows as i64)
                 .flat_map(|v| [Param::Int(v), Param::Decimal(Decimal::new(v, 2))])
                 .collect();
-            db.insert("INSERT INTO t (v, d)", 2, "", &values).unwrap();
+            db.insert("INSERT INTO t (v, d)", 2, &values).unwrap();
             let back = db.query("SELECT v, d FROM t ORDER BY id", &[]).unwrap();
             assert_eq!(back.len(), rows);
             for (i, row) in back.iter().enumerate() {
