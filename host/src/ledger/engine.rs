@@ -103,10 +103,24 @@ fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
     charged_totals(db, &totals, now)
 }
 
+/// Runs `work` in one transaction on the engine's connection; with
+/// replicas, the leader's fencing check first (see [`replication`]).
+fn billing_transaction<T>(
+    store: &Store,
+    work: impl FnOnce(&mut Db) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    let fence = *super::store::lock(&store.fence);
+    store.writer().transaction(|db| {
+        if let Some(epoch) = fence {
+            replication::check_fence(db, epoch)?;
+        }
+        work(db)
+    })
+}
+
 impl EngineStore for Store {
     fn accounts(&self) -> Result<Vec<(Key, Account)>, LedgerError> {
-        let mut accounts = Vec::new();
-        self.reader().for_each(
+        self.reader().map(
             "SELECT project, location_id, metric, timestamp, value, charged, awaiting_baseline
              FROM keys",
             &[],
@@ -123,7 +137,7 @@ impl EngineStore for Store {
                         .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
                     text: text.into(),
                 };
-                accounts.push((
+                Ok((
                     key,
                     Account {
                         state,
@@ -131,24 +145,16 @@ impl EngineStore for Store {
                         awaiting_baseline: row.bool(6)?,
                         pending: false,
                     },
-                ));
-                Ok(())
+                ))
             },
-        )?;
-        Ok(accounts)
+        )
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), LedgerError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let fence = *super::store::lock(&self.fence);
-        self.writer().transaction(|db| {
-            if let Some(epoch) = fence {
-                replication::check_fence(db, epoch)?;
-            }
-            write_batch(db, batch)
-        })
+        billing_transaction(self, |db| write_batch(db, batch))
     }
 
     fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError> {
@@ -178,11 +184,7 @@ impl EngineStore for Store {
         states: &[(Key, Account)],
         charged: Decimal,
     ) -> Result<usize, LedgerError> {
-        let fence = *super::store::lock(&self.fence);
-        self.writer().transaction(|db| {
-            if let Some(epoch) = fence {
-                replication::check_fence(db, epoch)?;
-            }
+        billing_transaction(self, |db| {
             let now = now_ns();
             let mut reversed = 0;
             for floor in floors {

@@ -25,19 +25,16 @@ impl Notifications for Store {
                 Ok(())
             },
         )?;
-        let mut notifiable = Vec::new();
-        db.for_each(
+        db.map(
             "SELECT project, charged, adopted, granted, emails FROM projects
              WHERE granted IS NOT NULL",
             &[],
             |row| {
-                let project = project_record(row.text(0)?, &row, 1)?;
+                let project = project_record(row.text(0)?, row, 1)?;
                 let mailed = mailed.remove(&project.project).unwrap_or_default();
-                notifiable.push(Notifiable { project, mailed });
-                Ok(())
+                Ok(Notifiable { project, mailed })
             },
-        )?;
-        Ok(notifiable)
+        )
     }
 
     fn record_notification(

@@ -15,23 +15,20 @@ use super::{
 
 impl Outbox for Store {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError> {
-        let mut due = Vec::new();
-        self.reader().for_each(
+        self.reader().map(
             &format!(
                 "SELECT project, version, attempts FROM outbox
                  WHERE {WAITING} AND next_attempt <= ?1 ORDER BY next_attempt, since LIMIT ?2"
             ),
             params![now, limit as i64],
             |row| {
-                due.push(OutboxEntry {
+                Ok(OutboxEntry {
                     project: row.text(0)?,
                     version: row.int(1)?,
                     attempts: row.int(2)?,
-                });
-                Ok(())
+                })
             },
-        )?;
-        Ok(due)
+        )
     }
 
     fn synced(&self, entry: &OutboxEntry, next_attempt: i64) -> Result<(), LedgerError> {
@@ -112,19 +109,17 @@ impl Outbox for Store {
             .map(|row| row.opt_int(0))
             .transpose()?
             .flatten();
-        let mut known = Vec::new();
-        db.for_each(
+        let known = db.map(
             "SELECT id, value, source, confirmed_at IS NOT NULL FROM perun_values
              WHERE project = ?1 ORDER BY id",
             params![project],
             |row| {
-                known.push(KnownValue {
+                Ok(KnownValue {
                     id: row.int(0)?,
                     value: row.decimal(1)?,
                     source: ValueSource::parse(&row.text(2)?, project)?,
                     confirmed: row.bool(3)?,
-                });
-                Ok(())
+                })
             },
         )?;
         Ok(PerunRecord { adopted_at, known })

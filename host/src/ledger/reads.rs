@@ -57,50 +57,37 @@ impl Reads for Store {
     }
 
     fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError> {
-        let mut history = Vec::new();
-        self.reader().for_each(
+        self.reader().map(
             "SELECT timestamp, metric, charged_after FROM charges
              WHERE project = ?1 AND reversed_at IS NULL ORDER BY id",
             params![project],
             |row| {
-                history.push(HistoryRow {
+                Ok(HistoryRow {
                     timestamp: row.int(0)?,
                     metric: row.text(1)?,
                     charged_after: row.decimal(2)?,
-                });
-                Ok(())
+                })
             },
-        )?;
-        Ok(history)
+        )
     }
 
     fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError> {
-        let mut charges = Vec::new();
-        self.reader().for_each(
+        self.reader().map(
             &format!("SELECT {CHARGE_COLUMNS} FROM charges WHERE project = ?1 ORDER BY id"),
             params![project],
-            |row| {
-                charges.push(charge(&row)?);
-                Ok(())
-            },
-        )?;
-        Ok(charges)
+            charge,
+        )
     }
 
     fn charges_between(&self, from: i64, to: i64) -> Result<Vec<ChargeRecord>, LedgerError> {
-        let mut charges = Vec::new();
-        self.reader().for_each(
+        self.reader().map(
             &format!(
                 "SELECT {CHARGE_COLUMNS} FROM charges
                  WHERE timestamp >= ?1 AND timestamp < ?2 AND reversed_at IS NULL ORDER BY id"
             ),
             params![from, to],
-            |row| {
-                charges.push(charge(&row)?);
-                Ok(())
-            },
-        )?;
-        Ok(charges)
+            charge,
+        )
     }
 
     fn counts(&self) -> Result<Counts, LedgerError> {
@@ -124,14 +111,13 @@ impl Reads for Store {
     }
 
     fn adjustments(&self) -> Result<Vec<AdjustmentRecord>, LedgerError> {
-        let mut adjustments = Vec::new();
-        self.reader().for_each(
+        self.reader().map(
             "SELECT project, kind, amount, perun_modified_at, recorded_at FROM adjustments
              ORDER BY id",
             &[],
             |row| {
                 let project = row.text(0)?;
-                adjustments.push(AdjustmentRecord {
+                Ok(AdjustmentRecord {
                     adjustment: Adjustment {
                         kind: AdjustmentKind::parse(&row.text(1)?, &project)?,
                         amount: row.decimal(2)?,
@@ -139,10 +125,8 @@ impl Reads for Store {
                     perun_modified_at: row.opt_text(3)?,
                     recorded_at: row.int(4)?,
                     project,
-                });
-                Ok(())
+                })
             },
-        )?;
-        Ok(adjustments)
+        )
     }
 }

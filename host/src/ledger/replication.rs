@@ -232,24 +232,21 @@ impl Replication {
     /// The oldest `limit` writes waiting in the inbox after id `after`, in
     /// arrival order.
     pub fn inbox_entries(&self, after: i64, limit: i64) -> Result<Vec<InboxEntry>, LedgerError> {
-        let mut entries = Vec::new();
-        lock(&self.inbox).for_each(
+        lock(&self.inbox).map(
             "SELECT id, kind, body, precision, received, replica FROM inbox WHERE id > ?1
              ORDER BY id LIMIT ?2",
             params![after, limit],
             |row| {
-                entries.push(InboxEntry {
+                Ok(InboxEntry {
                     id: row.int(0)?,
                     kind: row.text(1)?,
                     body: row.bytes(2)?,
                     precision: row.text(3)?,
                     received: row.int(4)?,
                     replica: row.text(5)?,
-                });
-                Ok(())
+                })
             },
-        )?;
-        Ok(entries)
+        )
     }
 
     /// Removes inbox entries the engine has billed and committed. An entry

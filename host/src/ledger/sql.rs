@@ -472,6 +472,21 @@ impl Db {
         Ok(())
     }
 
+    /// Every row of one query, each read by `read`, in order.
+    pub fn map<T>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        mut read: impl FnMut(&Row) -> Result<T, LedgerError>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let mut out = Vec::new();
+        self.for_each(sql, params, |row| {
+            out.push(read(&row)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Every row of one query.
     pub fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, LedgerError> {
         let mut rows = Vec::new();

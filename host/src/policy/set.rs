@@ -263,13 +263,13 @@ impl PolicySet {
                 error,
                 at: now(),
             };
+            let kept_note = if kept.is_some() {
+                "; keeping the last good version"
+            } else {
+                ""
+            };
             let active = match runtime.read(&assignment.module) {
                 Err(e) => {
-                    let kept_note = if kept.is_some() {
-                        "; keeping the last good version"
-                    } else {
-                        ""
-                    };
                     failures.push(fail(
                         String::new(),
                         format!(
@@ -280,11 +280,6 @@ impl PolicySet {
                     kept
                 }
                 Ok(bytes) if let Err(why) = vet(runtime, assignment, &bytes) => {
-                    let kept_note = if kept.is_some() {
-                        "; keeping the last good version"
-                    } else {
-                        ""
-                    };
                     failures.push(fail(
                         hex::encode(Sha256::digest(&bytes)),
                         format!("{why}: refused{kept_note}"),
