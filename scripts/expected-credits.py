@@ -8,6 +8,14 @@ the de.NBI prices, Python's exact `decimal`.
 prints what `examples/stack-sample.expected.json` holds (host/tests/cli.rs
 checks that the file equals this output).
 
+    python3 scripts/expected-credits.py SAMPLE --change FROM_NS CPU RAM
+
+prices usage from FROM_NS (Unix ns) on at CPU and RAM instead: a step that
+ends at or before it at the old prices, one that starts at or after it at
+the new, one that spans it split there, its value interpolated linearly in
+time, each part at its own prices (host/tests/schedule.rs checks the
+service against this).
+
 The rules, per key (project, site = `location_id`, metric), in line order:
 the first point is a baseline; a point not newer than the key's state
 changes nothing; the same value changes nothing (the state keeps its
@@ -81,7 +89,23 @@ def points(lines):
         yield measurement, tags, values["value"].rstrip("i"), int(timestamp)
 
 
-def credits(lines):
+def charge(measurement, previous, current, change):
+    """The charge of a step from `previous` to `current` (timestamp, value)."""
+    price = PRICES[measurement]
+    if change is None:
+        return (current[1] - previous[1]) * price
+    at, new_prices = change
+    new_price = new_prices[measurement]
+    (t0, v0), (t1, v1) = previous, current
+    if t1 <= at:
+        return (v1 - v0) * price
+    if t0 >= at:
+        return (v1 - v0) * new_price
+    middle = v0 + (v1 - v0) * Decimal(at - t0) / Decimal(t1 - t0)
+    return (middle - v0) * price + (v1 - middle) * new_price
+
+
+def credits(lines, change=None):
     states = {}
     projects = {}
     for measurement, tags, text, timestamp in points(lines):
@@ -102,17 +126,27 @@ def credits(lines):
         elif value < state[1]:
             states[key] = (timestamp, value)  # counter reset
         else:
-            projects[project] += (value - state[1]) * price
+            projects[project] += charge(measurement, state, (timestamp, value), change)
             states[key] = (timestamp, value)
     return projects
 
 
 def main():
-    path = sys.argv[1] if len(sys.argv) > 1 else "examples/stack-sample.lp"
+    args = sys.argv[1:]
+    change = None
+    if "--change" in args:
+        at = args.index("--change")
+        moment, cpu, ram = args[at + 1 : at + 4]
+        change = (
+            int(moment),
+            {"project_vcpu_usage": Decimal(cpu), "project_mb_usage": Decimal(ram)},
+        )
+        del args[at : at + 4]
+    path = args[0] if args else "examples/stack-sample.lp"
     with localcontext() as context:
         context.prec = 60  # exact for these sums: no rounding anywhere
         with open(path, encoding="utf-8") as sample:
-            projects = credits(sample)
+            projects = credits(sample, change)
         total = sum(projects.values(), Decimal(0))
     document = {
         "projects": {name: str(projects[name]) for name in sorted(projects)},

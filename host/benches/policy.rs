@@ -54,10 +54,7 @@ impl Native {
             .0
             .bill(&usage)
             .map_err(|e| CallError::Refused(e.to_string()))?;
-        Ok(Priced {
-            credits,
-            policy: None,
-        })
+        Ok(Priced::whole(credits, None))
     }
 }
 

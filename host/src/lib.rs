@@ -21,6 +21,7 @@
 //!   written once over SQLite and PostgreSQL;
 //! - [`perun`]: the outbox published to Perun, adoption from the old service;
 //! - [`notify`]: threshold mails to the maintainers;
+//! - [`schedule`]: the price schedule's entries as the ledger keeps them (a leaf);
 //! - [`account`]: the key, state and account billing and the ledger share (a leaf);
 //! - [`credits`]: how totals are shown (rounding), for api, perun and notify.
 //!
@@ -37,3 +38,4 @@ pub mod notify;
 pub mod perun;
 pub mod policy;
 pub mod replica;
+pub mod schedule;

@@ -39,6 +39,7 @@ use bytes::Bytes;
 
 use crate::billing::engine::{Body, Engine, WriteResult};
 use crate::billing::intake::FeedReport;
+use crate::billing::prices::Wanted;
 use crate::ingest::Precision;
 use crate::ingest::remote_write::{self, Labels};
 use crate::ledger::Leadership;
@@ -235,6 +236,16 @@ impl Replica {
             Body::RemoteWrite { raw, received, .. } => {
                 ("remote_write", raw.clone(), "ms", *received)
             }
+            Body::Schedule { wanted, complete } => {
+                let request = ScheduleRequest {
+                    wanted: wanted.clone(),
+                    complete: *complete,
+                };
+                match serde_json::to_vec(&request) {
+                    Ok(json) => ("schedule", Bytes::from(json), "", 0),
+                    Err(e) => return WriteResult::Failed(e.to_string()),
+                }
+            }
         };
         let name = self.name.clone();
         let stored = tokio::task::spawn_blocking(move || {
@@ -297,6 +308,12 @@ impl Replica {
                     match answer {
                         Some(answer) => match answer.await {
                             WriteResult::Done(_) => billed.push(id),
+                            WriteResult::Scheduled(plan) => {
+                                for why in &plan.refused {
+                                    tracing::error!("price schedule change refused: {why}");
+                                }
+                                billed.push(id);
+                            }
                             WriteResult::Failed(e) => {
                                 tracing::warn!(
                                     "inbox entry not billed yet (handed over again): {e}"
@@ -443,6 +460,14 @@ impl Replica {
     }
 }
 
+/// A schedule request as a follower stores it for the leader (modules by
+/// SHA-256: their bytes are in the ledger already).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ScheduleRequest {
+    wanted: Vec<Wanted>,
+    complete: bool,
+}
+
 /// What an inbox entry asks the engine to bill, decoded as the handler
 /// decodes (the same size limit).
 fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, String> {
@@ -463,6 +488,12 @@ fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, S
                 received: entry.received,
             })
             .ok_or_else(|| format!("unknown precision {:?}", entry.precision)),
+        "schedule" => serde_json::from_slice::<ScheduleRequest>(&entry.body)
+            .map(|request| Body::Schedule {
+                wanted: request.wanted,
+                complete: request.complete,
+            })
+            .map_err(|e| format!("schedule request: {e}")),
         other => Err(format!("unknown kind {other:?}")),
     }
 }

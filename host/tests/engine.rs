@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use os_credits::api::{AppState, router};
-use os_credits::billing::engine::Engine;
+use os_credits::billing::engine::{Body, Engine, WriteResult};
+use os_credits::billing::prices::Prices;
 use os_credits::billing::{Account, Key};
 use os_credits::ledger::{Batch, EngineStore, Floor, LedgerError, Reads};
 use os_credits::ledger::{Durability, Store};
 use os_credits::policy::registry::Registry;
+use os_credits::policy::schedule::wanted_of;
 use os_credits::policy::{Limits, PolicyRuntime};
 use rust_decimal::Decimal;
 
@@ -67,19 +69,26 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         .enable_all()
         .build()
         .unwrap();
-    let registry = Arc::new(
-        Registry::open(
-            PolicyRuntime::new(Limits::default()).unwrap(),
-            policies.path(),
-        )
-        .unwrap(),
-    );
+    let policy_runtime = Arc::new(PolicyRuntime::new(Limits::default()).unwrap());
+    let registry = Arc::new(Registry::open(policy_runtime.clone(), policies.path()).unwrap());
+    let prices = Arc::new(Prices::new(policy_runtime, store.clone()));
+    prices.store_modules(&registry.policies().load()).unwrap();
     let engine =
-        Arc::new(Engine::start(switch.clone(), registry.policies(), Default::default()).unwrap());
+        Arc::new(Engine::start(switch.clone(), prices.clone(), Default::default()).unwrap());
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let seeded = runtime.block_on(engine.submit(Body::Schedule {
+        wanted: wanted_of(&registry.policies().load(), "folder", now),
+        complete: true,
+    }));
+    assert!(
+        matches!(&seeded, WriteResult::Scheduled(plan) if plan.entries.len() == 1 && plan.refused.is_empty()),
+        "{seeded:?}"
+    );
     let state = AppState {
         replica: Arc::new(os_credits::replica::Replica::single(engine.clone())),
         ledger: store.clone(),
-        policies: registry.policies(),
+        schedule: prices.live(),
+        prices,
         registry,
         perun: None,
         notifier: None,

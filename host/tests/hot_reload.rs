@@ -103,9 +103,11 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
     let data = tempfile::tempdir().unwrap();
     let service = Service::start(data.path(), folder.path(), &[("API_KEY", KEY)]);
 
-    // A client posting without pause: every point raises every key, so
-    // every point after the first is billed by whatever policy is in force.
-    let poster = common::Poster::start(&service.url, "load");
+    // A client posting without pause, timestamped by the clock: every
+    // point raises every key, so every step after the first is billed by
+    // the version in force when its usage happened (a step spanning a
+    // swap by both, in parts).
+    let poster = common::Poster::start_now(&service.url, "load");
 
     let mut valid = BTreeSet::from([sha256(&first)]);
     let mut refused = BTreeSet::new();
@@ -151,7 +153,8 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
         "the last swap loaded, so no error remains"
     );
 
-    // Every charge names exactly one valid version; broken ones priced nothing.
+    // Every charge names exactly one valid version; broken ones priced
+    // nothing; the parts of a step add up to its 1 credit.
     let mut used = BTreeSet::new();
     for p in 0..20 {
         let charges = os_credits(&[
@@ -164,13 +167,28 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
             "--data-dir",
             data.path().to_str().unwrap(),
         ]);
+        let mut steps: BTreeMap<String, Decimal> = BTreeMap::new();
         for charge in charges.as_array().unwrap() {
             let sha = charge["policy"]["sha256"].as_str().unwrap().to_owned();
             assert!(valid.contains(&sha), "charge by unknown module {sha}");
             assert!(!refused.contains(&sha));
-            assert_eq!(charge["credits"], "1");
+            let credits: Decimal = charge["credits"].as_str().unwrap().parse().unwrap();
+            // A step is named by the value it reached; its parts end at
+            // interpolated values before it.
+            let reached = charge["current"]["value"].as_str().unwrap();
+            let step = reached.split('.').next().unwrap_or(reached);
+            let step = if reached.contains('.') {
+                (step.parse::<i64>().unwrap() + 1).to_string()
+            } else {
+                step.to_owned()
+            };
+            *steps.entry(step).or_default() += credits;
             used.insert(sha);
         }
+        assert!(
+            steps.values().all(|c| *c == Decimal::ONE),
+            "load_{p}: steps of other than 1 credit: {steps:?}"
+        );
     }
     assert!(
         used.len() >= 10,

@@ -15,16 +15,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("credits", &[]),
     // The key, state and account billing and the ledger share: a leaf.
     ("account", &[]),
-    // The Wasm host: knows nothing of billing (or anything else).
-    ("policy", &[]),
+    // The price schedule's entries, as the ledger keeps them: a leaf.
+    ("schedule", &[]),
+    // The Wasm host: knows nothing of billing; builds the live schedule
+    // from its entries.
+    ("policy", &["schedule"]),
     // Billing consumes samples, prices through its port (whose adapter for
     // the policies lives in billing), writes the ledger, shows totals.
     (
         "billing",
-        &["ingest", "policy", "ledger", "credits", "account"],
+        &[
+            "ingest", "policy", "ledger", "credits", "account", "schedule",
+        ],
     ),
-    // The ledger stores the shared accounts and names nothing above it.
-    ("ledger", &["account"]),
+    // The ledger stores the shared accounts and schedule entries and names
+    // nothing above it.
+    ("ledger", &["account", "schedule"]),
     // Between api and billing: hands writes to the engine (leader) or the
     // ledger's inbox (follower); never reaches past the ledger.
     ("replica", &["billing", "ingest", "ledger"]),

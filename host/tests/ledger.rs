@@ -78,6 +78,7 @@ fn charge(project: &str, credits: &str, after: &str) -> ChargeRecord {
             sha256: "ab".repeat(32),
         },
         reversed: false,
+        schedule_entry: None,
     }
 }
 
@@ -92,6 +93,7 @@ fn a_batch_is_stored_exactly_and_restored() {
                 (key("b"), account(7, "1e3", "0")),
             ],
             charges: vec![charge("a", tiny, tiny)],
+            ..Batch::default()
         };
         ledger.commit(&batch).unwrap();
         let mut accounts = ledger.accounts().unwrap();
@@ -129,7 +131,13 @@ fn a_large_batch_keeps_billing_order_and_the_last_state_of_each_key() {
         let states: Vec<(Key, Account)> = (1..=700)
             .map(|i| (key(&format!("p{}", i % 7)), account(i, &i.to_string(), "1")))
             .collect();
-        ledger.commit(&Batch { states, charges }).unwrap();
+        ledger
+            .commit(&Batch {
+                states,
+                charges,
+                ..Batch::default()
+            })
+            .unwrap();
         let all = ledger.charges_between(0, 1_000).unwrap();
         let order: Vec<i64> = all.iter().map(|c| c.current.0).collect();
         assert_eq!(order, (1..=700).collect::<Vec<_>>());
@@ -158,6 +166,7 @@ fn a_rebase_reverses_old_steps_rewrites_the_history_and_persists_the_floor() {
         let batch = Batch {
             states: vec![(key("a"), account(4, "4", "9"))],
             charges: vec![step(1, "2", "2"), step(2, "3", "5"), step(3, "4", "9")],
+            ..Batch::default()
         };
         ledger.commit(&batch).unwrap();
         let floors = [Floor {
@@ -209,6 +218,7 @@ fn adjustments_intents_and_confirmed_writes_are_kept_and_pruned() {
             .commit(&Batch {
                 states: vec![(key("a"), account(2, "15.5", "5.5"))],
                 charges: vec![charge("a", "5.5", "5.5")],
+                ..Batch::default()
             })
             .unwrap();
         assert_eq!(ledger.perun_record("a").unwrap(), PerunRecord::default());
@@ -269,6 +279,7 @@ fn a_published_project_waits_out_the_interval_even_after_a_new_charge() {
         let charged = |after: &str| Batch {
             states: vec![(key("a"), account(2, "15.5", after))],
             charges: vec![charge("a", "1", after)],
+            ..Batch::default()
         };
         ledger.commit(&charged("1")).unwrap();
         let due = ledger.due(100, 10).unwrap();
@@ -306,6 +317,7 @@ fn contacts_and_mailed_thresholds_are_kept() {
             .commit(&Batch {
                 states: vec![(key("a"), account(2, "15.5", "60"))],
                 charges: vec![charge("a", "60", "60")],
+                ..Batch::default()
             })
             .unwrap();
         // No granted credits known: nothing to check.
@@ -342,6 +354,7 @@ fn names_compare_bytewise_on_both() {
             .commit(&Batch {
                 states,
                 charges: Vec::new(),
+                ..Batch::default()
             })
             .unwrap();
         let mut stored: Vec<String> = ledger
@@ -446,6 +459,7 @@ fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
     let batch = Batch {
         states: vec![(key("a"), account(2, "15.5", "1"))],
         charges: vec![charge("a", "1", "1")],
+        ..Batch::default()
     };
     first.store().commit(&batch).unwrap();
     // Stale (timeout 0): every session of the first replica is ended.
@@ -489,6 +503,7 @@ fn a_leader_whose_epoch_was_taken_commits_nothing() {
     let batch = Batch {
         states: vec![(key("a"), account(2, "15.5", "1"))],
         charges: vec![charge("a", "1", "1")],
+        ..Batch::default()
     };
     let err = leader.store().commit(&batch).unwrap_err();
     assert!(matches!(err, LedgerError::Fenced(e) if e == epoch), "{err}");

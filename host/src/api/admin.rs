@@ -10,6 +10,8 @@ use subtle::ConstantTimeEq;
 
 use super::{AppState, blocking, error};
 use crate::policy::set::Failure;
+use crate::schedule::{Kind, show_time};
+use sha2::{Digest, Sha256};
 
 /// The header carrying the admin key.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -46,33 +48,109 @@ struct ActiveView {
     activation: crate::policy::Activation,
 }
 
+/// One entry of the price schedule, as `/api/policies` lists it.
+#[derive(Serialize)]
+struct EntryView {
+    id: i64,
+    site: String,
+    /// RFC 3339, or `beginning`.
+    from: String,
+    kind: &'static str,
+    /// `past`, `current` or `upcoming` at its site (entries no longer
+    /// counting: `withdrawn`, `replaced`).
+    status: &'static str,
+    file: String,
+    sha256: String,
+    config_sha256: String,
+    memory_mb: Option<u64>,
+    timeout_ms: Option<u64>,
+    added_at: String,
+    origin: String,
+    /// Why its module cannot be loaded now.
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FolderView {
+    matches_schedule: bool,
+    differences: Vec<String>,
+}
+
 #[derive(Serialize)]
 struct PoliciesView {
     active: Vec<ActiveView>,
+    schedule: Vec<EntryView>,
+    folder: FolderView,
     errors: Vec<Failure>,
 }
 
 fn view(app: &AppState) -> PoliciesView {
-    let set = app.policies.load();
-    let active = set
-        .active()
-        .map(|a| {
-            let info = a.policy.info();
-            ActiveView {
-                site: a.site.clone(),
-                file: a.file.clone(),
+    let now = super::now_ns();
+    let schedule = app.schedule.load_full();
+    let active = schedule
+        .at(now)
+        .into_iter()
+        .filter_map(|(site, version)| {
+            let info = version.module()?.info();
+            Some(ActiveView {
+                site,
+                file: version.entry.file.clone(),
                 name: info.name.clone(),
                 version: info.version.clone(),
                 sha256: info.sha256.clone(),
                 config_sha256: info.config_sha256.clone(),
                 contract: info.contract.clone(),
-                loaded_at: a.loaded_at.clone(),
+                loaded_at: show_time(version.entry.added_at),
                 activation: info.activation,
+            })
+        })
+        .collect();
+    let in_force: Vec<i64> = schedule
+        .at(now)
+        .into_iter()
+        .map(|(_, v)| v.entry.id)
+        .collect();
+    let entries = schedule
+        .entries()
+        .iter()
+        .map(|version| {
+            let entry = &version.entry;
+            let counts = schedule.counts(entry.id);
+            let status = match entry.kind {
+                Kind::Withdrawn => "withdrawn",
+                _ if !counts => "replaced",
+                _ if in_force.contains(&entry.id) => "current",
+                _ if entry.from > now => "upcoming",
+                _ => "past",
+            };
+            EntryView {
+                id: entry.id,
+                site: entry.site.clone(),
+                from: show_time(entry.from),
+                kind: entry.kind.as_str(),
+                status,
+                file: entry.file.clone(),
+                sha256: entry.sha256.clone(),
+                config_sha256: hex::encode(Sha256::digest(entry.config.as_bytes())),
+                memory_mb: entry.memory_mb,
+                timeout_ms: entry.timeout_ms,
+                added_at: show_time(entry.added_at),
+                origin: entry.origin.clone(),
+                error: match (&version.policy, entry.kind) {
+                    (Err(why), Kind::Module) => Some(why.clone()),
+                    _ => None,
+                },
             }
         })
         .collect();
+    let differences = schedule.differences(&app.registry.policies().load(), now);
     PoliciesView {
         active,
+        schedule: entries,
+        folder: FolderView {
+            matches_schedule: differences.is_empty(),
+            differences,
+        },
         errors: app.registry.failures(),
     }
 }

@@ -17,16 +17,16 @@ use serde_json::value::RawValue;
 use super::{AppState, blocking, error, number};
 use crate::credits::round;
 use crate::ledger::{HistoryRow, ProjectRecord};
+use crate::policy::set::DEFAULT_SITE;
 
 /// The date format of the history API.
 const DATE_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// `GET /api/metrics`: every metric the active policies price, by friendly name.
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let policies = app.policies.load();
     let mut metrics = BTreeMap::new();
-    for active in policies.active() {
-        for m in &active.policy.info().metrics {
+    for (_, module) in super::modules_at(&app, super::now_ns()) {
+        for m in &module.info().metrics {
             metrics.entry(m.friendly_name.clone()).or_insert_with(|| {
                 serde_json::json!({
                     "type": m.amount_type, "description": m.description,
@@ -41,11 +41,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 #[derive(Debug, Deserialize)]
 pub struct SiteQuery {
     location_id: Option<String>,
+    at: Option<String>,
 }
 
 /// `POST /api/costs_per_hour`: `{"cpu":16,"ram":32}` -> `25.6`. Each
 /// metric's cost is rounded, the sum rounded again. `?location_id=` quotes
-/// with that site's policy.
+/// with that site's policy, `?at=` (RFC 3339) with the schedule's version
+/// in force then (default: now).
 pub async fn costs_per_hour(
     State(app): State<AppState>,
     Query(site): Query<SiteQuery>,
@@ -62,10 +64,37 @@ pub async fn costs_per_hour(
             );
         }
     };
-    let policies = app.policies.load_full();
-    let policy = match &site.location_id {
-        Some(location) => policies.for_site(location).clone(),
-        None => policies.default_module().clone(),
+    let at = match &site.at {
+        None => super::now_ns(),
+        Some(text) => match chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .and_then(|t| t.timestamp_nanos_opt())
+        {
+            Some(at) => at,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("at={text:?} is not an RFC 3339 date-time (e.g. 2027-01-01T00:00:00Z)"),
+                );
+            }
+        },
+    };
+    let schedule = app.schedule.load_full();
+    let location = site.location_id.as_deref().unwrap_or(DEFAULT_SITE);
+    let policy = match schedule.in_force(location, at).map(|v| v.module()) {
+        Some(Some(module)) => module.clone(),
+        Some(None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the policy in force then cannot be loaded (see /api/policies)",
+            );
+        }
+        None => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no price schedule yet (the service is starting)",
+            );
+        }
     };
     let mut requests = Vec::new();
     for (friendly, raw) in &amounts {
@@ -260,10 +289,9 @@ pub async fn credits_history(
 
 /// Metric name -> friendly name, from the active policies.
 fn friendly_names(app: &AppState) -> BTreeMap<String, String> {
-    let policies = app.policies.load();
-    policies
-        .active()
-        .flat_map(|a| a.policy.info().metrics.clone())
+    super::modules_at(app, super::now_ns())
+        .into_iter()
+        .flat_map(|(_, module)| module.info().metrics.clone())
         .map(|m| (m.name, m.friendly_name))
         .collect()
 }

@@ -27,8 +27,9 @@ use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 
 use crate::ledger::Reads;
+use crate::policy::Module;
 use crate::policy::registry::Registry;
-use crate::policy::set::PolicySet;
+use crate::policy::schedule::Schedule;
 use crate::replica::Replica;
 
 /// Replaces the tracing filter with new `EnvFilter` directives, or says why not.
@@ -41,8 +42,10 @@ pub struct AppState {
     pub replica: Arc<Replica>,
     /// The ledger, for reads.
     pub ledger: Arc<dyn Reads>,
-    /// The policies in force.
-    pub policies: Arc<ArcSwap<PolicySet>>,
+    /// The price schedule in force (from the ledger).
+    pub schedule: Arc<ArcSwap<Schedule>>,
+    /// Where it comes from.
+    pub prices: Arc<crate::billing::prices::Prices>,
     /// Where they come from (hot reload).
     pub registry: Arc<Registry>,
     /// The Perun sync, when configured.
@@ -151,4 +154,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Unix time now, in ns.
+pub(crate) fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// The modules in force at `at` (Unix ns): the default's first, then each
+/// site's own, with the site they price.
+pub(crate) fn modules_at(app: &AppState, at: i64) -> Vec<(String, Arc<Module>)> {
+    let schedule = app.schedule.load();
+    schedule
+        .at(at)
+        .into_iter()
+        .filter_map(|(site, version)| Some((site, version.module()?.clone())))
+        .collect()
 }

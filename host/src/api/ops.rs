@@ -61,17 +61,25 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
     let queue_size = app.replica.engine().map_or(0, |e| e.queue_size());
     let replica = app.replica.status().await;
     let uptime = app.started.elapsed().as_secs();
-    let policies = app.policies.load();
-    let active: Vec<_> = policies
-        .active()
-        .map(|a| {
-            let info = a.policy.info();
-            serde_json::json!({
-                "site": a.site, "file": a.file, "name": info.name,
+    let now = super::now_ns();
+    let active: Vec<_> = app
+        .schedule
+        .load()
+        .at(now)
+        .into_iter()
+        .filter_map(|(site, version)| {
+            let info = version.module()?.info();
+            Some(serde_json::json!({
+                "site": site, "file": version.entry.file, "name": info.name,
                 "version": info.version, "sha256": info.sha256,
-            })
+                "schedule_entry": version.entry.id,
+            }))
         })
         .collect();
+    let differences = app
+        .schedule
+        .load()
+        .differences(&app.registry.policies().load(), now);
     let mut stats = serde_json::json!({
         "uptime": human(uptime),
         "uptime_seconds": uptime,
@@ -103,6 +111,10 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
         },
         "policies": active,
         "policy_errors": app.registry.failures(),
+        "policy_folder": {
+            "matches_schedule": differences.is_empty(),
+            "differences": differences,
+        },
         "perun": app.perun.as_ref().map(|p| p.status()).unwrap_or_default(),
         "mail": app.notifier.as_ref().map(|n| n.status()).unwrap_or_default(),
     });

@@ -123,6 +123,10 @@ pub async fn remote_write(
         }
         // 5xx: Prometheus keeps the samples and retries.
         WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        WriteResult::Scheduled(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a write was answered as a schedule change",
+        ),
     }
 }
 

@@ -67,5 +67,9 @@ pub async fn write(
             (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
         WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        WriteResult::Scheduled(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a write was answered as a schedule change",
+        ),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hashbrown::{Equivalent, HashMap};
 use rust_decimal::Decimal;
 
-use super::pricer::{Priced, Pricer};
+use super::pricer::{Part, Priced, Pricer};
 use super::rules::{Skip, skip, state_of};
 pub use crate::account::{Account, Key, State};
 use crate::ingest::Sample;
@@ -26,8 +26,13 @@ pub struct Charge {
     pub credits: Decimal,
     /// The state before the step (the previous sample).
     pub previous: State,
-    /// The policy that priced it.
+    /// The policy that priced it (its last part).
     pub policy: Option<Arc<ModuleInfo>>,
+    /// The schedule entry that priced it (its last part).
+    pub entry: Option<i64>,
+    /// The parts of a step split at a price change, in order (empty when
+    /// one version priced it all).
+    pub parts: Vec<Part>,
     /// The project's exact charged total right after this charge.
     pub project_total: Decimal,
 }
@@ -381,7 +386,12 @@ impl Book {
         };
         account.pending = false;
         match priced {
-            Some(Ok(Priced { credits, policy })) => {
+            Some(Ok(Priced {
+                credits,
+                policy,
+                entry,
+                parts,
+            })) => {
                 let previous = std::mem::replace(&mut account.state, state_of(s));
                 account.charged += credits;
                 let total = match self.projects.get_mut(&*s.project) {
@@ -399,6 +409,8 @@ impl Book {
                     credits,
                     previous,
                     policy,
+                    entry,
+                    parts,
                     project_total: total,
                 })
             }
@@ -478,10 +490,7 @@ mod tests {
             }
             let current: Decimal = step.current.1.parse().unwrap();
             let previous: Decimal = step.previous.1.parse().unwrap();
-            Ok(Priced {
-                credits: (current - previous) * self.price,
-                policy: None,
-            })
+            Ok(Priced::whole((current - previous) * self.price, None))
         }
     }
 

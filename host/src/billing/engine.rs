@@ -22,16 +22,18 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::book::{Book, Outcome};
 use super::intake::{FeedReport, Intake};
+use super::prices::Prices;
 use crate::ingest::remote_write::{self, Labels};
 use crate::ingest::{Precision, Sample};
 use crate::ledger::{Batch, ChargeRecord, EngineStore, Floor, LedgerError, PolicyStamp};
-use crate::policy::set::PolicySet;
+use crate::policy::ModuleInfo;
+use crate::policy::schedule::{Plan, Schedule, Wanted};
+use crate::policy::set::DEFAULT_SITE;
 
 /// Writes applied in one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -61,6 +63,16 @@ pub enum Body {
         /// When it was received (ns).
         received: i64,
     },
+    /// Entries wanted in the price schedule (a policy folder changed, an
+    /// upload): planned against the book as the writes before left it.
+    Schedule {
+        /// What is wanted.
+        wanted: Vec<Wanted>,
+        /// Whether `wanted` is a whole folder (sites it does not name go
+        /// back to the default; upcoming changes it no longer names are
+        /// withdrawn).
+        complete: bool,
+    },
 }
 
 /// How a write ended.
@@ -68,6 +80,9 @@ pub enum Body {
 pub enum WriteResult {
     /// Applied and committed; what each line did.
     Done(FeedReport),
+    /// A schedule request committed: the entries added, and why any
+    /// wanted entry was refused.
+    Scheduled(Plan),
     /// Nothing of it was stored.
     Failed(String),
 }
@@ -183,9 +198,10 @@ impl Engine {
     /// Restores the book from `ledger` and starts the engine thread.
     pub fn start(
         ledger: Arc<dyn EngineStore>,
-        policies: Arc<ArcSwap<PolicySet>>,
+        prices: Arc<Prices>,
         options: Options,
     ) -> Result<Self, StartError> {
+        prices.refresh()?;
         let book = Book::restore(ledger.accounts()?);
         tracing::info!(keys = book.len(), "book restored from the ledger");
         let intake = Intake::with_book(book)
@@ -197,7 +213,7 @@ impl Engine {
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let worker = Worker {
             ledger,
-            policies,
+            prices,
             intake,
             queued: Arc::clone(&queued),
             stats: Arc::clone(&stats),
@@ -277,7 +293,7 @@ impl Engine {
 
 struct Worker {
     ledger: Arc<dyn EngineStore>,
-    policies: Arc<ArcSwap<PolicySet>>,
+    prices: Arc<Prices>,
     intake: Intake,
     queued: Arc<AtomicUsize>,
     stats: Arc<Mutex<EngineStats>>,
@@ -351,19 +367,50 @@ impl Worker {
         }
     }
 
-    /// Rebuilds the book from the ledger after a failed commit.
+    /// Rebuilds the book (and the schedule) from the ledger after a
+    /// failed commit.
     fn reload(&mut self) {
         match self.ledger.accounts() {
             Ok(accounts) => self.intake.reset_book(Book::restore(accounts)),
             Err(e) => tracing::error!("cannot reload the book from the ledger: {e}"),
         }
+        if let Err(e) = self.prices.refresh() {
+            tracing::error!("cannot reload the price schedule from the ledger: {e}");
+        }
+    }
+
+    /// Plans `wanted` against the schedule and the book as they are.
+    fn plan(&self, schedule: &Schedule, wanted: &[Wanted], complete: bool) -> Plan {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let book = self.intake.book();
+        let billed_until = |site: &str| {
+            book.accounts()
+                .filter(|(key, _)| match site {
+                    DEFAULT_SITE => !schedule.has_own(&key.location_id),
+                    site => &*key.location_id == site,
+                })
+                .map(|(_, account)| account.state.timestamp)
+                .max()
+        };
+        schedule.plan(wanted, complete, now, &billed_until)
     }
 
     fn apply(&mut self, group: Vec<(Body, oneshot::Sender<WriteResult>)>) {
-        let policies = self.policies.load_full();
+        let installed = self.prices.current();
+        let mut schedule = Arc::clone(&installed);
         let mut batch = Batch::default();
         let mut reports = Vec::with_capacity(group.len());
         for (request, _) in &group {
+            if let Body::Schedule { wanted, complete } = request {
+                let plan = self.plan(&schedule, wanted, *complete);
+                if !plan.entries.is_empty() {
+                    schedule = Arc::new(self.prices.extended(&schedule, &plan.entries, wanted));
+                    batch.schedule.extend(plan.entries.iter().cloned());
+                }
+                reports.push(WriteResult::Scheduled(plan));
+                continue;
+            }
+            let policies = schedule.as_ref();
             let record = |sample: &Sample<'_>, outcome: &Outcome, book: &Book| {
                 record(&mut batch, sample, outcome, book)
             };
@@ -374,16 +421,17 @@ impl Worker {
                     received,
                 } => {
                     let items = crate::ingest::lines(text, *precision, *received);
-                    self.intake.feed(policies.as_ref(), items, |_| {}, record)
+                    self.intake.feed(policies, items, |_| {}, record)
                 }
                 Body::RemoteWrite {
                     request, labels, ..
                 } => {
                     let items = remote_write::samples(request, labels);
-                    self.intake.feed(policies.as_ref(), items, |_| {}, record)
+                    self.intake.feed(policies, items, |_| {}, record)
                 }
+                Body::Schedule { .. } => continue,
             };
-            reports.push(report);
+            reports.push(WriteResult::Done(report));
         }
         let committed = self.ledger.commit(&batch);
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -398,8 +446,14 @@ impl Worker {
                 stats.seen = self.intake.seen().clone();
                 stats.keys = self.intake.book().len();
                 drop(stats);
+                if !Arc::ptr_eq(&schedule, &installed) {
+                    for entry in &batch.schedule {
+                        tracing::info!(entry = entry.id, site = %entry.site, from = %crate::schedule::show_time(entry.from), kind = entry.kind.as_str(), file = %entry.file, sha256 = %entry.sha256, origin = %entry.origin, "price schedule: entry added");
+                    }
+                    self.prices.install(schedule);
+                }
                 for ((_, reply), report) in group.into_iter().zip(reports) {
-                    let _ = reply.send(WriteResult::Done(report));
+                    let _ = reply.send(report);
                 }
             }
             Err(e) => {
@@ -430,7 +484,7 @@ fn record(batch: &mut Batch, sample: &Sample<'_>, outcome: &Outcome, book: &Book
     };
     batch.states.push((key.clone(), account.clone()));
     if let Outcome::Charged(charge) = outcome {
-        let policy = match &charge.policy {
+        let stamp = |policy: &Option<Arc<ModuleInfo>>| match policy {
             Some(info) => PolicyStamp {
                 name: info.name.clone(),
                 version: info.version.clone(),
@@ -442,14 +496,34 @@ fn record(batch: &mut Batch, sample: &Sample<'_>, outcome: &Outcome, book: &Book
                 sha256: String::new(),
             },
         };
-        batch.charges.push(ChargeRecord {
-            key: key.clone(),
-            previous: (charge.previous.timestamp, charge.previous.text.to_string()),
-            current: (sample.timestamp, sample.text.to_string()),
-            credits: charge.credits,
-            charged_after: charge.project_total,
-            policy,
-            reversed: false,
-        });
+        if charge.parts.is_empty() {
+            batch.charges.push(ChargeRecord {
+                key: key.clone(),
+                previous: (charge.previous.timestamp, charge.previous.text.to_string()),
+                current: (sample.timestamp, sample.text.to_string()),
+                credits: charge.credits,
+                charged_after: charge.project_total,
+                policy: stamp(&charge.policy),
+                reversed: false,
+                schedule_entry: charge.entry,
+            });
+            return;
+        }
+        // A step split at a price change: one charge per part, each with
+        // the entry that priced it; the running total ends at the step's.
+        let mut after = charge.project_total - charge.credits;
+        for part in &charge.parts {
+            after += part.credits;
+            batch.charges.push(ChargeRecord {
+                key: key.clone(),
+                previous: part.start.clone(),
+                current: part.end.clone(),
+                credits: part.credits,
+                charged_after: after,
+                policy: stamp(&part.policy),
+                reversed: false,
+                schedule_entry: part.entry,
+            });
+        }
     }
 }

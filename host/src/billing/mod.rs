@@ -36,6 +36,7 @@ pub mod book;
 pub mod engine;
 pub mod intake;
 pub mod pricer;
+pub mod prices;
 pub mod rerate;
 pub mod rules;
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use os_credits::api::{AppState, LogFilter, router};
-use os_credits::billing::engine::Engine;
+use os_credits::billing::engine::{Body, Engine, WriteResult};
+use os_credits::billing::prices::{Prices, Schedule};
 use os_credits::config::ServeConfig;
 use os_credits::ledger::replication::Replication;
 use os_credits::ledger::sql::Keepalive;
@@ -16,6 +17,8 @@ use os_credits::perun::client::PerunClient;
 use os_credits::perun::sync::{Publisher, Rebase};
 use os_credits::policy::PolicyRuntime;
 use os_credits::policy::registry::Registry;
+use os_credits::policy::schedule::wanted_of;
+use os_credits::policy::set::Failure;
 use os_credits::policy::signature::TrustedKeys;
 use os_credits::replica::{Replica, Timing};
 
@@ -61,7 +64,8 @@ async fn run(
             "no compile cache (every start compiles the policies): {e}"
         );
     }
-    let registry = Arc::new(Registry::open(policy_runtime, &config.policy_dir)?);
+    let policy_runtime = Arc::new(policy_runtime);
+    let registry = Arc::new(Registry::open(policy_runtime.clone(), &config.policy_dir)?);
     for active in registry.policies().load().active() {
         let info = active.policy.info();
         tracing::info!(
@@ -76,7 +80,6 @@ async fn run(
             config.policy_dir.display()
         )
     })?;
-    let policies = registry.policies();
     // The store: SQLite in the data folder, or PostgreSQL (replicas).
     let postgres = match config.ledger.database_url.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -123,12 +126,30 @@ async fn run(
         future_tolerance: Some(Duration::from_secs(config.future_tolerance_seconds)),
     };
     let remote_write = config.remote_write()?;
+    // The price schedule lives in the ledger; this folder's modules go
+    // there too, so that whichever replica bills can load them.
+    let prices = Arc::new(Prices::new(policy_runtime.clone(), ledger.clone()));
+    {
+        let (prices, folder) = (prices.clone(), registry.policies().load_full());
+        tokio::task::spawn_blocking(move || prices.store_modules(&folder))
+            .await?
+            .context("cannot keep the policy modules in the ledger")?;
+    }
     let replica = match &postgres {
-        None => Arc::new(Replica::single(Arc::new(Engine::start(
-            ledger.clone(),
-            policies.clone(),
-            options.clone(),
-        )?))),
+        None => {
+            let engine = Arc::new(Engine::start(
+                ledger.clone(),
+                prices.clone(),
+                options.clone(),
+            )?);
+            // A lone service adopts its folder at start: what changed
+            // while it was stopped takes effect now.
+            let first = prices.current().is_empty();
+            let origin = if first { "folder" } else { "folder at start" };
+            let answer = engine.submit(folder_request(&registry, origin));
+            scheduled(answer.await, &registry);
+            Arc::new(Replica::single(engine))
+        }
         Some(store) => {
             let name = config.replica_name();
             tracing::info!(replica = %name, "replica on PostgreSQL: following until the leader's lock is free");
@@ -199,23 +220,81 @@ async fn run(
     match &postgres {
         None => leader_tasks(&tokio::runtime::Handle::current()),
         Some(store) => {
-            let (store, policies, handle) = (
+            let (store, leading_prices, leading_registry, handle) = (
                 store.store().clone(),
-                policies.clone(),
+                prices.clone(),
+                registry.clone(),
                 tokio::runtime::Handle::current(),
             );
             let lead = move || -> anyhow::Result<Arc<Engine>> {
-                let engine = Arc::new(Engine::start(store, policies, options)?);
+                let (prices, registry) = (leading_prices, leading_registry);
+                let engine = Arc::new(Engine::start(store, prices.clone(), options)?);
+                let schedule = prices.current();
+                if schedule.is_empty() {
+                    // The first leader of a new ledger gives it its
+                    // schedule: this folder, from the beginning of time.
+                    let answer = engine.submit(folder_request(&registry, "folder"));
+                    handle.spawn(async move { scheduled(answer.await, &registry) });
+                } else {
+                    // Any other folder changes nothing by becoming leader.
+                    report_differences(&schedule, &registry);
+                }
                 leader_tasks(&handle);
                 Ok(engine)
             };
             tokio::spawn(replica.clone().campaign(lead));
+            // A follower keeps its copy of the schedule (for the API and
+            // for when it leads) from the ledger, and says when its own
+            // folder differs.
+            let (prices, registry, replica) = (prices.clone(), registry.clone(), replica.clone());
+            let every = Duration::from_secs_f64(config.leader_check_seconds.max(0.1));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if replica.is_leader() {
+                        continue;
+                    }
+                    let refresh = prices.clone();
+                    match tokio::task::spawn_blocking(move || refresh.refresh()).await {
+                        Ok(Ok(true)) => report_differences(&prices.current(), &registry),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!("cannot read the price schedule: {e}"),
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                }
+            });
         }
+    }
+    // A change of the folder becomes a schedule change, for all replicas.
+    {
+        let (prices, replica, weak) = (prices.clone(), replica.clone(), Arc::downgrade(&registry));
+        let handle = tokio::runtime::Handle::current();
+        registry.on_change(Box::new(move |folder| {
+            if let Err(e) = prices.store_modules(&folder) {
+                tracing::error!(
+                    "folder change not scheduled: cannot keep its modules in the ledger: {e}"
+                );
+                return;
+            }
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let request = Body::Schedule {
+                wanted: wanted_of(&folder, "folder", now),
+                complete: true,
+            };
+            let (replica, weak) = (replica.clone(), weak.clone());
+            handle.spawn(async move {
+                let answer = replica.accept(request).await;
+                if let Some(registry) = weak.upgrade() {
+                    scheduled(answer, &registry);
+                }
+            });
+        }));
     }
     let state = AppState {
         replica: replica.clone(),
         ledger,
-        policies,
+        schedule: prices.live(),
+        prices: prices.clone(),
         registry,
         perun,
         notifier,
@@ -254,6 +333,51 @@ async fn run(
             tracing::error!("shutdown took longer than {SHUTDOWN_LIMIT:?}; exiting");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// The whole policy folder as a schedule request.
+fn folder_request(registry: &Registry, origin: &str) -> Body {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    Body::Schedule {
+        wanted: wanted_of(&registry.policies().load(), origin, now),
+        complete: true,
+    }
+}
+
+/// Logs what a schedule request did; refusals are kept as the folder's
+/// failures (shown by `/api/policies` and `/stats`).
+fn scheduled(answer: WriteResult, registry: &Registry) {
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let failure = |error: String| Failure {
+        site: "schedule".into(),
+        file: "policies.toml".into(),
+        sha256: String::new(),
+        error,
+        at: at.clone(),
+    };
+    match answer {
+        WriteResult::Scheduled(plan) => {
+            for why in &plan.refused {
+                tracing::error!("price schedule change refused: {why}");
+            }
+            registry.report(plan.refused.into_iter().map(failure).collect());
+        }
+        WriteResult::Failed(why) => {
+            tracing::error!("price schedule change not stored: {why}");
+            registry.report(vec![failure(format!("not stored: {why}"))]);
+        }
+        WriteResult::Done(_) => {}
+    }
+}
+
+/// Logs how this replica's folder differs from the schedule in force.
+fn report_differences(schedule: &Schedule, registry: &Registry) {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    for difference in schedule.differences(&registry.policies().load(), now) {
+        tracing::warn!(
+            "this replica's policy folder differs from the price schedule (which prices): {difference}"
+        );
     }
 }
 

@@ -11,6 +11,7 @@ use super::sql::{Db, Param, params};
 use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, now_ns};
 use super::{Batch, EngineStore, Floor, LedgerError, replication};
 use crate::account::{Account, Key, State};
+use crate::schedule::Entry;
 
 /// Stores key states (insert or replace; a later entry for a key wins).
 fn upsert_keys(db: &mut Db, states: &[(Key, Account)]) -> Result<(), LedgerError> {
@@ -73,7 +74,8 @@ fn charged_totals(
 fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
     let now = now_ns();
     upsert_keys(db, &batch.states)?;
-    let mut values = Vec::with_capacity(batch.charges.len() * 13);
+    write_schedule(db, &batch.schedule)?;
+    let mut values = Vec::with_capacity(batch.charges.len() * 14);
     let mut totals: BTreeMap<&str, Decimal> = BTreeMap::new();
     for charge in &batch.charges {
         values.extend([
@@ -90,17 +92,49 @@ fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
             Param::Text(&charge.policy.version),
             Param::Text(&charge.policy.sha256),
             Param::Int(now),
+            charge.schedule_entry.map_or(Param::Null, Param::Int),
         ]);
         totals.insert(&charge.key.project, charge.charged_after);
     }
     db.insert(
         "INSERT INTO charges (project, location_id, metric, previous_timestamp, previous_value,
              timestamp, value, credits, charged_after, policy_name, policy_version,
-             policy_sha256, recorded_at)",
-        13,
+             policy_sha256, recorded_at, schedule_entry)",
+        14,
         &values,
     )?;
     charged_totals(db, &totals, now)
+}
+
+/// Appends schedule entries.
+fn write_schedule(db: &mut Db, entries: &[Entry]) -> Result<(), LedgerError> {
+    for entry in entries {
+        db.execute(
+            "INSERT INTO schedule (id, site, from_ns, kind, file, sha256, config, memory_mb,
+                 timeout_ms, added_at, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            &[
+                Param::Int(entry.id),
+                Param::Text(&entry.site),
+                Param::Int(entry.from),
+                Param::Text(entry.kind.as_str()),
+                Param::Text(&entry.file),
+                Param::Text(&entry.sha256),
+                Param::Text(&entry.config),
+                limit(entry.memory_mb),
+                limit(entry.timeout_ms),
+                Param::Int(entry.added_at),
+                Param::Text(&entry.origin),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn limit(value: Option<u64>) -> Param<'static> {
+    value
+        .and_then(|v| i64::try_from(v).ok())
+        .map_or(Param::Null, Param::Int)
 }
 
 /// Runs `work` in one transaction on the engine's connection; with

@@ -3,18 +3,19 @@
 //! It holds every key's state (the last billed sample and what the key
 //! was charged), every charge with the policy that priced it, exact
 //! per-project totals, and an outbox of projects whose published values are
-//! out of date. The ledger has four clients, each with its role trait:
+//! out of date. The ledger has five clients, each with its role trait:
 //! the billing engine writes it in batches ([`EngineStore`], one
 //! transaction each), the APIs read it ([`Reads`]), the Perun sync works
-//! the outbox ([`Outbox`]) and the mails record what they sent
-//! ([`Notifications`]).
+//! the outbox ([`Outbox`]), the mails record what they sent
+//! ([`Notifications`]) and the price schedule keeps its entries and
+//! modules ([`Schedules`]; entries are appended with a billing batch).
 //!
 //! One [`Store`] implements every role once, over SQLite (a file in the
 //! data directory, the default) or PostgreSQL (replicas), through the small
 //! SQL layer in [`sql`]; [`schema`] holds the migrations. What only
 //! replicas have (the inbox, the leader's lock and lease) is a role of its
 //! own: [`replication::Replication`]. The ledger names nothing above it: its
-//! values come from the leaf [`crate::account`].
+//! values come from the leaves [`crate::account`] and [`crate::schedule`].
 
 pub mod copy;
 mod engine;
@@ -22,6 +23,7 @@ mod notifications;
 mod outbox;
 mod reads;
 pub mod replication;
+mod schedule;
 pub mod schema;
 pub mod sql;
 mod store;
@@ -31,6 +33,7 @@ pub use store::{Durability, FILE_NAME, Store};
 use rust_decimal::Decimal;
 
 use crate::account::{Account, Key};
+use crate::schedule::Entry;
 
 /// A ledger failure.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,9 @@ pub struct ChargeRecord {
     /// Taken back when the service we replace turned out to have billed
     /// the same step (see [`EngineStore::rebase`]); no longer counted.
     pub reversed: bool,
+    /// The schedule entry that priced it (`None` before the ledger had a
+    /// schedule).
+    pub schedule_entry: Option<i64>,
 }
 
 /// The service we replace billed a key up to `timestamp` (ns): points not
@@ -123,12 +129,15 @@ pub struct Batch {
     pub states: Vec<(Key, Account)>,
     /// Charges to append, in billing order.
     pub charges: Vec<ChargeRecord>,
+    /// Schedule entries to append (their modules' bytes stored before,
+    /// with [`Schedules::put_module`]).
+    pub schedule: Vec<Entry>,
 }
 
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.charges.is_empty()
+        self.states.is_empty() && self.charges.is_empty() && self.schedule.is_empty()
     }
 }
 
@@ -346,6 +355,23 @@ pub trait EngineStore: Send + Sync {
     ) -> Result<usize, LedgerError>;
 }
 
+/// The price schedule: its entries (appended by the billing engine with
+/// a [`Batch`]) and its modules' bytes, by SHA-256.
+pub trait Schedules: Send + Sync {
+    /// Every entry, in the order they were added.
+    fn schedule(&self) -> Result<Vec<Entry>, LedgerError>;
+
+    /// The id of the last entry (0: none), to notice a change cheaply.
+    fn schedule_head(&self) -> Result<i64, LedgerError>;
+
+    /// Keeps a module's bytes under their SHA-256 (hex), once; any replica
+    /// may call it before asking the engine to add an entry using them.
+    fn put_module(&self, sha256: &str, bytes: &[u8]) -> Result<(), LedgerError>;
+
+    /// A module's bytes.
+    fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, LedgerError>;
+}
+
 /// What the APIs and the audit read.
 pub trait Reads: Send + Sync {
     /// A project's figures.
@@ -451,6 +477,6 @@ pub trait Leadership: Send + Sync {
 
 /// Every role at once: what [`Store`] implements, over either database.
 /// Each client holds only its role (`Arc<dyn Outbox>` …), upcast from this.
-pub trait Ledger: EngineStore + Reads + Outbox + Notifications {}
+pub trait Ledger: EngineStore + Reads + Outbox + Notifications + Schedules {}
 
-impl<T: EngineStore + Reads + Outbox + Notifications> Ledger for T {}
+impl<T: EngineStore + Reads + Outbox + Notifications + Schedules> Ledger for T {}

@@ -13,7 +13,7 @@ use crate::account::Key;
 pub(super) const CHARGE_COLUMNS: &str =
     "project, location_id, metric, previous_timestamp, previous_value, timestamp,
      value, credits, charged_after, policy_name, policy_version, policy_sha256,
-     reversed_at IS NOT NULL";
+     reversed_at IS NOT NULL, schedule_entry";
 
 /// A charge from [`CHARGE_COLUMNS`].
 pub(super) fn charge(row: &Row) -> Result<ChargeRecord, LedgerError> {
@@ -33,6 +33,7 @@ pub(super) fn charge(row: &Row) -> Result<ChargeRecord, LedgerError> {
             sha256: row.text(11)?,
         },
         reversed: row.bool(12)?,
+        schedule_entry: row.opt_int(13)?,
     })
 }
 

@@ -197,19 +197,42 @@ pub const POSTGRES: &[&str] = &[
 
 /// Migrations written once for both databases, applied after each one's
 /// own history (placeholders: see [`ddl`]). New tables go here.
-pub const SHARED: &[&str] = &[];
+pub const SHARED: &[&str] = &[
+    // the price schedule: modules by content, entries append-only, and
+    // the entry that priced each charge
+    "CREATE TABLE policy_modules (
+         sha256   {name} PRIMARY KEY,
+         bytes    {bytes} NOT NULL,
+         added_at {int} NOT NULL
+     );
+     CREATE TABLE schedule (
+         id         {int} PRIMARY KEY,
+         site       {name} NOT NULL,
+         from_ns    {int} NOT NULL,
+         kind       TEXT NOT NULL,
+         file       TEXT NOT NULL,
+         sha256     TEXT NOT NULL,
+         config     TEXT NOT NULL,
+         memory_mb  {int},
+         timeout_ms {int},
+         added_at   {int} NOT NULL,
+         origin     TEXT NOT NULL
+     );
+     ALTER TABLE charges ADD COLUMN schedule_entry {int};",
+];
 
 /// A shared migration in `dialect`: `{id}` an auto-increment key, `{name}`
 /// a name compared bytewise, `{money}` an exact decimal, `{int}` a 64-bit
-/// integer, `{bool}` a boolean.
+/// integer, `{bool}` a boolean, `{bytes}` a byte string.
 pub fn ddl(template: &str, dialect: Dialect) -> String {
-    let words: [(&str, &str); 5] = match dialect {
+    let words: [(&str, &str); 6] = match dialect {
         Dialect::Sqlite => [
             ("{id}", "INTEGER PRIMARY KEY"),
             ("{name}", "TEXT"),
             ("{money}", "TEXT"),
             ("{int}", "INTEGER"),
             ("{bool}", "INTEGER"),
+            ("{bytes}", "BLOB"),
         ],
         Dialect::Postgres => [
             ("{id}", "BIGSERIAL PRIMARY KEY"),
@@ -217,6 +240,7 @@ pub fn ddl(template: &str, dialect: Dialect) -> String {
             ("{money}", "NUMERIC"),
             ("{int}", "BIGINT"),
             ("{bool}", "BOOLEAN"),
+            ("{bytes}", "BYTEA"),
         ],
     };
     words

@@ -1,4 +1,6 @@
-//! `policies.toml`, read: which module and configuration each site gets.
+//! `policies.toml`, read: which module and configuration each site gets,
+//! and from when on (`[[changes]]`: a site's entry replaced from an
+//! instant, RFC 3339).
 //! Pure (text in, entries out) and free of the rest of the crate, so it is
 //! fuzzed on its own (`fuzz/`).
 //!
@@ -20,6 +22,36 @@ struct Mapping {
     default: Option<Entry>,
     #[serde(default)]
     sites: BTreeMap<String, Entry>,
+    #[serde(default)]
+    changes: Vec<Change>,
+}
+
+/// A `[[changes]]` entry: a site's entry replaced from `from` on.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    from: toml::Value,
+    site: String,
+    module: String,
+    config: Option<toml::Table>,
+    config_file: Option<String>,
+    memory_mb: Option<u64>,
+    timeout_ms: Option<u64>,
+    sha256: Option<String>,
+}
+
+impl Change {
+    fn split(self) -> (toml::Value, String, Entry) {
+        let entry = Entry {
+            module: self.module,
+            config: self.config,
+            config_file: self.config_file,
+            memory_mb: self.memory_mb,
+            timeout_ms: self.timeout_ms,
+            sha256: self.sha256,
+        };
+        (self.from, self.site, entry)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -74,6 +106,25 @@ pub struct Mapped {
     /// The module's SHA-256 (lowercase hex) when the entry pins it: a
     /// module with other bytes is refused.
     pub sha256: Option<String>,
+    /// For a `[[changes]]` entry: from when on (Unix ns) it replaces the
+    /// site's entry; `None` for `[default]` and `[sites]`.
+    pub from: Option<i64>,
+}
+
+/// Reads a `from`: RFC 3339 with an offset (`Z` for UTC), quoted or as a
+/// TOML date-time.
+fn parse_from(value: &toml::Value) -> Result<i64, String> {
+    let text = match value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Datetime(datetime) => datetime.to_string(),
+        other => return Err(format!("from = {other} is not a date-time")),
+    };
+    let parsed = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+        format!("from = {text:?} is not an RFC 3339 date-time with an offset (e.g. 2027-01-01T00:00:00Z): {e}")
+    })?;
+    parsed
+        .timestamp_nanos_opt()
+        .ok_or_else(|| format!("from = {text:?} is out of range"))
 }
 
 /// Whether `path` names something inside the folder: relative, only
@@ -94,9 +145,29 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
     let default = mapping
         .default
         .ok_or_else(|| "no [default] policy".to_owned())?;
-    std::iter::once((DEFAULT_SITE.to_owned(), default))
-        .chain(mapping.sites)
-        .map(|(site, entry)| {
+    let mut changes = Vec::with_capacity(mapping.changes.len());
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, change) in mapping.changes.into_iter().enumerate() {
+        let (from, site, entry) = change.split();
+        let at = |message: String| format!("changes[{index}] (site {site}): {message}");
+        let from = parse_from(&from).map_err(at)?;
+        if site.trim().is_empty() {
+            return Err(at(
+                "site is empty (give \"default\" or a location id)".into()
+            ));
+        }
+        if !seen.insert((site.clone(), from)) {
+            return Err(at(format!(
+                "a second change for this site at from = {:?}",
+                rfc3339(from)
+            )));
+        }
+        changes.push((site, Some(from), entry));
+    }
+    std::iter::once((DEFAULT_SITE.to_owned(), None, default))
+        .chain(mapping.sites.into_iter().map(|(site, entry)| (site, None, entry)))
+        .chain(changes)
+        .map(|(site, from, entry)| {
             if !inside_folder(&entry.module) {
                 return Err(format!(
                     "site {site}: module {:?} is not inside the policy folder (give a file name)",
@@ -148,6 +219,7 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
                 .transpose()?;
             Ok(Mapped {
                 site,
+                from,
                 sha256,
                 module: entry.module,
                 config,
@@ -158,6 +230,16 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
             })
         })
         .collect()
+}
+
+/// A time for a message (RFC 3339, UTC).
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    .unwrap_or_else(|| ns.to_string())
 }
 
 #[cfg(test)]
@@ -240,5 +322,40 @@ mod tests {
         assert!(parse("[sites.\"1\"]\nmodule = \"a.wasm\"\n").is_err());
         assert_eq!(mapped[0].limits, LimitOverrides::default());
         assert!(parse("[default]\nmodule = \"a.wasm\"\nextra = 1\n").is_err());
+    }
+
+    #[test]
+    fn changes_are_read_with_their_from_and_checked() {
+        let mapped = parse(
+            "[default]\nmodule = \"denbi.wasm\"\n\n[[changes]]\nfrom = \"2027-01-01T01:00:00+01:00\"\nsite = \"default\"\nmodule = \"denbi.wasm\"\nconfig = { cpu_price = \"2\" }\n\n[[changes]]\nfrom = 2027-02-01T00:00:00Z\nsite = \"8677\"\nmodule = \"tariff.wasm\"\n",
+        )
+        .unwrap();
+        assert_eq!(mapped.len(), 3);
+        assert_eq!(mapped[0].from, None);
+        let new_year = 1_798_761_600_000_000_000; // 2027-01-01T00:00:00Z
+        assert_eq!(mapped[1].from, Some(new_year));
+        assert_eq!(mapped[1].site, DEFAULT_SITE);
+        assert_eq!(mapped[2].from, Some(new_year + 31 * 86_400 * 1_000_000_000));
+        assert_eq!(mapped[2].site, "8677");
+        for (bad, why) in [
+            ("from = \"tomorrow\"", "not an RFC 3339"),
+            ("from = 2027-01-01T00:00:00", "not an RFC 3339"),
+            ("from = 5", "not a date-time"),
+        ] {
+            let error = parse(&format!(
+                "[default]\nmodule = \"p.wasm\"\n[[changes]]\n{bad}\nsite = \"default\"\nmodule = \"p.wasm\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                error.contains(why) && error.contains("changes[0]"),
+                "{bad}: {error}"
+            );
+        }
+        let twice =
+            "[[changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nsite = \"1\"\nmodule = \"p.wasm\"\n";
+        let error = parse(&format!("[default]\nmodule = \"p.wasm\"\n{twice}{twice}")).unwrap_err();
+        assert!(error.contains("a second change"), "{error}");
+        let error = parse("[default]\nmodule = \"p.wasm\"\n[[changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nsite = \"1\"\nmodule = \"../p.wasm\"\n").unwrap_err();
+        assert!(error.contains("not inside the policy folder"), "{error}");
     }
 }

@@ -17,6 +17,7 @@ pub mod cache;
 mod instance;
 pub mod mapping;
 pub mod registry;
+pub mod schedule;
 pub mod set;
 pub mod signature;
 

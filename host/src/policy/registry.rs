@@ -27,13 +27,17 @@ use super::set::{Failure, MAPPING_FILE, PolicySet, SetError, assignments};
 /// Quiet time after the last event before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// What is told of a new folder state (see [`Registry::on_change`]).
+pub type OnChange = Box<dyn Fn(Arc<PolicySet>) + Send + Sync>;
+
 /// The policies in force and the failures of the latest loads.
 pub struct Registry {
-    runtime: PolicyRuntime,
+    runtime: Arc<PolicyRuntime>,
     folder: PathBuf,
     current: Arc<ArcSwap<PolicySet>>,
     failures: Mutex<Vec<Failure>>,
     reloading: Mutex<()>,
+    on_change: Mutex<Option<OnChange>>,
 }
 
 /// What a reload did.
@@ -47,7 +51,7 @@ pub struct Reloaded {
 
 impl Registry {
     /// Loads the folder; every mapped module must load.
-    pub fn open(runtime: PolicyRuntime, folder: &Path) -> Result<Self, SetError> {
+    pub fn open(runtime: Arc<PolicyRuntime>, folder: &Path) -> Result<Self, SetError> {
         let set = PolicySet::load(&runtime, folder)?;
         Ok(Registry {
             runtime,
@@ -55,7 +59,26 @@ impl Registry {
             current: Arc::new(ArcSwap::from_pointee(set)),
             failures: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
+            on_change: Mutex::new(None),
         })
+    }
+
+    /// Calls `hook` with the folder's new state after each reload that
+    /// swapped one in (the service turns it into schedule changes).
+    pub fn on_change(&self, hook: OnChange) {
+        *self
+            .on_change
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(hook);
+    }
+
+    /// Keeps `failures` (found by whoever acted on a change) beside the
+    /// loads' own, until the next reload.
+    pub fn report(&self, failures: Vec<Failure>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(failures);
     }
 
     /// The set in force, for readers that load it per use.
@@ -105,6 +128,15 @@ impl Registry {
             }
             _ => false,
         };
+        if swapped
+            && let Some(hook) = self
+                .on_change
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+        {
+            hook(self.current.load_full());
+        }
         {
             // Every mapped file was just tried: the failures are exactly this
             // reload's, unless the mapping itself could not be read.

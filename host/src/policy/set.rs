@@ -86,6 +86,8 @@ pub struct Assignment {
     pub limits: LimitOverrides,
     /// The SHA-256 the mapping pins the module to (lowercase hex), if any.
     pub sha256: Option<String>,
+    /// For a `[[changes]]` entry: from when on (Unix ns) it applies.
+    pub from: Option<i64>,
 }
 
 /// A policy in force at a site.
@@ -99,6 +101,12 @@ pub struct Active {
     pub policy: Arc<Module>,
     /// When the policy was loaded (RFC 3339, UTC).
     pub loaded_at: String,
+    /// For a `[[changes]]` entry: from when on (Unix ns) it applies.
+    pub from: Option<i64>,
+    /// The module's bytes as loaded (what a schedule keeps).
+    pub bytes: Arc<[u8]>,
+    /// The limits its entry sets, where they differ from the service's.
+    pub overrides: LimitOverrides,
 }
 
 /// A module that could not be loaded for a site.
@@ -120,11 +128,13 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The default policy and the per-site ones.
+/// The default policy and the per-site ones, with the changes the
+/// mapping schedules (`[[changes]]`).
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     default: Active,
     sites: BTreeMap<String, Active>,
+    changes: Vec<Active>,
 }
 
 /// Reads the folder's mapping: which module and configuration each site gets.
@@ -153,6 +163,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
                     config,
                     limits: mapped.limits,
                     sha256: mapped.sha256,
+                    from: mapped.from,
                 })
             })
             .collect();
@@ -165,6 +176,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
             config: String::new(),
             limits: LimitOverrides::default(),
             sha256: None,
+            from: None,
         }]),
         _ => Err(SetError::Ambiguous {
             path: folder.to_owned(),
@@ -253,9 +265,12 @@ impl PolicySet {
         let mut fresh: Vec<Arc<Module>> = Vec::new();
         let mut default = None;
         let mut sites = BTreeMap::new();
+        let mut changes = Vec::new();
         for assignment in assignments {
             let file = file_name(&assignment.module);
-            let kept = previous.and_then(|p| p.get(&assignment.site)).cloned();
+            let kept = previous
+                .and_then(|p| p.get(&assignment.site, assignment.from))
+                .cloned();
             let fail = |sha256: String, error: String| Failure {
                 site: assignment.site.clone(),
                 file: file.clone(),
@@ -297,11 +312,12 @@ impl PolicySet {
                     };
                     let known = previous
                         .into_iter()
-                        .flat_map(PolicySet::active)
+                        .flat_map(PolicySet::entries)
                         .map(|a| &a.policy)
                         .chain(fresh.iter())
                         .find(|p| same(p))
                         .cloned();
+                    let bytes: Arc<[u8]> = bytes.into();
                     match (known, &kept) {
                         (Some(policy), Some(kept))
                             if Arc::ptr_eq(&policy, &kept.policy) && kept.file == file =>
@@ -313,6 +329,9 @@ impl PolicySet {
                             file: file.clone(),
                             policy,
                             loaded_at: now(),
+                            from: assignment.from,
+                            bytes,
+                            overrides: assignment.limits,
                         }),
                         (None, _) => {
                             match runtime.load_bytes_with(&bytes, &assignment.config, limits) {
@@ -324,6 +343,9 @@ impl PolicySet {
                                         file: file.clone(),
                                         policy,
                                         loaded_at: now(),
+                                        from: assignment.from,
+                                        bytes,
+                                        overrides: assignment.limits,
                                     })
                                 }
                                 Err(e) => {
@@ -336,6 +358,7 @@ impl PolicySet {
                 }
             };
             match active {
+                Some(active) if assignment.from.is_some() => changes.push(active),
                 Some(active) if assignment.site == DEFAULT_SITE => default = Some(active),
                 Some(active) => {
                     sites.insert(assignment.site.clone(), active);
@@ -344,38 +367,53 @@ impl PolicySet {
             }
         }
         (
-            default.map(|default| PolicySet { default, sites }),
+            default.map(|default| PolicySet {
+                default,
+                sites,
+                changes,
+            }),
             failures,
         )
     }
 
-    /// The policy assigned to `site` itself (`default` for the default).
-    fn get(&self, site: &str) -> Option<&Active> {
-        if site == DEFAULT_SITE {
-            Some(&self.default)
-        } else {
-            self.sites.get(site)
+    /// The entry for `site` itself (`default` for the default), or its
+    /// change at `from`.
+    fn get(&self, site: &str, from: Option<i64>) -> Option<&Active> {
+        match from {
+            Some(from) => self
+                .changes
+                .iter()
+                .find(|c| c.site == site && c.from == Some(from)),
+            None if site == DEFAULT_SITE => Some(&self.default),
+            None => self.sites.get(site),
         }
     }
 
-    /// Whether `other` prices every site with the same policies.
+    /// Whether `other` holds the same entries with the same policies.
     pub fn same_as(&self, other: &PolicySet) -> bool {
-        self.active().count() == other.active().count()
-            && self.active().zip(other.active()).all(|(a, b)| {
-                a.site == b.site && a.file == b.file && Arc::ptr_eq(&a.policy, &b.policy)
+        self.entries().count() == other.entries().count()
+            && self.entries().zip(other.entries()).all(|(a, b)| {
+                a.site == b.site
+                    && a.from == b.from
+                    && a.file == b.file
+                    && Arc::ptr_eq(&a.policy, &b.policy)
             })
     }
 
-    /// A set of one policy for every site.
-    pub fn single(file: &str, policy: Arc<Module>) -> Self {
+    /// A set of one policy for every site (`bytes`: the module's).
+    pub fn single(file: &str, policy: Arc<Module>, bytes: Arc<[u8]>) -> Self {
         PolicySet {
             default: Active {
                 site: DEFAULT_SITE.to_owned(),
                 file: file.to_owned(),
                 policy,
                 loaded_at: now(),
+                from: None,
+                bytes,
+                overrides: LimitOverrides::default(),
             },
             sites: BTreeMap::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -394,8 +432,18 @@ impl PolicySet {
         !self.sites.is_empty()
     }
 
-    /// Every site's policy, the default first.
+    /// Every site's policy, the default first (without the changes).
     pub fn active(&self) -> impl Iterator<Item = &Active> {
         std::iter::once(&self.default).chain(self.sites.values())
+    }
+
+    /// The changes the mapping schedules, in the mapping's order.
+    pub fn changes(&self) -> &[Active] {
+        &self.changes
+    }
+
+    /// Every entry: the default, the sites, then the changes.
+    pub fn entries(&self) -> impl Iterator<Item = &Active> {
+        self.active().chain(self.changes.iter())
     }
 }

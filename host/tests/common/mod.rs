@@ -49,8 +49,19 @@ pub struct Poster {
 }
 
 impl Poster {
-    /// Starts posting to the service at `url`.
+    /// Starts posting to the service at `url`, round `n` at `n` seconds
+    /// after 1970 (before any price change a test makes).
     pub fn start(url: &str, prefix: &str) -> Poster {
+        Poster::posting(url, prefix, false)
+    }
+
+    /// Starts posting with the clock's time as the points' timestamps, so
+    /// that a price change takes effect for the points after it.
+    pub fn start_now(url: &str, prefix: &str) -> Poster {
+        Poster::posting(url, prefix, true)
+    }
+
+    fn posting(url: &str, prefix: &str, now: bool) -> Poster {
         use std::sync::atomic::Ordering;
         let poster = Poster {
             stop: Default::default(),
@@ -67,13 +78,19 @@ impl Poster {
         let thread = std::thread::spawn(move || {
             let client = http();
             let mut step: i64 = 0;
+            let mut at: i64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 step += 1;
+                at = if now {
+                    let clock = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+                    clock.max(at + 1)
+                } else {
+                    step * 1_000_000_000
+                };
                 let body: String = (0..20)
                     .map(|p| {
                         format!(
-                            "project_vcpu_usage,location_id=8676,project_name={prefix}_{p} value={step} {}\n",
-                            step * 1_000_000_000
+                            "project_vcpu_usage,location_id=8676,project_name={prefix}_{p} value={step} {at}\n"
                         )
                     })
                     .collect();

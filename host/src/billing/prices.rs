@@ -1,0 +1,111 @@
+//! The price schedule as billing holds it: read from the ledger (never
+//! from a local folder), shared with the API, extended only by the billing
+//! engine (see [`super::engine`]), in the same transaction as the writes
+//! around it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::ledger::{LedgerError, Schedules};
+use crate::policy::PolicyRuntime;
+use crate::policy::schedule::ModuleLoader;
+pub use crate::policy::schedule::{Plan, Schedule, Wanted};
+use crate::policy::set::PolicySet;
+use crate::schedule::Entry;
+
+/// The schedule in force and where it comes from.
+pub struct Prices {
+    runtime: Arc<PolicyRuntime>,
+    store: Arc<dyn Schedules>,
+    live: Arc<ArcSwap<Schedule>>,
+    building: Mutex<()>,
+}
+
+impl Prices {
+    /// Prices from the ledger behind `store` (empty until [`Self::refresh`]).
+    pub fn new(runtime: Arc<PolicyRuntime>, store: Arc<dyn Schedules>) -> Self {
+        Prices {
+            runtime,
+            store,
+            live: Arc::new(ArcSwap::from_pointee(Schedule::default())),
+            building: Mutex::new(()),
+        }
+    }
+
+    /// The schedule in force, for readers that load it per use.
+    pub fn live(&self) -> Arc<ArcSwap<Schedule>> {
+        Arc::clone(&self.live)
+    }
+
+    /// The schedule in force now.
+    pub fn current(&self) -> Arc<Schedule> {
+        self.live.load_full()
+    }
+
+    /// Reads the ledger's schedule and swaps it in when it has entries
+    /// the one in force lacks. Returns whether it did.
+    pub fn refresh(&self) -> Result<bool, LedgerError> {
+        let _one = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+        let head = self.store.schedule_head()?;
+        let current = self.current();
+        if head == current.next_id() - 1 {
+            return Ok(false);
+        }
+        let entries = self.store.schedule()?;
+        let schedule = self.build(entries, &[], Some(&current));
+        self.live.store(Arc::new(schedule));
+        Ok(true)
+    }
+
+    /// The schedule in force with `entries` added (their modules from
+    /// `wanted` where loaded already, else from the ledger's bytes).
+    pub fn extended(&self, base: &Schedule, entries: &[Entry], wanted: &[Wanted]) -> Schedule {
+        let all: Vec<Entry> = base
+            .entries()
+            .iter()
+            .map(|v| v.entry.clone())
+            .chain(entries.iter().cloned())
+            .collect();
+        self.build(all, wanted, Some(base))
+    }
+
+    /// Swaps in a schedule the engine has committed.
+    pub fn install(&self, schedule: Arc<Schedule>) {
+        self.live.store(schedule);
+    }
+
+    /// Keeps the bytes of every module `set` names in the ledger, so
+    /// that whichever replica bills can load them.
+    pub fn store_modules(&self, set: &PolicySet) -> Result<(), LedgerError> {
+        for active in set.entries() {
+            self.store
+                .put_module(&active.policy.info().sha256, &active.bytes)?;
+        }
+        Ok(())
+    }
+
+    fn build(
+        &self,
+        entries: Vec<Entry>,
+        wanted: &[Wanted],
+        previous: Option<&Schedule>,
+    ) -> Schedule {
+        let mut loader = ModuleLoader::new(&self.runtime, previous);
+        for module in wanted.iter().filter_map(|w| w.module.clone()) {
+            loader.offer(module);
+        }
+        let store = &self.store;
+        Schedule::build(entries, &mut |entry: &Entry| {
+            let loaded = loader.load(entry, |sha256| match store.module(sha256) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(format!("the ledger holds no module with sha256 {sha256}")),
+                Err(e) => Err(e.to_string()),
+            });
+            if let Err(why) = &loaded {
+                tracing::error!(entry = entry.id, site = %entry.site, file = %entry.file, "schedule entry cannot be loaded: {why}");
+            }
+            loaded
+        })
+    }
+}

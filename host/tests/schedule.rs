@@ -1,0 +1,244 @@
+//! The price schedule end to end: a step is priced by the version in force
+//! when its usage happened, whatever the delivery order, chunking or
+//! arrival time; a folder change without `from` prices only usage after it;
+//! a back-dated change is refused. Runs on SQLite, and on PostgreSQL with
+//! `OS_CREDITS_TEST_STORE=postgres` (`make test` runs both).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::{Service, await_until, policy_dir, repo_file};
+use rust_decimal::Decimal;
+
+const SAMPLE: &str = "examples/stack-sample.lp";
+
+fn sample() -> String {
+    std::fs::read_to_string(repo_file(SAMPLE)).expect("the sample")
+}
+
+/// The project of a sample line (its `project_name` tag, escaped).
+fn project_of(line: &str) -> &str {
+    line.split(",project_name=")
+        .nth(1)
+        .map(|rest| {
+            let mut end = rest.len();
+            let bytes = rest.as_bytes();
+            for (i, &b) in bytes.iter().enumerate() {
+                if (b == b',' || b == b' ') && (i == 0 || bytes[i - 1] != b'\\') {
+                    end = i;
+                    break;
+                }
+            }
+            &rest[..end]
+        })
+        .unwrap_or_default()
+}
+
+/// The timestamp of a sample line.
+fn timestamp_of(line: &str) -> i64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Exact credits per project, from the service.
+fn credits(service: &Service, projects: &[String]) -> BTreeMap<String, Decimal> {
+    projects
+        .iter()
+        .map(|project| {
+            let name = project.replace("\\ ", " ");
+            let mut url = reqwest::Url::parse(&service.at("/api/current_credits/")).unwrap();
+            url.path_segments_mut().unwrap().pop().push(&name);
+            let answer = common::get_json(url.as_str());
+            let exact = answer["current_credits_exact"]
+                .as_str()
+                .map(|t| t.parse().unwrap())
+                .unwrap_or_default();
+            (name, exact)
+        })
+        .collect()
+}
+
+/// The independent calculation (scripts/expected-credits.py).
+fn expected(change: Option<(i64, &str, &str)>) -> BTreeMap<String, Decimal> {
+    let mut command = Command::new("python3");
+    command
+        .arg(repo_file("scripts/expected-credits.py"))
+        .arg(repo_file(SAMPLE));
+    if let Some((at, cpu, ram)) = change {
+        command.args(["--change", &at.to_string(), cpu, ram]);
+    }
+    let output = command.output().expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    document["projects"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().parse().unwrap()))
+        .collect()
+}
+
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn post(service: &Service, lines: &[&str]) {
+    for chunk in lines.chunks(500) {
+        let (status, body) = service.write(&(chunk.join("\n") + "\n"));
+        assert_eq!(status.as_u16(), 204, "{body}");
+    }
+}
+
+/// Every project of the sample (escaped as in the lines).
+fn projects(lines: &[&str]) -> Vec<String> {
+    let mut projects: Vec<String> = lines
+        .iter()
+        .map(|l| project_of(l).to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    projects.sort();
+    projects.dedup();
+    projects
+}
+
+/// Entries of `/api/policies`' schedule.
+fn schedule(service: &Service) -> Vec<serde_json::Value> {
+    service.get_json("/api/policies")["schedule"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_change_inside_the_sample_prices_each_step_by_when_its_usage_happened() {
+    let text = sample();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // A change between two scrapes in the middle of the sample: steps
+    // before it, after it, and spanning it.
+    let mut times: Vec<i64> = lines.iter().map(|l| timestamp_of(l)).collect();
+    times.sort_unstable();
+    times.dedup();
+    let middle = times.len() / 2;
+    let at = times[middle - 1] + (times[middle] - times[middle - 1]) / 3;
+    let mapping = format!(
+        "[default]\nmodule = \"denbi.wasm\"\n\n[[changes]]\nfrom = \"{}\"\nsite = \"default\"\nmodule = \"denbi.wasm\"\nconfig = {{ cpu_price = \"2\", ram_price = \"0.6\" }}\n",
+        rfc3339(at)
+    );
+    let want = expected(Some((at, "2", "0.6")));
+    let old = expected(None);
+    let projects = projects(&lines);
+    let close = |got: &BTreeMap<String, Decimal>, how: &str| {
+        assert_eq!(got.len(), want.len(), "{how}");
+        for (project, exact) in &want {
+            let difference = (got[project] - exact).abs();
+            // The split point's value is interpolated with 28 significant
+            // digits (Python computes with 60).
+            assert!(
+                difference < Decimal::new(1, 15),
+                "{how}: {project}: service {} against {exact}",
+                got[project]
+            );
+        }
+    };
+    assert!(
+        want.iter().any(|(p, c)| old[p] != *c && !c.is_zero()),
+        "the change moves some credits"
+    );
+
+    // In time order, all at once.
+    let data = tempfile::tempdir().unwrap();
+    let folder = policy_dir(&[("policies.toml", &mapping)]);
+    let service = Service::start(data.path(), folder.path(), &[]);
+    post(&service, &lines);
+    let in_order = credits(&service, &projects);
+    close(&in_order, "in time order");
+    // Every charge names the entry that priced it: spanning steps were
+    // split into a part per entry.
+    let entries = schedule(&service);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    drop(service);
+
+    // Project by project, each in its own order, in small requests.
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start(data.path(), folder.path(), &[]);
+    let (mut rng, _) = common::seeded("schedule project by project");
+    let mut shuffled = projects.clone();
+    rng.shuffle(&mut shuffled);
+    for project in &shuffled {
+        let own: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| project_of(l) == project)
+            .collect();
+        for chunk in own.chunks(1 + rng.usize(..40)) {
+            let (status, body) = service.write(&(chunk.join("\n") + "\n"));
+            assert_eq!(status.as_u16(), 204, "{body}");
+        }
+    }
+    let by_project = credits(&service, &projects);
+    assert_eq!(
+        by_project, in_order,
+        "project by project = in time order, to the last digit"
+    );
+}
+
+#[test]
+fn a_folder_change_without_from_prices_only_later_usage_and_the_past_is_not_rewritten() {
+    let text = sample();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let projects = projects(&lines);
+    let data = tempfile::tempdir().unwrap();
+    let folder = policy_dir(&[("policies.toml", "[default]\nmodule = \"denbi.wasm\"\n")]);
+    let service = Service::start(data.path(), folder.path(), &[]);
+    let (first, rest) = lines.split_at(lines.len() / 2);
+    post(&service, first);
+    // New prices, no `from`: in force from now (2026), after all of the
+    // sample's usage (2024).
+    std::fs::write(
+        folder.path().join("policies.toml"),
+        "[default]\nmodule = \"denbi.wasm\"\nconfig = { cpu_price = \"2\", ram_price = \"0.6\" }\n",
+    )
+    .unwrap();
+    await_until("the folder change in the schedule", || {
+        schedule(&service).len() == 2
+    });
+    let added = &schedule(&service)[1];
+    assert_eq!(added["origin"], "folder", "{added}");
+    assert_eq!(added["status"], "current", "{added}");
+    post(&service, rest);
+    assert_eq!(
+        credits(&service, &projects),
+        expected(None),
+        "all at the old prices"
+    );
+
+    // A change back-dated into billed usage is refused, and says why.
+    let start = lines.iter().map(|l| timestamp_of(l)).min().unwrap();
+    std::fs::write(
+        folder.path().join("policies.toml"),
+        format!(
+            "[default]\nmodule = \"denbi.wasm\"\nconfig = {{ cpu_price = \"2\", ram_price = \"0.6\" }}\n\n[[changes]]\nfrom = \"{}\"\nsite = \"default\"\nmodule = \"denbi.wasm\"\nconfig = {{ cpu_price = \"5\" }}\n",
+            rfc3339(start + 1)
+        ),
+    )
+    .unwrap();
+    await_until("the back-dated change refused", || {
+        service.get_json("/api/policies")["errors"]
+            .as_array()
+            .is_some_and(|errors| {
+                errors.iter().any(|e| {
+                    e["error"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("lies before steps already billed"))
+                })
+            })
+    });
+    assert_eq!(schedule(&service).len(), 2, "nothing added");
+    assert_eq!(credits(&service, &projects), expected(None));
+    let stats = service.stats();
+    assert_eq!(stats["policy_folder"]["matches_schedule"], false, "{stats}");
+}
