@@ -397,3 +397,91 @@ fn policy_test_compares_with_the_expected_credits_and_updates_them() {
     );
     assert_eq!(test(&written, &[]).status.code(), Some(0));
 }
+
+#[test]
+fn policy_run_and_test_take_a_mapping_with_its_schedule() {
+    // A change inside the sample (01:00 UTC): the steps before, after and
+    // across it, priced by the script independently.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::wasm("denbi-policy"),
+        folder.path().join("denbi.wasm"),
+    )
+    .unwrap();
+    let mapping = folder.path().join("policies.toml");
+    std::fs::write(
+        &mapping,
+        "[default]\nmodule = \"denbi.wasm\"\n\n[[changes]]\nfrom = \"2024-05-02T01:00:00+00:00\"\nsite = \"default\"\nmodule = \"denbi.wasm\"\nconfig = { cpu_price = \"2\", ram_price = \"0.6\" }\n",
+    )
+    .unwrap();
+    let noon: i64 = 1_714_611_600_000_000_000;
+    let script = Command::new("python3")
+        .arg(repo_file("scripts/expected-credits.py"))
+        .arg(repo_file("examples/stack-sample.lp"))
+        .args(["--change", &noon.to_string(), "2", "0.6"])
+        .output()
+        .expect("python3 runs");
+    let want: serde_json::Value = serde_json::from_str(&stdout(&script)).unwrap();
+    let run = os_credits(&[
+        "policy",
+        "run",
+        "--mapping",
+        path(&mapping),
+        "examples/stack-sample.lp",
+        "--format",
+        "json",
+    ]);
+    let got: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    // The split points' values are interpolated with 28 significant digits
+    // (the script computes with 60).
+    let total = |v: &serde_json::Value| -> rust_decimal::Decimal {
+        let text = v["total"].as_str().unwrap();
+        text[..text.len().min(28)].parse().unwrap()
+    };
+    assert!(
+        (total(&got) - total(&want)).abs() < rust_decimal::Decimal::new(1, 15),
+        "the schedule prices the sample: {} against {}",
+        got["total"],
+        want["total"]
+    );
+    let old: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("examples/stack-sample.expected.json")).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(got["total"], old["total"], "the change moved the total");
+    let table = stdout(&os_credits(&[
+        "policy",
+        "run",
+        "--mapping",
+        path(&mapping),
+        "examples/stack-sample.lp",
+    ]));
+    assert!(
+        table.contains("schedule  site default from 2024-05-02T01:00:00Z: denbi.wasm"),
+        "{table}"
+    );
+    // `policy test --mapping`: what it bills, kept with --update, passes;
+    // the sample's credits without the change differ.
+    let expected = folder.path().join("expected.json");
+    let test = |expect: &str, update: bool| {
+        let mut args = vec![
+            "policy",
+            "test",
+            "--mapping",
+            path(&mapping),
+            "examples/stack-sample.lp",
+            "--expect",
+            expect,
+        ];
+        if update {
+            args.push("--update");
+        }
+        os_credits(&args).status.code()
+    };
+    assert_eq!(test(path(&expected), true), Some(0));
+    assert_eq!(test(path(&expected), false), Some(0));
+    assert_eq!(test("examples/stack-sample.expected.json", false), Some(1));
+    let refused = os_credits(&["policy", "run", path(&mapping), "examples/stack-sample.lp"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --mapping"));
+}

@@ -14,8 +14,9 @@ use os_credits::ledger::replication::Replication;
 use os_credits::ledger::sql::Keepalive;
 use os_credits::ledger::{
     Adjustment, AdjustmentKind, Batch, ChargeRecord, Durability, EngineStore, Floor, LedgerError,
-    Notifications, Outbox, PerunRecord, PolicyStamp, Reads, Store, ValueSource,
+    Notifications, Outbox, PerunRecord, PolicyStamp, Reads, Schedules, Store, ValueSource,
 };
+use os_credits::schedule::{BEGINNING, Entry, Kind};
 use rust_decimal::Decimal;
 
 fn server() -> &'static common::postgres::Postgres {
@@ -371,6 +372,66 @@ fn names_compare_bytewise_on_both() {
             assert!(ledger.project(name).unwrap().is_some(), "{name}");
         }
         assert!(ledger.project("A").unwrap().is_none());
+    });
+}
+
+#[test]
+fn the_schedule_keeps_its_entries_in_order_and_modules_by_content() {
+    on_both(|ledger| {
+        assert_eq!(ledger.schedule().unwrap(), vec![]);
+        assert_eq!(ledger.schedule_head().unwrap(), 0);
+        let bytes = b"\0asm module bytes".to_vec();
+        let sha = "ab".repeat(32);
+        ledger.put_module(&sha, &bytes).unwrap();
+        ledger.put_module(&sha, &bytes).unwrap(); // once
+        assert_eq!(ledger.module(&sha).unwrap(), Some(bytes));
+        assert_eq!(ledger.module(&"cd".repeat(32)).unwrap(), None);
+        let entry = |id: i64, from: i64, kind: Kind| Entry {
+            id,
+            site: if id == 2 {
+                "8677".into()
+            } else {
+                "default".into()
+            },
+            from,
+            kind,
+            file: "denbi.wasm".into(),
+            sha256: if kind == Kind::Module {
+                sha.clone()
+            } else {
+                String::new()
+            },
+            config: format!("cpu_price = \"{id}\"\n"),
+            memory_mb: (id == 1).then_some(256),
+            timeout_ms: (id == 3).then_some(1000),
+            added_at: 1_700_000_000_000_000_000 + id,
+            origin: "folder".into(),
+        };
+        let entries = vec![
+            entry(1, BEGINNING, Kind::Module),
+            entry(2, 1_800_000_000_000_000_000, Kind::Inherit),
+            entry(3, i64::MAX, Kind::Withdrawn),
+        ];
+        // Appended with a billing batch, with the charge that names one.
+        let mut priced = charge("p", "1.5", "1.5");
+        priced.schedule_entry = Some(1);
+        ledger
+            .commit(&Batch {
+                states: vec![(key("p"), account(2, "5", "1.5"))],
+                charges: vec![priced.clone()],
+                schedule: entries.clone(),
+            })
+            .unwrap();
+        assert_eq!(ledger.schedule().unwrap(), entries);
+        assert_eq!(ledger.schedule_head().unwrap(), 3);
+        assert_eq!(ledger.charges("p").unwrap(), vec![priced]);
+        // An entry's id is its place: the same id twice is refused.
+        let again = Batch {
+            schedule: vec![entry(3, 5, Kind::Module)],
+            ..Batch::default()
+        };
+        assert!(ledger.commit(&again).is_err());
+        assert_eq!(ledger.schedule().unwrap(), entries);
     });
 }
 

@@ -127,8 +127,14 @@ enum PolicyCommand {
     },
     /// Replay measurements (line protocol) through a policy and print the credits billed.
     Run {
-        /// The policy module (`.wasm` component).
+        /// The policy module (`.wasm` component), or with `--mapping` a
+        /// `policies.toml` (its modules beside it).
         module: PathBuf,
+        /// Price with the schedule of the mapping given as MODULE: its
+        /// entries from the beginning of time, its `[[changes]]` from their
+        /// `from` (a step spanning one split there).
+        #[arg(long)]
+        mapping: bool,
         /// Measurements in InfluxDB line protocol, as `/write` receives them (`-` for stdin).
         measurements: PathBuf,
         #[command(flatten)]
@@ -147,8 +153,13 @@ enum PolicyCommand {
     /// project and in total with an expected file; exit 0 when equal, 1
     /// with the differences, 2 on an error.
     Test {
-        /// The policy module (`.wasm` component).
+        /// The policy module (`.wasm` component), or with `--mapping` a
+        /// `policies.toml` (its modules beside it).
         module: PathBuf,
+        /// Price with the schedule of the mapping given as MODULE (as
+        /// `policy run --mapping`).
+        #[arg(long)]
+        mapping: bool,
         /// Measurements in InfluxDB line protocol, as `/write` receives them (`-` for stdin).
         measurements: PathBuf,
         /// The expected credits (`{"projects": {"name": "1.5"}, "total": "1.5"}`,
@@ -194,8 +205,13 @@ enum PolicyCommand {
     },
     /// Dry run: price the ledger's recorded steps of a period with another module; writes nothing.
     Rerate {
-        /// The policy module to compare with.
+        /// The policy module to compare with, or with `--mapping` a
+        /// `policies.toml` (its modules beside it).
         module: PathBuf,
+        /// Re-rate with the schedule of the mapping given as MODULE (as
+        /// `policy run --mapping`).
+        #[arg(long)]
+        mapping: bool,
         /// Start of the period (UTC): `2024-05-02`, `2024-05-02 01:00:00` or RFC 3339.
         #[arg(long)]
         from: String,
@@ -301,6 +317,7 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
         }) => policy::verify(&module, &trusted_keys),
         Command::Policy(PolicyCommand::Test {
             module,
+            mapping,
             measurements,
             expect,
             update,
@@ -308,6 +325,7 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             precision,
         }) => Ok(policy::test(
             &module,
+            mapping,
             &measurements,
             &expect,
             &options,
@@ -316,6 +334,7 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
         )),
         Command::Policy(PolicyCommand::Run {
             module,
+            mapping,
             measurements,
             options,
             format,
@@ -323,6 +342,7 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             decimals,
         }) => policy::run(
             &module,
+            mapping,
             &measurements,
             &options,
             format,
@@ -331,12 +351,13 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
         ),
         Command::Policy(PolicyCommand::Rerate {
             module,
+            mapping,
             from,
             to,
             options,
             ledger,
             format,
-        }) => policy::rerate(&module, &from, &to, &options, &ledger, format),
+        }) => policy::rerate(&module, mapping, &from, &to, &options, &ledger, format),
         Command::Ledger(LedgerCommand::Charges {
             project,
             ledger,

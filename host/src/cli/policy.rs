@@ -9,8 +9,13 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use os_credits::billing::intake::{Intake, Report};
 use os_credits::ingest::Precision;
+use std::sync::Arc;
+
+use os_credits::policy::schedule::Schedule;
+use os_credits::policy::set::{self, PolicySet};
 use os_credits::policy::signature;
 use os_credits::policy::{Module, ModuleInfo};
+use os_credits::schedule::show_time;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -21,6 +26,83 @@ const SHOWN_WARNINGS: usize = 10;
 
 /// Files larger than this get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: usize = 4 << 20;
+
+/// What prices in `run`, `test` and `rerate`: one module, or the schedule
+/// of a mapping (`--mapping`: its entries from the beginning of time, its
+/// `[[changes]]` from their `from`, as a ledger's first schedule).
+enum Prices {
+    Module(Module),
+    Schedule {
+        schedule: Schedule,
+        /// The default's first entry, shown as "the policy".
+        shown: Arc<ModuleInfo>,
+    },
+}
+
+impl Prices {
+    fn info(&self) -> &Arc<ModuleInfo> {
+        match self {
+            Prices::Module(module) => module.info(),
+            Prices::Schedule { shown, .. } => shown,
+        }
+    }
+
+    /// Prints the schedule's entries (a mapping's), one per line.
+    fn describe(&self) {
+        if let Prices::Schedule { schedule, .. } = self {
+            for version in schedule.entries() {
+                let entry = &version.entry;
+                println!(
+                    "schedule  site {} from {}: {} (sha256 {})",
+                    entry.site,
+                    show_time(entry.from),
+                    entry.file,
+                    entry.sha256
+                );
+            }
+        }
+    }
+}
+
+/// Loads `path`: a module, or with `mapping` a `policies.toml` and every
+/// module it names (beside it).
+fn prices(path: &Path, mapping: bool, options: &PolicyOptions) -> anyhow::Result<Prices> {
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    if !mapping {
+        anyhow::ensure!(
+            !is_toml,
+            "{} is a mapping: give --mapping to price with its schedule",
+            path.display()
+        );
+        return load(path, options).map(Prices::Module);
+    }
+    anyhow::ensure!(
+        options.config.is_none(),
+        "--config does not go with --mapping: each entry of the mapping has its configuration"
+    );
+    let runtime = options.runtime()?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let assignments = set::assignments_in(folder, path)?;
+    let (set, failures) = PolicySet::build(&runtime, &assignments, None);
+    if let Some(failure) = failures.into_iter().next() {
+        anyhow::bail!(
+            "{}: site {}: {}: {}",
+            path.display(),
+            failure.site,
+            failure.file,
+            failure.error
+        );
+    }
+    let set = set.with_context(|| format!("{}: no [default] policy", path.display()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let shown = Arc::clone(set.default_module().info());
+    Ok(Prices::Schedule {
+        schedule: Schedule::of_folder(&set, "mapping", now),
+        shown,
+    })
+}
 
 fn load(module: &Path, options: &PolicyOptions) -> anyhow::Result<Module> {
     let runtime = options.runtime()?;
@@ -109,14 +191,15 @@ fn read_measurements(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// line warnings go to stderr.
 fn bill(
     module: &Path,
+    mapping: bool,
     measurements: &Path,
     options: &PolicyOptions,
     precision: &str,
     decimals: u32,
-) -> anyhow::Result<(Module, Report)> {
+) -> anyhow::Result<(Prices, Report)> {
     let precision = Precision::parse(precision)
         .with_context(|| format!("unknown precision {precision:?} (n, u, ms, s, m or h)"))?;
-    let policy = load(module, options)?;
+    let policy = prices(module, mapping, options)?;
     let body = read_measurements(measurements)?;
     let received = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,12 +217,12 @@ fn bill(
         ProgressBar::hidden()
     };
     let mut intake = Intake::new();
-    intake.feed(
-        &policy,
-        os_credits::ingest::lines(&body, precision, received),
-        |done| bar.set_position(done as u64),
-        |_, _, _| {},
-    );
+    let items = os_credits::ingest::lines(&body, precision, received);
+    let progress = |done: usize| bar.set_position(done as u64);
+    match &policy {
+        Prices::Module(module) => intake.feed(module, items, progress, |_, _, _| {}),
+        Prices::Schedule { schedule, .. } => intake.feed(schedule, items, progress, |_, _, _| {}),
+    };
     bar.finish_and_clear();
 
     let report = intake.report(decimals);
@@ -156,13 +239,14 @@ fn bill(
 /// `policy run`: replay measurements through a policy.
 pub fn run(
     module: &Path,
+    mapping: bool,
     measurements: &Path,
     options: &PolicyOptions,
     format: Format,
     precision: &str,
     decimals: u32,
 ) -> anyhow::Result<ExitCode> {
-    let (policy, report) = bill(module, measurements, options, precision, decimals)?;
+    let (policy, report) = bill(module, mapping, measurements, options, precision, decimals)?;
     match format {
         Format::Json => {
             let output = RunOutput {
@@ -171,7 +255,10 @@ pub fn run(
             };
             println!("{}", serde_json::to_string_pretty(&output)?);
         }
-        Format::Table => print_report(policy.info(), &report),
+        Format::Table => {
+            policy.describe();
+            print_report(policy.info(), &report)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,13 +296,22 @@ fn expected_decimal(text: &str, what: &str) -> anyhow::Result<Decimal> {
 /// `--update` writes the file instead.
 pub fn test(
     module: &Path,
+    mapping: bool,
     measurements: &Path,
     expected: &Path,
     options: &PolicyOptions,
     precision: &str,
     update: bool,
 ) -> ExitCode {
-    match compare(module, measurements, expected, options, precision, update) {
+    match compare(
+        module,
+        mapping,
+        measurements,
+        expected,
+        options,
+        precision,
+        update,
+    ) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -229,13 +325,14 @@ pub fn test(
 /// differences when not), or the file written with `update`.
 fn compare(
     module: &Path,
+    mapping: bool,
     measurements: &Path,
     expected: &Path,
     options: &PolicyOptions,
     precision: &str,
     update: bool,
 ) -> anyhow::Result<bool> {
-    let (policy, report) = bill(module, measurements, options, precision, 2)?;
+    let (policy, report) = bill(module, mapping, measurements, options, precision, 2)?;
     let billed: std::collections::BTreeMap<String, Decimal> = report
         .projects
         .iter()
@@ -419,6 +516,7 @@ pub fn parse_instant(text: &str) -> anyhow::Result<i64> {
 /// `policy rerate`: what the recorded steps of a period would cost under `module`.
 pub fn rerate(
     module: &Path,
+    mapping: bool,
     from: &str,
     to: &str,
     options: &PolicyOptions,
@@ -428,8 +526,13 @@ pub fn rerate(
     let (start, end) = (parse_instant(from)?, parse_instant(to)?);
     anyhow::ensure!(end > start, "--to must be after --from");
     let charges = location.open()?.charges_between(start, end)?;
-    let policy = load(module, options)?;
-    let result = os_credits::billing::rerate::rerate(&charges, &policy);
+    let policy = prices(module, mapping, options)?;
+    let result = match &policy {
+        Prices::Module(module) => os_credits::billing::rerate::rerate(&charges, module),
+        Prices::Schedule { schedule, .. } => {
+            os_credits::billing::rerate::rerate(&charges, schedule)
+        }
+    };
     for failure in result.failures.iter().take(SHOWN_WARNINGS) {
         eprintln!(
             "warning: {} {} {}: {}",

@@ -597,3 +597,135 @@ impl<'a> ModuleLoader<'a> {
         Ok(module)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn entry(id: i64, site: &str, from: i64, kind: Kind, config: &str) -> Entry {
+        Entry {
+            id,
+            site: site.into(),
+            from,
+            kind,
+            file: "p.wasm".into(),
+            sha256: if kind == Kind::Module {
+                "ab".repeat(32)
+            } else {
+                String::new()
+            },
+            config: config.into(),
+            memory_mb: None,
+            timeout_ms: None,
+            added_at: 0,
+            origin: "folder".into(),
+        }
+    }
+
+    fn schedule(entries: Vec<Entry>) -> Schedule {
+        Schedule::build(entries, &mut |_: &Entry| {
+            Err("not loaded in this test".into())
+        })
+    }
+
+    fn want(site: &str, from: Option<i64>, config: &str) -> Wanted {
+        Wanted {
+            entry: entry(0, site, 0, Kind::Module, config),
+            from,
+            module: None,
+        }
+    }
+
+    fn ids(parts: &[(i64, &Arc<Version>)]) -> Vec<(i64, i64)> {
+        parts.iter().map(|(at, v)| (*at, v.entry.id)).collect()
+    }
+
+    #[test]
+    fn a_step_finds_its_versions_by_the_time_of_its_usage() {
+        let s = schedule(vec![
+            entry(1, DEFAULT_SITE, BEGINNING, Kind::Module, "a"),
+            entry(2, DEFAULT_SITE, 100, Kind::Module, "b"),
+            entry(3, "8677", 50, Kind::Module, "own"),
+            entry(4, "8677", 150, Kind::Inherit, ""),
+            entry(5, DEFAULT_SITE, 300, Kind::Module, "c"),
+            entry(6, DEFAULT_SITE, 300, Kind::Withdrawn, ""),
+        ]);
+        assert!(!s.is_plain());
+        // Ends at the change: the version before; starts at it: the new one.
+        assert_eq!(ids(&s.parts("8676", 10, 100)), vec![(10, 1)]);
+        assert_eq!(ids(&s.parts("8676", 100, 120)), vec![(100, 2)]);
+        assert_eq!(ids(&s.parts("8676", 90, 110)), vec![(90, 1), (100, 2)]);
+        // A site of its own, then back to the default (whose change at
+        // 100 does not split the site's steps while it has its own).
+        assert_eq!(
+            ids(&s.parts("8677", 0, 200)),
+            vec![(0, 1), (50, 3), (150, 2)]
+        );
+        // A withdrawn change splits nothing.
+        assert_eq!(ids(&s.parts("8676", 200, 400)), vec![(200, 2)]);
+        assert!(!s.counts(5) && !s.counts(6) && s.counts(4));
+        assert!(s.has_own("8677") && !s.has_own("8676"));
+    }
+
+    #[test]
+    fn a_plan_adds_what_differs_from_when_it_applies_and_refuses_the_past() {
+        let none = |_: &str| None;
+        // A first schedule: the folder from the beginning, changes at theirs.
+        let first = Schedule::default().plan(
+            &[
+                want(DEFAULT_SITE, None, "a"),
+                want(DEFAULT_SITE, Some(500), "b"),
+            ],
+            true,
+            NOW,
+            &|_: &str| Some(400),
+        );
+        assert_eq!(first.refused, Vec::<String>::new());
+        let froms: Vec<(i64, i64)> = first.entries.iter().map(|e| (e.id, e.from)).collect();
+        assert_eq!(froms, vec![(1, 500), (2, BEGINNING)]);
+        let s = schedule(first.entries.clone());
+        // The same folder again: nothing.
+        let same = s.plan(
+            &[
+                want(DEFAULT_SITE, None, "a"),
+                want(DEFAULT_SITE, Some(500), "b"),
+            ],
+            true,
+            NOW,
+            &none,
+        );
+        assert_eq!(same, Plan::default());
+        // An edited base entry takes effect now; a dropped upcoming change
+        // (from after now) is withdrawn; a past one stays.
+        let edited = s.plan(&[want(DEFAULT_SITE, None, "c")], true, 200, &none);
+        let kinds: Vec<(Kind, i64)> = edited.entries.iter().map(|e| (e.kind, e.from)).collect();
+        assert_eq!(kinds, vec![(Kind::Withdrawn, 500), (Kind::Module, 200)]);
+        assert_eq!(edited.entries[0].id, 3);
+        // A change before billed usage is refused, naming it.
+        let late = s.plan(&[want("8677", Some(10), "x")], false, NOW, &|site: &str| {
+            (site == "8677").then_some(20)
+        });
+        assert!(late.entries.is_empty());
+        assert!(
+            late.refused[0].contains("latest billed measurement"),
+            "{late:?}"
+        );
+        // A site the folder no longer names goes back to the default.
+        let own = schedule(vec![
+            entry(1, DEFAULT_SITE, BEGINNING, Kind::Module, "a"),
+            entry(2, "8677", BEGINNING, Kind::Module, "own"),
+        ]);
+        let dropped = own.plan(&[want(DEFAULT_SITE, None, "a")], true, NOW, &none);
+        assert_eq!(dropped.entries.len(), 1);
+        assert_eq!(
+            (
+                dropped.entries[0].kind,
+                dropped.entries[0].site.as_str(),
+                dropped.entries[0].from
+            ),
+            (Kind::Inherit, "8677", NOW)
+        );
+    }
+}

@@ -141,32 +141,7 @@ pub struct PolicySet {
 pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
     let mapping_path = folder.join(MAPPING_FILE);
     if mapping_path.exists() {
-        let mapping_error = |message: String| SetError::Mapping {
-            path: mapping_path.clone(),
-            message,
-        };
-        let text =
-            std::fs::read_to_string(&mapping_path).map_err(|e| mapping_error(e.to_string()))?;
-        return mapping::parse(&text)
-            .map_err(mapping_error)?
-            .into_iter()
-            .map(|mapped| {
-                let config = match &mapped.config {
-                    ConfigSource::Defaults => String::new(),
-                    ConfigSource::Inline(text) => text.clone(),
-                    ConfigSource::File(file) => std::fs::read_to_string(folder.join(file))
-                        .map_err(|e| mapping_error(format!("site {}: {file}: {e}", mapped.site)))?,
-                };
-                Ok(Assignment {
-                    site: mapped.site,
-                    module: folder.join(&mapped.module),
-                    config,
-                    limits: mapped.limits,
-                    sha256: mapped.sha256,
-                    from: mapped.from,
-                })
-            })
-            .collect();
+        return assignments_in(folder, &mapping_path);
     }
     let modules = modules_in(folder)?;
     match modules.as_slice() {
@@ -183,6 +158,36 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
             found: modules.len(),
         }),
     }
+}
+
+/// Reads the mapping at `mapping_path`, whose modules and configuration
+/// files are in `folder`.
+pub fn assignments_in(folder: &Path, mapping_path: &Path) -> Result<Vec<Assignment>, SetError> {
+    let mapping_error = |message: String| SetError::Mapping {
+        path: mapping_path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(mapping_path).map_err(|e| mapping_error(e.to_string()))?;
+    mapping::parse(&text)
+        .map_err(mapping_error)?
+        .into_iter()
+        .map(|mapped| {
+            let config = match &mapped.config {
+                ConfigSource::Defaults => String::new(),
+                ConfigSource::Inline(text) => text.clone(),
+                ConfigSource::File(file) => std::fs::read_to_string(folder.join(file))
+                    .map_err(|e| mapping_error(format!("site {}: {file}: {e}", mapped.site)))?,
+            };
+            Ok(Assignment {
+                site: mapped.site,
+                module: folder.join(&mapped.module),
+                config,
+                limits: mapped.limits,
+                sha256: mapped.sha256,
+                from: mapped.from,
+            })
+        })
+        .collect()
 }
 
 /// The visible `*.wasm` files of a folder, sorted.
