@@ -242,3 +242,91 @@ fn a_folder_change_without_from_prices_only_later_usage_and_the_past_is_not_rewr
     let stats = service.stats();
     assert_eq!(stats["policy_folder"]["matches_schedule"], false, "{stats}");
 }
+
+/// `POST /api/policies` with `entry` and `module` parts.
+fn upload(service: &Service, key: Option<&str>, entry: &str, module: Vec<u8>) -> (u16, String) {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("entry", entry.to_owned())
+        .part(
+            "module",
+            reqwest::blocking::multipart::Part::bytes(module).file_name("denbi.wasm"),
+        );
+    let mut request = common::http()
+        .post(service.at("/api/policies"))
+        .multipart(form);
+    if let Some(key) = key {
+        request = request.header("X-API-KEY", key);
+    }
+    let response = request.send().unwrap();
+    (response.status().as_u16(), response.text().unwrap())
+}
+
+fn quote(service: &Service, at: &str) -> (u16, String) {
+    let response = common::http()
+        .post(service.at(&format!("/api/costs_per_hour?at={at}")))
+        .body(r#"{"cpu":10}"#)
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.text().unwrap())
+}
+
+#[test]
+fn an_uploaded_entry_joins_the_schedule_and_quotes_by_time() {
+    let data = tempfile::tempdir().unwrap();
+    let folder = policy_dir(&[]);
+    let service = Service::start(data.path(), folder.path(), &[("API_KEY", "k")]);
+    let module = std::fs::read(common::wasm("denbi-policy")).unwrap();
+    let entry = r#"{"site": "default", "from": "2030-01-01T00:00:00Z", "file": "denbi.wasm", "config": {"cpu_price": "3"}}"#;
+    // (A small body: refused before it is read, a large one may not be
+    // sent in full.)
+    assert_eq!(upload(&service, None, entry, b"x".to_vec()).0, 401);
+    assert_eq!(upload(&service, Some("wrong"), entry, b"x".to_vec()).0, 403);
+    let (status, body) = upload(&service, Some("k"), entry, module.clone());
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer["added"][0]["from"], "2030-01-01T00:00:00Z",
+        "{answer}"
+    );
+    // The same again adds nothing.
+    let (status, body) = upload(&service, Some("k"), entry, module.clone());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["added"],
+        serde_json::json!([])
+    );
+    let entries = schedule(&service);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[1]["status"], "upcoming");
+    assert_eq!(entries[1]["origin"], "api");
+    // Quotes by the version in force at `at`.
+    assert_eq!(
+        quote(&service, "2029-12-31T23:59:59Z"),
+        (200, "10.00".to_owned())
+    );
+    assert_eq!(
+        quote(&service, "2030-01-01T00:00:00Z"),
+        (200, "30.00".to_owned())
+    );
+    assert_eq!(quote(&service, "yesterday").0, 400);
+    // Back-dated into billed usage: refused, naming the latest measurement.
+    let (status, body) = service.write(
+        "project_vcpu_usage,location_id=8676,project_name=p value=1 1714609360000000000\nproject_vcpu_usage,location_id=8676,project_name=p value=2 1714609420000000000\n",
+    );
+    assert_eq!(status.as_u16(), 204, "{body}");
+    let late = r#"{"site": "8676", "from": "2024-05-02T00:22:50Z", "config": {"cpu_price": "5"}}"#;
+    let (status, body) = upload(&service, Some("k"), late, module.clone());
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("2024-05-02T00:23:40Z"), "{body}");
+    // An unusable module or entry says what is wrong.
+    let (status, body) = upload(&service, Some("k"), entry, b"\0asm no component".to_vec());
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = upload(
+        &service,
+        Some("k"),
+        r#"{"site": "default", "frm": 1}"#,
+        module,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(schedule(&service).len(), 2, "nothing more added");
+}

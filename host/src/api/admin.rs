@@ -9,8 +9,13 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, blocking, error};
+use axum::extract::Multipart;
+
+use crate::billing::engine::{Body, WriteResult};
+use crate::billing::prices::{Prices, Wanted};
+use crate::policy::mapping::{LimitOverrides, MAX_MEMORY_MB, MAX_TIMEOUT_MS};
 use crate::policy::set::Failure;
-use crate::schedule::{Kind, show_time};
+use crate::schedule::{Entry, Kind, show_time};
 use sha2::{Digest, Sha256};
 
 /// The header carrying the admin key.
@@ -209,4 +214,222 @@ pub async fn logconfig(
             format!("invalid filter {:?}: {e}", config.filter),
         ),
     }
+}
+
+/// The `entry` part of `POST /api/policies`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Upload {
+    /// `default` or a location id.
+    site: String,
+    /// RFC 3339; none: from the moment it is added.
+    from: Option<String>,
+    /// A name for the module (shown in the schedule).
+    file: Option<String>,
+    /// The configuration, as a JSON object (as an inline `config`).
+    config: Option<serde_json::Map<String, serde_json::Value>>,
+    memory_mb: Option<u64>,
+    timeout_ms: Option<u64>,
+    /// The module's expected SHA-256: other bytes are refused.
+    sha256: Option<String>,
+}
+
+/// `POST /api/policies` (`X-API-KEY`, `multipart/form-data`): adds an entry
+/// to the price schedule for every replica. Parts: `entry` (JSON: `site`,
+/// optional `from`, `file`, `config`, `memory_mb`, `timeout_ms`, `sha256`),
+/// `module` (the module's bytes) and, where signatures are required,
+/// `signature` (its `.sig`). The module is validated as a folder's would
+/// be; an entry whose `from` lies before billed usage is refused (409).
+pub async fn upload(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Response {
+    if let Err((status, message)) = authorize(&app, &headers) {
+        return error(status, message);
+    }
+    let (upload, module, signature) = match read_upload(multipart).await {
+        Ok(parts) => parts,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let wanted = {
+        let prices = app.prices.clone();
+        match blocking(move || vet_upload(&prices, upload, module, signature)).await {
+            Ok(Ok(wanted)) => wanted,
+            Ok(Err((status, message))) => return error(status, message),
+            Err(response) => return response,
+        }
+    };
+    let entry = wanted.entry.clone();
+    let answer = app
+        .replica
+        .accept(Body::Schedule {
+            wanted: vec![wanted],
+            complete: false,
+        })
+        .await;
+    match answer {
+        WriteResult::Scheduled(plan) if plan.entries.is_empty() && !plan.refused.is_empty() => {
+            error(StatusCode::CONFLICT, plan.refused.join("; "))
+        }
+        WriteResult::Scheduled(plan) => {
+            for added in &plan.entries {
+                tracing::info!(entry = added.id, site = %added.site, from = %show_time(added.from), sha256 = %added.sha256, "price schedule: entry uploaded");
+            }
+            let added: Vec<serde_json::Value> = plan
+                .entries
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "id": e.id, "site": e.site, "from": show_time(e.from),
+                        "kind": e.kind.as_str(), "file": e.file, "sha256": e.sha256,
+                    })
+                })
+                .collect();
+            Json(serde_json::json!({ "added": added, "refused": plan.refused })).into_response()
+        }
+        // A follower stored it for the leader.
+        WriteResult::Done(_) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "stored_for_the_leader": true, "site": entry.site, "sha256": entry.sha256,
+            })),
+        )
+            .into_response(),
+        WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
+}
+
+/// Reads the parts of an upload.
+async fn read_upload(
+    mut multipart: Multipart,
+) -> Result<(Upload, Vec<u8>, Option<String>), String> {
+    let (mut upload, mut module, mut signature) = (None, None, None);
+    let mut unknown: Vec<String> = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| format!("not a multipart/form-data body: {e}"))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| format!("part {name:?}: {e}"))?;
+        match name.as_str() {
+            "entry" => upload = Some(bytes),
+            "module" => module = Some(bytes.to_vec()),
+            "signature" => {
+                signature = Some(
+                    String::from_utf8(bytes.to_vec())
+                        .map_err(|_| "part \"signature\" is not text".to_owned())?,
+                );
+            }
+            other => unknown.push(other.to_owned()),
+        }
+    }
+    if let Some(other) = unknown.first() {
+        return Err(format!(
+            "unknown part {other:?} (give entry, module and, where signatures are required, signature)"
+        ));
+    }
+    // Read only once every part is in (an answer before the request is
+    // read in full would cut the client off).
+    let upload = upload.ok_or("no \"entry\" part")?;
+    let upload = serde_json::from_slice::<Upload>(&upload).map_err(|e| {
+        format!("part \"entry\": {e} (expected {{\"site\": \"default\", \"from\": \"2027-01-01T00:00:00Z\", \"config\": {{…}}}})")
+    })?;
+    let module = module.ok_or("no \"module\" part")?;
+    Ok((upload, module, signature))
+}
+
+type Refusal = (StatusCode, String);
+
+/// Checks an upload as a folder entry is checked, loads its module and
+/// keeps its bytes in the ledger; what the engine is asked to add.
+fn vet_upload(
+    prices: &Prices,
+    upload: Upload,
+    module: Vec<u8>,
+    signature: Option<String>,
+) -> Result<Wanted, Refusal> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+    let unusable = |message: String| (StatusCode::UNPROCESSABLE_ENTITY, message);
+    let site = upload.site.trim().to_owned();
+    if site.is_empty() {
+        return Err(bad(
+            "site is empty (give \"default\" or a location id)".into()
+        ));
+    }
+    let from = upload
+        .from
+        .as_deref()
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .ok_or_else(|| bad(format!("from = {text:?} is not an RFC 3339 date-time")))
+        })
+        .transpose()?;
+    for (what, value, max) in [
+        ("memory_mb", upload.memory_mb, MAX_MEMORY_MB),
+        ("timeout_ms", upload.timeout_ms, MAX_TIMEOUT_MS),
+    ] {
+        if let Some(value) = value
+            && (value == 0 || value > max)
+        {
+            return Err(bad(format!("{what} = {value} is not between 1 and {max}")));
+        }
+    }
+    let config = match upload.config {
+        None => String::new(),
+        Some(object) => {
+            let table: toml::Table = serde_json::from_value(serde_json::Value::Object(object))
+                .map_err(|e| bad(format!("config: {e}")))?;
+            toml::to_string(&table).map_err(|e| bad(format!("config: {e}")))?
+        }
+    };
+    let sha256 = hex::encode(Sha256::digest(&module));
+    if let Some(pin) = &upload.sha256
+        && pin.trim().to_ascii_lowercase() != sha256
+    {
+        return Err(unusable(format!(
+            "the module has sha256 {sha256}, the entry pins {pin}"
+        )));
+    }
+    let runtime = prices.runtime();
+    if let Some(keys) = runtime.trusted_keys() {
+        let signature = signature.ok_or_else(|| {
+            unusable("modules need a signature by a trusted key: give a \"signature\" part".into())
+        })?;
+        keys.verify(&module, &signature).map_err(unusable)?;
+    }
+    let overrides = LimitOverrides {
+        memory_mb: upload.memory_mb,
+        timeout_ms: upload.timeout_ms,
+    };
+    let loaded = runtime
+        .load_bytes_with(&module, &config, runtime.limits().with(overrides))
+        .map_err(|e| unusable(format!("the module is not usable: {e}")))?;
+    prices
+        .keep_module(&sha256, &module)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = super::now_ns();
+    Ok(Wanted {
+        entry: Entry {
+            id: 0,
+            site,
+            from: from.unwrap_or(now),
+            kind: Kind::Module,
+            file: upload.file.unwrap_or_else(|| "upload.wasm".into()),
+            sha256,
+            config,
+            memory_mb: upload.memory_mb,
+            timeout_ms: upload.timeout_ms,
+            added_at: now,
+            origin: "api".into(),
+        },
+        from,
+        module: Some(std::sync::Arc::new(loaded)),
+    })
 }

@@ -101,6 +101,10 @@ macro_rules! routes {
     };
 }
 
+/// The largest module `POST /api/policies` takes (a Python policy is
+/// about 18 MiB).
+const MAX_MODULE_BYTES: usize = 64 << 20;
+
 routes! {
     max_body_bytes;
     "post" "/write" => post(write::write).layer(DefaultBodyLimit::max(max_body_bytes)),
@@ -110,6 +114,7 @@ routes! {
     "get" "/metrics" => get(metrics::metrics),
     "get" "/api/metrics" => get(credits::metrics),
     "get" "/api/policies" => get(admin::policies),
+    "post" "/api/policies" => post(admin::upload).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
     "post" "/api/policies/reload" => post(admin::reload),
     "post" "/logconfig" => post(admin::logconfig),
     "post" "/api/costs_per_hour" => post(credits::costs_per_hour),

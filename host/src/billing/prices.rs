@@ -33,6 +33,16 @@ impl Prices {
         }
     }
 
+    /// The runtime that loads the schedule's modules.
+    pub fn runtime(&self) -> &PolicyRuntime {
+        &self.runtime
+    }
+
+    /// Keeps one module's bytes in the ledger (an upload's).
+    pub fn keep_module(&self, sha256: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+        self.store.put_module(sha256, bytes)
+    }
+
     /// The schedule in force, for readers that load it per use.
     pub fn live(&self) -> Arc<ArcSwap<Schedule>> {
         Arc::clone(&self.live)
