@@ -225,6 +225,9 @@ impl Schedule {
 
     /// Whether any version at `site` ever prices `metric`.
     pub fn prices(&self, site: &str, metric: &str) -> bool {
+        if self.metrics.is_empty() {
+            return self.default_metrics.contains(metric);
+        }
         self.metrics
             .get(site)
             .unwrap_or(&self.default_metrics)
