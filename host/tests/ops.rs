@@ -72,6 +72,15 @@ fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
     let charges = sample(&scrape, "os_credits_charges_total", None).unwrap();
     assert_eq!(charges, stats["charges"].as_f64().unwrap());
     assert_eq!(sample(&scrape, "os_credits_queue_depth", None), Some(0.0));
+    // The folder is the schedule's only entry, as it was at start.
+    assert_eq!(
+        sample(&scrape, "os_credits_policy_folder_differences", None),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&scrape, "os_credits_policy_schedule_entries", None),
+        Some(1.0)
+    );
     for name in [
         "os_credits_policy_errors_total",
         "os_credits_perun_sync_lag_seconds",
@@ -95,11 +104,14 @@ fn metrics_parse_as_prometheus_text_and_agree_with_stats() {
 fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = Service::start(data.path(), policies.path(), &[("API_KEY", "s3cret")]);
+    // (`POST /api/policies` with the key and this body: the key passes,
+    // the body is refused as no upload.)
     let admin = [
-        ("/logconfig", r#"{"filter":"os_credits=info"}"#),
-        ("/api/policies/reload", ""),
+        ("/logconfig", r#"{"filter":"os_credits=info"}"#, true),
+        ("/api/policies/reload", "", true),
+        ("/api/policies", "{}", false),
     ];
-    for (path, body) in admin {
+    for (path, body, succeeds) in admin {
         let send = |key: Option<&str>| {
             let mut request = http()
                 .post(service.at(path))
@@ -121,7 +133,12 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
             StatusCode::FORBIDDEN,
             "{path} with a near miss"
         );
-        assert!(send(Some("s3cret")).is_success(), "{path} with the key");
+        let with_key = send(Some("s3cret"));
+        if succeeds {
+            assert!(with_key.is_success(), "{path} with the key");
+        } else {
+            assert_eq!(with_key, StatusCode::BAD_REQUEST, "{path} with the key");
+        }
     }
     // The documented admin operations are exactly these.
     let doc = service.get_json("/api/openapi.json");
@@ -134,7 +151,7 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
         }
     }
     secured.sort();
-    let mut expected: Vec<String> = admin.iter().map(|(p, _)| (*p).to_owned()).collect();
+    let mut expected: Vec<String> = admin.iter().map(|(p, _, _)| (*p).to_owned()).collect();
     expected.sort();
     assert_eq!(secured, expected);
 }

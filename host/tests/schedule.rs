@@ -330,3 +330,81 @@ fn an_uploaded_entry_joins_the_schedule_and_quotes_by_time() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(schedule(&service).len(), 2, "nothing more added");
 }
+
+/// A replica on `url` with its own policy folder.
+fn replica(url: &str, name: &str, folder: &std::path::Path) -> (Service, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let service = Service::start_with(
+        Command::new(env!("CARGO_BIN_EXE_os-credits")),
+        data.path(),
+        folder,
+        &[
+            ("OS_CREDITS_DATABASE_URL", url),
+            ("OS_CREDITS_LEADER_CHECK_SECONDS", "0.3"),
+            ("OS_CREDITS_REPLICA_NAME", name),
+        ],
+    );
+    (service, data)
+}
+
+fn role(service: &Service) -> String {
+    service.stats()["role"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn replicas_whose_folders_differ_price_alike_across_a_failover() {
+    let postgres = common::postgres::Postgres::start();
+    let url = postgres.database("differ");
+    let text = sample();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let projects = projects(&lines);
+    // `a` leads with the de.NBI prices and gives the new ledger its
+    // schedule; `b`'s folder has other prices.
+    let plain = policy_dir(&[("policies.toml", "[default]\nmodule = \"denbi.wasm\"\n")]);
+    let other = policy_dir(&[(
+        "policies.toml",
+        "[default]\nmodule = \"denbi.wasm\"\nconfig = { cpu_price = \"5\", ram_price = \"2\" }\n",
+    )]);
+    let (mut a, _a) = replica(&url, "a", plain.path());
+    await_until("a to lead", || role(&a) == "leader");
+    let (b, _b) = replica(&url, "b", other.path());
+    await_until("b to follow", || role(&b) == "follower");
+    await_until("b to see how its folder differs", || {
+        b.stats()["policy_folder"]["matches_schedule"] == false
+    });
+    let (first, rest) = lines.split_at(lines.len() / 2);
+    post(&a, first);
+    a.kill9();
+    await_until("b to lead", || role(&b) == "leader");
+    post(&b, rest);
+    // Becoming leader changed no price: the schedule is the ledger's.
+    assert_eq!(credits(&b, &projects), expected(None));
+    let entries = schedule(&b);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        b.log().contains("differs from the price schedule"),
+        "{}",
+        b.log()
+    );
+    // A change to a follower's folder changes the schedule for all: `a`
+    // comes back as a follower, its folder gains an upcoming change.
+    drop(a);
+    let (a, _a) = replica(&url, "a", plain.path());
+    await_until("a to follow", || role(&a) == "follower");
+    std::fs::write(
+        plain.path().join("policies.toml"),
+        "[default]\nmodule = \"denbi.wasm\"\n\n[[changes]]\nfrom = \"2030-01-01T00:00:00Z\"\nsite = \"default\"\nmodule = \"denbi.wasm\"\nconfig = { cpu_price = \"7\" }\n",
+    )
+    .unwrap();
+    await_until("the leader to add the follower's change", || {
+        schedule(&b).len() == 2
+    });
+    await_until("the follower to read it back", || schedule(&a).len() == 2);
+    let added = &schedule(&b)[1];
+    assert_eq!(added["from"], "2030-01-01T00:00:00Z", "{added}");
+    assert_eq!(added["status"], "upcoming", "{added}");
+    assert_eq!(credits(&b, &projects), expected(None), "the past unchanged");
+}

@@ -9,7 +9,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, blocking, error};
-use axum::extract::Multipart;
+use axum::extract::{FromRequest, Multipart};
 
 use crate::billing::engine::{Body, WriteResult};
 use crate::billing::prices::{Prices, Wanted};
@@ -240,14 +240,22 @@ struct Upload {
 /// `module` (the module's bytes) and, where signatures are required,
 /// `signature` (its `.sig`). The module is validated as a folder's would
 /// be; an entry whose `from` lies before billed usage is refused (409).
-pub async fn upload(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    multipart: Multipart,
-) -> Response {
-    if let Err((status, message)) = authorize(&app, &headers) {
+pub async fn upload(State(app): State<AppState>, request: axum::extract::Request) -> Response {
+    // The key first: nothing of the body is read without it.
+    if let Err((status, message)) = authorize(&app, request.headers()) {
         return error(status, message);
     }
+    let multipart = match Multipart::from_request(request, &()).await {
+        Ok(multipart) => multipart,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{rejection} (send multipart/form-data with the parts entry and module, as curl -F does)"
+                ),
+            );
+        }
+    };
     let (upload, module, signature) = match read_upload(multipart).await {
         Ok(parts) => parts,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),

@@ -104,6 +104,22 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "Policy modules refused at (re)load and not active",
         app.registry.failures().len() as u64,
     );
+    let schedule = app.schedule.load();
+    let now = super::now_ns();
+    gauge(
+        &mut registry,
+        "policy_folder_differences",
+        "How many sites or changes this replica's policy folder has other than the price schedule (0: it matches)",
+        schedule
+            .differences(&app.registry.policies().load(), now)
+            .len() as i64,
+    );
+    gauge(
+        &mut registry,
+        "policy_schedule_entries",
+        "Entries of the price schedule (kept in the ledger)",
+        schedule.entries().len() as i64,
+    );
     gauge(
         &mut registry,
         "queue_depth",

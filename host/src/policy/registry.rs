@@ -38,6 +38,7 @@ pub struct Registry {
     failures: Mutex<Vec<Failure>>,
     reloading: Mutex<()>,
     on_change: Mutex<Option<OnChange>>,
+    refusals: Mutex<Vec<Failure>>,
 }
 
 /// What a reload did.
@@ -60,6 +61,7 @@ impl Registry {
             failures: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
             on_change: Mutex::new(None),
+            refusals: Mutex::new(Vec::new()),
         })
     }
 
@@ -72,13 +74,11 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner) = Some(hook);
     }
 
-    /// Keeps `failures` (found by whoever acted on a change) beside the
-    /// loads' own, until the next reload.
-    pub fn report(&self, failures: Vec<Failure>) {
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(failures);
+    /// Keeps what the latest change of the folder was refused (found by
+    /// whoever acted on it) beside the loads' failures, until the next
+    /// change's outcome replaces it.
+    pub fn report(&self, refusals: Vec<Failure>) {
+        *self.refusals.lock().unwrap_or_else(PoisonError::into_inner) = refusals;
     }
 
     /// The set in force, for readers that load it per use.
@@ -86,12 +86,22 @@ impl Registry {
         Arc::clone(&self.current)
     }
 
-    /// Failures of the latest load of each file that does not load now.
+    /// Failures of the latest load of each file that does not load now,
+    /// then what the latest change was refused.
     pub fn failures(&self) -> Vec<Failure> {
-        self.failures
+        let mut failures = self
+            .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        failures.extend(
+            self.refusals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        failures
     }
 
     /// Rescans the folder and swaps in what changed and validates.
