@@ -183,6 +183,7 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
                 step.to_owned()
             };
             *steps.entry(step).or_default() += credits;
+            assert!(charge["schedule_entry"].is_i64(), "{charge}");
             used.insert(sha);
         }
         assert!(

@@ -43,6 +43,7 @@ pub fn charges(
                         "credits": c.credits, "charged_after": c.charged_after,
                         "reversed": c.reversed,
                         "policy": {"name": c.policy.name, "version": c.policy.version, "sha256": c.policy.sha256},
+                        "schedule_entry": c.schedule_entry,
                     })
                 })
                 .collect();

@@ -287,6 +287,11 @@ impl Schedule {
         billed_until: &dyn Fn(&str) -> Option<i64>,
     ) -> Plan {
         let mut plan = Plan::default();
+        // Entries the wanted ones imply (withdrawals, back to the default)
+        // come from where they do.
+        let origin = wanted
+            .first()
+            .map_or_else(|| "folder".to_owned(), |w| w.entry.origin.clone());
         let known: Vec<Entry> = self.entries.iter().map(|v| v.entry.clone()).collect();
         let first = known.is_empty();
         let mut next = self.next_id();
@@ -339,16 +344,8 @@ impl Schedule {
                     add(
                         &mut plan,
                         Entry {
-                            kind: Kind::Withdrawn,
-                            sha256: String::new(),
-                            config: String::new(),
-                            memory_mb: None,
-                            timeout_ms: None,
-                            added_at: now,
-                            origin: wanted
-                                .first()
-                                .map_or_else(|| "folder".to_owned(), |w| w.entry.origin.clone()),
-                            ..entry
+                            file: entry.file.clone(),
+                            ..marker(Kind::Withdrawn, &entry.site, entry.from, now, &origin)
                         },
                     );
                 }
@@ -411,21 +408,7 @@ impl Schedule {
             }
             let entry = match wanted_now {
                 Some(want) => want.clone(),
-                None => Entry {
-                    id: 0,
-                    site: site.to_owned(),
-                    from,
-                    kind: Kind::Inherit,
-                    file: String::new(),
-                    sha256: String::new(),
-                    config: String::new(),
-                    memory_mb: None,
-                    timeout_ms: None,
-                    added_at: now,
-                    origin: wanted
-                        .first()
-                        .map_or_else(|| "folder".to_owned(), |w| w.entry.origin.clone()),
-                },
+                None => marker(Kind::Inherit, site, from, now, &origin),
             };
             add(
                 &mut plan,
@@ -476,6 +459,24 @@ impl Schedule {
                 ),
             })
             .collect()
+    }
+}
+
+/// An entry without a module ([`Kind::Inherit`], [`Kind::Withdrawn`]), not
+/// yet numbered.
+fn marker(kind: Kind, site: &str, from: i64, added_at: i64, origin: &str) -> Entry {
+    Entry {
+        id: 0,
+        site: site.to_owned(),
+        from,
+        kind,
+        file: String::new(),
+        sha256: String::new(),
+        config: String::new(),
+        memory_mb: None,
+        timeout_ms: None,
+        added_at,
+        origin: origin.to_owned(),
     }
 }
 
