@@ -52,6 +52,7 @@ fn a_sqlite_ledger_copied_to_postgresql_answers_the_same() {
         "unregistered-nextflow-2",
     ];
     let mut before = Vec::new();
+    let schedule;
     {
         let mut service = Service::start_with(
             Command::new(env!("CARGO_BIN_EXE_os-credits")),
@@ -66,6 +67,7 @@ fn a_sqlite_ledger_copied_to_postgresql_answers_the_same() {
                 project.replace(' ', "%20")
             )));
         }
+        schedule = service.get_json("/api/policies")["schedule"].clone();
         assert!(service.terminate().0, "stopped cleanly");
     }
     let postgres = Postgres::start();
@@ -109,6 +111,11 @@ fn a_sqlite_ledger_copied_to_postgresql_answers_the_same() {
         ));
         assert_eq!(&now, answer, "{project}");
     }
+    // The price schedule came along, modules and all: the service on the
+    // copy adds nothing and loads every entry from the copied bytes.
+    let copied = service.get_json("/api/policies");
+    assert_eq!(copied["schedule"], schedule, "{copied}");
+    assert_eq!(copied["folder"]["matches_schedule"], true, "{copied}");
     // Posting the sample again bills nothing: the states came along.
     service.post_sample();
     let again = service.get_json("/api/current_credits/os_credits_0");

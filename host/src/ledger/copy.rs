@@ -19,8 +19,9 @@ enum Kind {
     Int,
     Numeric,
     Bool,
+    Bytes,
 }
-use Kind::{Bool, Int, Numeric, Text};
+use Kind::{Bool, Bytes, Int, Numeric, Text};
 
 /// A table: its name, its columns, and whether it has an `id` sequence.
 type Table = (&'static str, &'static [(&'static str, Kind)], bool);
@@ -58,8 +59,31 @@ const TABLES: &[Table] = &[
             ("policy_sha256", Text),
             ("recorded_at", Int),
             ("reversed_at", Int),
+            ("schedule_entry", Int),
         ],
         true,
+    ),
+    (
+        "policy_modules",
+        &[("sha256", Text), ("bytes", Bytes), ("added_at", Int)],
+        false,
+    ),
+    (
+        "schedule",
+        &[
+            ("id", Int),
+            ("site", Text),
+            ("from_ns", Int),
+            ("kind", Text),
+            ("file", Text),
+            ("sha256", Text),
+            ("config", Text),
+            ("memory_mb", Int),
+            ("timeout_ms", Int),
+            ("added_at", Int),
+            ("origin", Text),
+        ],
+        false,
     ),
     (
         "projects",
@@ -162,6 +186,7 @@ pub fn sqlite_to_postgres(
                                 Text => row.opt_text(index)?.map_or(Value::Null, Value::Text),
                                 Int => row.opt_int(index)?.map_or(Value::Null, Value::Int),
                                 Bool => Value::Bool(row.bool(index)?),
+                                Bytes => Value::Bytes(row.bytes(index)?),
                                 Numeric => match row.opt_decimal(index)? {
                                     Some(value) => {
                                         sums[index] += value;
@@ -222,6 +247,7 @@ enum Value {
     Text(String),
     Decimal(Decimal),
     Bool(bool),
+    Bytes(Vec<u8>),
 }
 
 impl Value {
@@ -232,6 +258,7 @@ impl Value {
             Value::Text(v) => Param::Text(v),
             Value::Decimal(v) => Param::Decimal(*v),
             Value::Bool(v) => Param::Bool(*v),
+            Value::Bytes(v) => Param::Bytes(v),
         }
     }
 }

@@ -97,7 +97,7 @@ fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
             Param::Text(&charge.policy.version),
             Param::Text(&charge.policy.sha256),
             Param::Int(now),
-            charge.schedule_entry.map_or(Param::Null, Param::Int),
+            charge.schedule_entry.map_or(Param::NullInt, Param::Int),
         ]);
         totals.insert(&charge.key.project, charge.charged_after);
     }

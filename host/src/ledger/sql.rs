@@ -49,6 +49,9 @@ pub enum Param<'a> {
     Bytes(&'a [u8]),
     /// SQL `NULL`.
     Null,
+    /// SQL `NULL` for an integer column: in a multi-row write its column
+    /// stays an integer array even when every value is `NULL`.
+    NullInt,
 }
 
 impl From<i64> for Param<'_> {
@@ -116,7 +119,7 @@ impl rusqlite::ToSql for Param<'_> {
             Param::Decimal(v) => ToSqlOutput::Owned(Value::Text(v.to_string())),
             Param::Bool(v) => ToSqlOutput::Owned(Value::Integer(i64::from(v))),
             Param::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
-            Param::Null => ToSqlOutput::Owned(Value::Null),
+            Param::Null | Param::NullInt => ToSqlOutput::Owned(Value::Null),
         })
     }
 }
@@ -141,7 +144,7 @@ impl ToSql for Param<'_> {
             },
             Param::Bool(v) => v.to_sql(ty, out),
             Param::Bytes(v) => v.to_sql(ty, out),
-            Param::Null => Ok(IsNull::Yes),
+            Param::Null | Param::NullInt => Ok(IsNull::Yes),
         }
     }
 
@@ -681,7 +684,8 @@ impl ToSql for Column<'_> {
 }
 
 /// The columns of rows of `width` values, each typed by its first value
-/// that is not `NULL` (a column of `NULL`s only is text).
+/// that is not `NULL` (a column of `NULL`s only is text, or an integer
+/// array when they are [`Param::NullInt`]).
 fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, LedgerError> {
     (0..width)
         .map(|column| {
@@ -694,14 +698,19 @@ fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, Le
             ) -> Result<Vec<Option<T>>, LedgerError> {
                 cells
                     .map(|p| match *p {
-                        Param::Null => Ok(None),
+                        Param::Null | Param::NullInt => Ok(None),
                         other => pick(other).map(Some).ok_or_else(|| {
                             corrupt(format!("column {column} mixes types: {other:?}"))
                         }),
                     })
                     .collect()
             }
-            Ok(match cells().find(|p| !matches!(p, Param::Null)) {
+            let typed = cells().find(|p| !matches!(p, Param::Null | Param::NullInt));
+            let typed = match typed {
+                None if cells().any(|p| matches!(p, Param::NullInt)) => Some(&Param::Int(0)),
+                typed => typed,
+            };
+            Ok(match typed {
                 Some(Param::Int(_)) => Column::Int(gather(cells(), column, |p| match p {
                     Param::Int(v) => Some(v),
                     _ => None,
