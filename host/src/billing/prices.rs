@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 
 use crate::ledger::{LedgerError, Schedules};
-use crate::policy::PolicyRuntime;
 use crate::policy::schedule::ModuleLoader;
 pub use crate::policy::schedule::{Plan, Schedule, Wanted};
 use crate::policy::set::PolicySet;
+use crate::policy::{Module, PolicyRuntime};
 use crate::schedule::Entry;
 
 /// The schedule in force and where it comes from.
@@ -20,6 +20,9 @@ pub struct Prices {
     store: Arc<dyn Schedules>,
     live: Arc<ArcSwap<Schedule>>,
     building: Mutex<()>,
+    /// Modules loaded elsewhere (the folder's at start), reused when an
+    /// entry names the same bytes, configuration and limits.
+    offered: Mutex<Vec<Arc<Module>>>,
 }
 
 impl Prices {
@@ -30,7 +33,18 @@ impl Prices {
             store,
             live: Arc::new(ArcSwap::from_pointee(Schedule::default())),
             building: Mutex::new(()),
+            offered: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Offers the modules of `set` (loaded already) for the schedule's
+    /// entries that name the same bytes, configuration and limits: they
+    /// are not loaded twice.
+    pub fn offer(&self, set: &PolicySet) {
+        self.offered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(set.entries().map(|active| Arc::clone(&active.policy)));
     }
 
     /// The runtime that loads the schedule's modules.
@@ -104,6 +118,14 @@ impl Prices {
         let mut loader = ModuleLoader::new(&self.runtime, previous);
         for module in wanted.iter().filter_map(|w| w.module.clone()) {
             loader.offer(module);
+        }
+        for module in self
+            .offered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            loader.offer(Arc::clone(module));
         }
         let store = &self.store;
         Schedule::build(entries, &mut |entry: &Entry| {

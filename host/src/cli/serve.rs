@@ -131,6 +131,7 @@ async fn run(
     let prices = Arc::new(Prices::new(policy_runtime.clone(), ledger.clone()));
     {
         let (prices, folder) = (prices.clone(), registry.policies().load_full());
+        prices.offer(&folder);
         tokio::task::spawn_blocking(move || prices.store_modules(&folder))
             .await?
             .context("cannot keep the policy modules in the ledger")?;
