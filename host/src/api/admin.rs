@@ -92,8 +92,9 @@ struct PoliciesView {
 fn view(app: &AppState) -> PoliciesView {
     let now = super::now_ns();
     let schedule = app.schedule.load_full();
-    let active = schedule
-        .at(now)
+    let now_in_force = schedule.at(now);
+    let in_force: Vec<i64> = now_in_force.iter().map(|(_, v)| v.entry.id).collect();
+    let active = now_in_force
         .into_iter()
         .filter_map(|(site, version)| {
             let info = version.module()?.info();
@@ -109,11 +110,6 @@ fn view(app: &AppState) -> PoliciesView {
                 activation: info.activation,
             })
         })
-        .collect();
-    let in_force: Vec<i64> = schedule
-        .at(now)
-        .into_iter()
-        .map(|(_, v)| v.entry.id)
         .collect();
     let entries = schedule
         .entries()

@@ -1,5 +1,5 @@
 //! Billing's port to the prices: [`Pricer`], and its adapters for the
-//! Wasm policies ([`Module`], [`PolicySet`], the price [`Schedule`]).
+//! Wasm policies ([`Module`], the price [`Schedule`]).
 //! Billing reaches `policy` only through here; `policy` knows nothing of
 //! billing.
 //!
@@ -13,7 +13,6 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use crate::policy::schedule::{Schedule, Version};
-use crate::policy::set::PolicySet;
 use crate::policy::{CallError, Module, ModuleInfo, Step};
 
 /// A priced step: the exact credits and the policy that priced them.
@@ -67,12 +66,17 @@ pub trait Pricer {
     fn price(&self, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>>;
 }
 
-/// Prices with one module, timing each call for `/metrics`.
-fn priced_by(module: &Module, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>> {
+/// One batch priced by `module`, the call timed for `/metrics`.
+fn timed(module: &Module, steps: &[Step<'_>]) -> Vec<Result<Decimal, CallError>> {
     let started = std::time::Instant::now();
     let charges = module.bill_batch(steps);
     crate::policy::call_latency().observe(started.elapsed().as_secs_f64());
     charges
+}
+
+/// Prices with one module.
+fn priced_by(module: &Module, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>> {
+    timed(module, steps)
         .into_iter()
         .map(|credits| Ok(Priced::whole(credits?, Some(Arc::clone(module.info())))))
         .collect()
@@ -85,38 +89,6 @@ impl Pricer for Module {
 
     fn price(&self, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>> {
         priced_by(self, steps)
-    }
-}
-
-impl Pricer for PolicySet {
-    fn prices(&self, location_id: &str, metric: &str) -> bool {
-        self.for_site(location_id).info().metric(metric).is_some()
-    }
-
-    /// Each site's steps go to its module, one batch per module.
-    fn price(&self, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>> {
-        if !self.per_site() {
-            return priced_by(self.default_module(), steps);
-        }
-        let mut groups: Vec<(&Arc<Module>, Vec<usize>)> = Vec::new();
-        for (index, step) in steps.iter().enumerate() {
-            let module = self.for_site(step.location_id);
-            match groups.iter_mut().find(|(m, _)| Arc::ptr_eq(m, module)) {
-                Some((_, indices)) => indices.push(index),
-                None => groups.push((module, vec![index])),
-            }
-        }
-        let mut priced: Vec<Option<Result<Priced, CallError>>> = vec![None; steps.len()];
-        for (module, indices) in groups {
-            let batch: Vec<Step<'_>> = indices.iter().map(|&i| steps[i]).collect();
-            for (index, result) in indices.into_iter().zip(priced_by(module, &batch)) {
-                priced[index] = Some(result);
-            }
-        }
-        priced
-            .into_iter()
-            .map(|result| result.unwrap_or_else(|| Err(CallError::missing())))
-            .collect()
     }
 }
 
@@ -268,10 +240,7 @@ impl Pricer for Schedule {
             if batch.is_empty() {
                 continue;
             }
-            let started = std::time::Instant::now();
-            let charges = module.bill_batch(&batch);
-            crate::policy::call_latency().observe(started.elapsed().as_secs_f64());
-            for (index, charge) in batched.into_iter().zip(charges) {
+            for (index, charge) in batched.into_iter().zip(timed(module, &batch)) {
                 priced[index] = Some(charge);
             }
         }

@@ -422,19 +422,9 @@ impl PolicySet {
         }
     }
 
-    /// The policy in force at `location_id`.
-    pub fn for_site(&self, location_id: &str) -> &Arc<Module> {
-        &self.sites.get(location_id).unwrap_or(&self.default).policy
-    }
-
     /// The default policy's module.
     pub fn default_module(&self) -> &Arc<Module> {
         &self.default.policy
-    }
-
-    /// Whether any site has a policy of its own.
-    pub fn per_site(&self) -> bool {
-        !self.sites.is_empty()
     }
 
     /// Every site's policy, the default first (without the changes).
