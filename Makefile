@@ -18,7 +18,7 @@
 # rust-toolchain.toml is there, with the wasm32-wasip2 target the policies
 # build for (`rustup toolchain install` adds what is missing); `make test`
 # also finds or installs the real programs the tests run: headless
-# Chromium, Prometheus and PostgreSQL (scripts/test-programs.sh), and runs
+# Chromium, Prometheus, InfluxDB and PostgreSQL (scripts/test-programs.sh), and runs
 # the end-to-end tests a second time with the ledger on PostgreSQL.
 
 CARGO ?= cargo
@@ -86,7 +86,7 @@ run: all
 	target/release/os-credits serve
 
 # The end-to-end tests that run a second time with the ledger on PostgreSQL.
-E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule
+E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule write_auth
 
 test: toolchain test-programs python-policies
 	cd pricing-sdk/python && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider

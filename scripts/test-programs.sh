@@ -1,17 +1,18 @@
 #!/bin/sh
 # The real programs the tests run (`make test`): headless Chromium for the
-# page tests, Prometheus for the remote-write test, PostgreSQL for the
+# page tests, Prometheus for the remote-write test, InfluxDB 1.x for the
+# subscription test, PostgreSQL for the
 # ledger's conformance suite, the replicas and the second run of the
 # end-to-end suite, and iproute2's `ip` for the replica whose network a test
 # cuts (a network namespace: that test needs root): Debian's packages
-# `chromium`, `prometheus`, `postgresql` and `iproute2`. Finds them, or installs the missing ones when
+# `chromium`, `prometheus`, `influxdb`, `postgresql` and `iproute2`. Finds them, or installs the missing ones when
 # this user may (root, or sudo without a password; their services are not
 # started), or stops at once naming the one command to run.
-# CHROMIUM=/path, PROMETHEUS=/path and PG_BIN=/folder override the search.
+# CHROMIUM=/path, PROMETHEUS=/path, INFLUXD=/path and PG_BIN=/folder override the search.
 set -eu
 
 # package:binary:override-variable
-wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS postgresql:/usr/lib/postgresql/*/bin/pg_ctl:PG_BIN iproute2:/usr/sbin/ip:IP"
+wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS influxdb:/usr/bin/influxd:INFLUXD postgresql:/usr/lib/postgresql/*/bin/pg_ctl:PG_BIN iproute2:/usr/sbin/ip:IP"
 
 present() {
     pattern=$1 override=$2

@@ -11,7 +11,10 @@
 //! `BENCH_ROUNDS` sets the number of 15 s rounds (default 16);
 //! `BENCH_STORE=postgres` keeps the ledger on a PostgreSQL server the
 //! benchmark starts (`fsync=on`, as a site runs it), the service as a
-//! replica that leads.
+//! replica that leads. `BENCH_AUTH=basic` requires write credentials and
+//! sends HTTP Basic with every body (a user scoped to the three sites, so
+//! every point's site is checked; bcrypt at its default cost, as
+//! `htpasswd -B` makes it); `BENCH_AUTH=token` a bearer token.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -87,7 +90,37 @@ fn main() {
         // As a site runs it: every commit synced to disk.
         .then(|| common::postgres::Postgres::start_with("-c fsync=on"));
     let url = postgres.as_ref().map(|p| p.database("bench"));
+    let auth = std::env::var("BENCH_AUTH").unwrap_or_default();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let users = secrets.path().join("users");
+    let tokens = secrets.path().join("tokens");
+    const TOKEN: &str = "bench-token-0123456789abcdef";
+    let authorization = match auth.as_str() {
+        "" => None,
+        "basic" => {
+            let hash = bcrypt::hash("bench-secret", bcrypt::DEFAULT_COST).expect("bcrypt");
+            std::fs::write(
+                &users,
+                format!("# sites: {}\nbench:{hash}\n", SITES.join(",")),
+            )
+            .expect("users file");
+            Some(common::basic("bench", "bench-secret"))
+        }
+        "token" => {
+            std::fs::write(&tokens, format!("bench {TOKEN}\n")).expect("tokens file");
+            Some(format!("Bearer {TOKEN}"))
+        }
+        other => panic!("BENCH_AUTH={other:?}: basic, token or unset"),
+    };
     let mut env = Vec::new();
+    match auth.as_str() {
+        "basic" => env.push(("OS_CREDITS_WRITE_USERS_FILE", users.to_str().expect("path"))),
+        "token" => env.push((
+            "OS_CREDITS_WRITE_TOKENS_FILE",
+            tokens.to_str().expect("path"),
+        )),
+        _ => {}
+    }
     if let Some(url) = &url {
         env.push(("OS_CREDITS_DATABASE_URL", url.as_str()));
         env.push(("OS_CREDITS_LEADER_CHECK_SECONDS", "0.1"));
@@ -102,14 +135,34 @@ fn main() {
         "SQLite"
     };
     let url = format!("{}/write?db=portal_prometheus&precision=ns", service.url);
+    if let Some(value) = &authorization {
+        // The credential's first use verifies its bcrypt hash (once, then
+        // remembered): timed on its own, not in the throughput.
+        let first = Instant::now();
+        let response = common::http()
+            .post(&url)
+            .header("Authorization", value)
+            .body("")
+            .send()
+            .expect("posted");
+        assert_eq!(response.status().as_u16(), 204, "credential refused");
+        println!(
+            "service/auth: first use of the credential ({auth}) answered in {:.2?}",
+            first.elapsed()
+        );
+    }
     let started = Instant::now();
     std::thread::scope(|scope| {
         for bodies in bodies {
-            let url = url.clone();
+            let (url, authorization) = (url.clone(), authorization.clone());
             scope.spawn(move || {
                 let client = common::http();
                 for body in bodies {
-                    let response = client.post(&url).body(body).send().expect("posted");
+                    let mut request = client.post(&url).body(body);
+                    if let Some(value) = &authorization {
+                        request = request.header("Authorization", value);
+                    }
+                    let response = request.send().expect("posted");
                     assert_eq!(response.status().as_u16(), 204, "write refused");
                 }
             });
@@ -124,8 +177,13 @@ fn main() {
     let rss = peak_rss_kib(service.pid()).unwrap_or(0);
     println!("service/write: {points} points ({series} series x {rounds} rounds) in {took:.2?}");
     println!(
-        "service/write: {:.0} points/s through /write into the {store} ledger ({} billed, {} keys, {} commits)",
+        "service/write: {:.0} points/s through /write into the {store} ledger, credentials: {} ({} billed, {} keys, {} commits)",
         points as f64 / took.as_secs_f64(),
+        if auth.is_empty() {
+            "none"
+        } else {
+            auth.as_str()
+        },
         stats["points"]["billed"],
         stats["keys"],
         stats["commits"],

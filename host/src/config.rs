@@ -157,6 +157,12 @@ pub struct ServeConfig {
     /// `full`: fsync every commit (survives a power cut); `normal`: survives a crash of the process.
     #[arg(long, env = "OS_CREDITS_DURABILITY", value_enum, default_value_t = DurabilityArg::Full)]
     pub durability: DurabilityArg,
+    /// htpasswd file (bcrypt) of who may write measurements; `# sites: a,b` before a user scopes it. Unset (with no tokens file): writes are open.
+    #[arg(long, env = "OS_CREDITS_WRITE_USERS_FILE")]
+    pub write_users_file: Option<String>,
+    /// Bearer tokens that may write measurements, one per line (`TOKEN` or `NAME TOKEN`; plain, `sha256:HEX` or bcrypt).
+    #[arg(long, env = "OS_CREDITS_WRITE_TOKENS_FILE")]
+    pub write_tokens_file: Option<String>,
     /// Key for admin endpoints (header `X-API-KEY`); unset disables them.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -23,7 +23,9 @@
 //! - [`notify`]: threshold mails to the maintainers;
 //! - [`schedule`]: the price schedule's entries as the ledger keeps them (a leaf);
 //! - [`account`]: the key, state and account billing and the ledger share (a leaf);
-//! - [`credits`]: how totals are shown (rounding), for api, perun and notify.
+//! - [`credits`]: how totals are shown (rounding), for api, perun and notify;
+//! - [`writers`]: who may write measurements (credentials, site scopes);
+//! - [`watch`]: re-reading files when they change (a leaf).
 //!
 //! `tests/layers.rs` keeps these import rules.
 
@@ -39,3 +41,5 @@ pub mod perun;
 pub mod policy;
 pub mod replica;
 pub mod schedule;
+pub mod watch;
+pub mod writers;

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use crate::billing::engine::{Body, Engine, WriteResult};
 use crate::billing::intake::FeedReport;
 use crate::billing::prices::Wanted;
+use crate::billing::scope::{Scope, Scoped};
 use crate::ingest::Precision;
 use crate::ingest::remote_write::{self, Labels};
 use crate::ledger::Leadership;
@@ -227,33 +228,56 @@ impl Replica {
         let Some(store) = self.store.clone() else {
             return WriteResult::Failed("the billing engine is not running".into());
         };
-        let (kind, body, precision, received) = match &inbound {
+        // A scoped writer's points are checked here too: a body with no
+        // point it may bill is answered 403 by a follower as by the leader.
+        let refused = match checked_scope(&inbound).await {
+            Ok(refused) => refused,
+            Err(e) => return WriteResult::Failed(e),
+        };
+        if let Some(report) = &refused
+            && report.nothing_allowed()
+        {
+            return WriteResult::Done(report.clone());
+        }
+        let (kind, body, precision, received, scope) = match &inbound {
             Body::Lines {
                 text,
                 precision,
                 received,
-            } => ("lines", text.clone(), precision.as_str(), *received),
-            Body::RemoteWrite { raw, received, .. } => {
-                ("remote_write", raw.clone(), "ms", *received)
-            }
+                scope,
+            } => (
+                "lines",
+                text.clone(),
+                precision.as_str(),
+                *received,
+                scope.clone(),
+            ),
+            Body::RemoteWrite {
+                raw,
+                received,
+                scope,
+                ..
+            } => ("remote_write", raw.clone(), "ms", *received, scope.clone()),
             Body::Schedule { wanted, complete } => {
                 let request = ScheduleRequest {
                     wanted: wanted.clone(),
                     complete: *complete,
                 };
                 match serde_json::to_vec(&request) {
-                    Ok(json) => ("schedule", Bytes::from(json), "", 0),
+                    Ok(json) => ("schedule", Bytes::from(json), "", 0, None),
                     Err(e) => return WriteResult::Failed(e.to_string()),
                 }
             }
         };
         let name = self.name.clone();
         let stored = tokio::task::spawn_blocking(move || {
-            store.store_inbox(kind, &body, precision, received, &name)
+            let writer = scope.as_ref().map(|s| (s.writer.as_str(), s.sites_text()));
+            let writer = writer.as_ref().map(|(w, sites)| (*w, sites.as_str()));
+            store.store_inbox(kind, &body, precision, received, &name, writer)
         })
         .await;
         match stored {
-            Ok(Ok(_)) => WriteResult::Done(FeedReport::default()),
+            Ok(Ok(_)) => WriteResult::Done(refused.unwrap_or_default()),
             Ok(Err(e)) => {
                 WriteResult::Failed(format!("cannot store the write for the leader: {e}"))
             }
@@ -468,9 +492,67 @@ struct ScheduleRequest {
     complete: bool,
 }
 
+/// What a scoped writer's body would have refused, decoded off the async
+/// threads (`None` for a writer of every site, or a schedule request): a
+/// follower answers as the leader would, and counts what it refused.
+async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
+    let count = |items: &mut dyn Iterator<Item = (usize, crate::ingest::Item<'_>)>| {
+        let mut lines = 0;
+        for _ in items {
+            lines += 1;
+        }
+        lines
+    };
+    match inbound {
+        Body::Lines {
+            text,
+            precision,
+            received,
+            scope: Some(scope),
+        } => {
+            let (text, precision, received, scope) =
+                (text.clone(), *precision, *received, scope.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut items = Scoped::new(
+                    crate::ingest::lines(&text, precision, received),
+                    Some(&scope),
+                );
+                let lines = count(&mut items);
+                FeedReport {
+                    lines,
+                    out_of_scope: items.take_refused(),
+                    ..FeedReport::default()
+                }
+            })
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+        }
+        Body::RemoteWrite {
+            request,
+            labels,
+            scope: Some(scope),
+            ..
+        } => {
+            let mut items = Scoped::new(remote_write::samples(request, labels), Some(scope));
+            let lines = count(&mut items);
+            Ok(Some(FeedReport {
+                lines,
+                out_of_scope: items.take_refused(),
+                ..FeedReport::default()
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// What an inbox entry asks the engine to bill, decoded as the handler
 /// decodes (the same size limit).
 fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, String> {
+    let scope = entry
+        .writer
+        .as_ref()
+        .map(|(writer, sites)| Arc::new(Scope::from_text(writer, sites)));
     match entry.kind.as_str() {
         "remote_write" => {
             let request = remote_write::decode(&entry.body, limit).map_err(|e| e.to_string())?;
@@ -479,6 +561,7 @@ fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, S
                 request: Box::new(request),
                 labels: labels.clone(),
                 received: entry.received,
+                scope,
             })
         }
         "lines" => Precision::parse(&entry.precision)
@@ -486,6 +569,7 @@ fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, S
                 text: Bytes::from(entry.body),
                 precision,
                 received: entry.received,
+                scope,
             })
             .ok_or_else(|| format!("unknown precision {:?}", entry.precision)),
         "schedule" => serde_json::from_slice::<ScheduleRequest>(&entry.body)

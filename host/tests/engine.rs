@@ -98,6 +98,7 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         started: std::time::Instant::now(),
         workers: 2,
         remote_write: Default::default(),
+        writers: Arc::new(os_credits::writers::Writers::open_to_all()),
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

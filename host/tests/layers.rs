@@ -17,9 +17,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("account", &[]),
     // The price schedule's entries, as the ledger keeps them: a leaf.
     ("schedule", &[]),
+    // Re-reading changed files: a leaf.
+    ("watch", &[]),
     // The Wasm host: knows nothing of billing; builds the live schedule
-    // from its entries.
-    ("policy", &["schedule"]),
+    // from its entries; re-reads its folder when it changes.
+    ("policy", &["schedule", "watch"]),
     // Billing consumes samples, prices through its port (whose adapter for
     // the policies lives in billing), writes the ledger, shows totals.
     (

@@ -543,7 +543,11 @@ fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
     // The old leader, awake: its session is gone; it commits nothing.
     assert!(first.store().commit(&batch).is_err());
     assert!(first.renew(epoch, Duration::ZERO).is_err());
-    assert!(first.store_inbox("lines", b"x", "n", 1, "first").is_err());
+    assert!(
+        first
+            .store_inbox("lines", b"x", "n", 1, "first", None)
+            .is_err()
+    );
     assert_eq!(second.store().charges("a").unwrap().len(), 1);
     // The new leader commits, and its fence holds.
     second.store().commit(&batch).unwrap();
@@ -580,7 +584,7 @@ fn the_inbox_keeps_arrival_order_and_settles_what_was_billed() {
     let ids: Vec<i64> = (0..5)
         .map(|i| {
             replica
-                .store_inbox("lines", format!("m v={i}").as_bytes(), "s", i, "r")
+                .store_inbox("lines", format!("m v={i}").as_bytes(), "s", i, "r", None)
                 .unwrap()
         })
         .collect();

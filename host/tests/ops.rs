@@ -142,11 +142,19 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
     }
     // The documented admin operations are exactly these.
     let doc = service.get_json("/api/openapi.json");
-    let mut secured: Vec<String> = Vec::new();
+    let (mut secured, mut writes): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let needs = |op: &serde_json::Value, scheme: &str| {
+        op["security"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|s| s.get(scheme).is_some()))
+    };
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for op in ops.as_object().unwrap().values() {
-            if op.get("security").is_some() {
+            if needs(op, "apiKey") {
                 secured.push(path.clone());
+            }
+            if needs(op, "writeBasic") && needs(op, "writeToken") {
+                writes.push(path.clone());
             }
         }
     }
@@ -154,6 +162,8 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
     let mut expected: Vec<String> = admin.iter().map(|(p, _, _)| (*p).to_owned()).collect();
     expected.sort();
     assert_eq!(secured, expected);
+    // The write endpoints document their (optional) credentials.
+    assert_eq!(writes, ["/api/v1/write", "/write"]);
 }
 
 #[test]

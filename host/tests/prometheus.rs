@@ -4,7 +4,8 @@
 //! remote-writes to the real `os-credits` binary. The credits of every
 //! project must equal a reference computed from the samples Prometheus
 //! itself stored (read back through its HTTP API), and still after
-//! Prometheus was restarted mid-run.
+//! Prometheus was restarted mid-run. Writes require a credential, which
+//! Prometheus sends from its `remote_write` `basic_auth`.
 //!
 //! Needs `prometheus` (`make test` installs Debian's package, see
 //! `scripts/test-programs.sh`; `PROMETHEUS` overrides the binary). Without
@@ -266,9 +267,19 @@ fn free_port() -> u16 {
 fn a_real_prometheus_remote_writes_and_the_credits_equal_its_stored_samples() {
     prometheus_binary();
     let (data, policies) = (tempfile::tempdir().unwrap(), common::policy_dir(&[]));
-    let service = common::Service::start(data.path(), policies.path(), &[]);
-    let exporter = Exporter::start();
     let folder = tempfile::tempdir().unwrap();
+    // Writes need a credential: Prometheus sends its `basic_auth`.
+    let users = common::htpasswd(
+        folder.path(),
+        "users",
+        &[("prometheus", "remote-write-secret", Some(SITE))],
+    );
+    let service = common::Service::start(
+        data.path(),
+        policies.path(),
+        &[("OS_CREDITS_WRITE_USERS_FILE", users.to_str().unwrap())],
+    );
+    let exporter = Exporter::start();
     let config = folder.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -285,6 +296,9 @@ scrape_configs:
       - targets: [\"127.0.0.1:{exporter}\"]
 remote_write:
   - url: {service}/api/v1/write
+    basic_auth:
+      username: prometheus
+      password: remote-write-secret
     write_relabel_configs:
       - source_labels: [__name__]
         regex: project_vcpu_usage|project_mb_usage
@@ -329,4 +343,13 @@ remote_write:
     // skipped, never billed or refused.
     let stats = service.stats();
     assert_eq!(stats["points"]["rejected"], 0, "{stats}");
+    // Every remote write carried the credential, and its site was allowed.
+    let credentials = &stats["write_credentials"];
+    assert_eq!(credentials["required"], true, "{stats}");
+    assert_eq!(credentials["denied"], serde_json::json!({}), "{stats}");
+    assert_eq!(
+        credentials["refused_points"],
+        serde_json::json!({}),
+        "{stats}"
+    );
 }

@@ -19,6 +19,18 @@ struct Reason {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Denial {
+    endpoint: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refusal {
+    writer: String,
+    reason: String,
+}
+
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let metric = Counter::<u64>::default();
     metric.inc_by(value);
@@ -119,6 +131,40 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "policy_schedule_entries",
         "Entries of the price schedule (kept in the ledger)",
         schedule.entries().len() as i64,
+    );
+    gauge(
+        &mut registry,
+        "write_credentials_required",
+        "Whether /write and /api/v1/write require a credential (1) or are open (0)",
+        i64::from(app.writers.required()),
+    );
+    let denied = Family::<Denial, Counter>::default();
+    for (endpoint, why, count) in app.writers.denied() {
+        denied
+            .get_or_create(&Denial {
+                endpoint: endpoint.to_owned(),
+                reason: why.as_str().to_owned(),
+            })
+            .inc_by(count);
+    }
+    registry.register(
+        "write_auth_failures",
+        "Write requests refused with 401, by endpoint and reason (missing or wrong credential)",
+        denied,
+    );
+    let refused = Family::<Refusal, Counter>::default();
+    for (writer, reason, count) in app.writers.refused() {
+        refused
+            .get_or_create(&Refusal {
+                writer,
+                reason: reason.to_owned(),
+            })
+            .inc_by(count);
+    }
+    registry.register(
+        "write_points_refused",
+        "Points a writer sent and may not bill, by writer and reason",
+        refused,
     );
     gauge(
         &mut registry,

@@ -7,6 +7,7 @@
 //! keep the document equal to the list and probe the running service.
 
 mod admin;
+mod auth;
 mod credits;
 mod metrics;
 mod ops;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub workers: usize,
     /// How `/api/v1/write` reads Prometheus' samples.
     pub remote_write: RemoteWriteSettings,
+    /// Who may write measurements (open when no credential file is set).
+    pub writers: Arc<crate::writers::Writers>,
 }
 
 /// How `/api/v1/write` reads Prometheus' samples.

@@ -115,6 +115,7 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
             "matches_schedule": differences.is_empty(),
             "differences": differences,
         },
+        "write_credentials": app.writers.view(),
         "perun": app.perun.as_ref().map(|p| p.status()).unwrap_or_default(),
         "mail": app.notifier.as_ref().map(|n| n.status()).unwrap_or_default(),
     });

@@ -7,15 +7,18 @@
 //! body that does not decode; 415 for a request this decoder would read
 //! wrongly (remote write 2.0, another encoding or content type: a 1.0
 //! decoder would see a 2.0 body as empty and lose it silently); 5xx, never
-//! 4xx, when the ledger cannot commit, so that Prometheus retries.
+//! 4xx, when the ledger cannot commit, so that Prometheus retries. With
+//! write credentials configured: 401 without a valid one (before the body
+//! is decoded); samples of sites the writer may not bill are refused and
+//! counted (403 when that is every sample, else 204).
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::{AppState, blocking, error};
+use super::{AppState, auth, blocking, error};
 use crate::billing::engine::{Body, WriteResult};
 use crate::ingest::remote_write;
 
@@ -70,11 +73,31 @@ fn unsupported(headers: &HeaderMap) -> Option<String> {
     }
 }
 
+/// The query of a remote write: `u` and `p` may carry a credential.
+#[derive(Debug, serde::Deserialize)]
+pub struct RemoteWriteQuery {
+    u: Option<String>,
+    p: Option<String>,
+}
+
 pub async fn remote_write(
     State(app): State<AppState>,
+    Query(query): Query<RemoteWriteQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let writer = match auth::writer(
+        &app,
+        "/api/v1/write",
+        &headers,
+        query.u.as_deref(),
+        query.p.as_deref(),
+    )
+    .await
+    {
+        Ok(writer) => writer,
+        Err(refused) => return refused,
+    };
     if let Some(reason) = unsupported(&headers) {
         tracing::warn!("remote write refused: {reason}");
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
@@ -98,9 +121,13 @@ pub async fn remote_write(
         request: Box::new(request),
         labels: app.remote_write.labels.clone(),
         received: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+        scope: writer.scope.clone(),
     };
     match app.replica.accept(inbound).await {
         WriteResult::Done(report) => {
+            if let Some(forbidden) = auth::refused(&app, &writer, &report) {
+                return forbidden;
+            }
             if report.rejected_count > 0 {
                 let first = report
                     .rejected

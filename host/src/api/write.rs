@@ -3,31 +3,48 @@
 //! Answers as InfluxDB does: 204 when every line was accepted; 400 with
 //! `{"error", "lines": [{"line", "error"}]}` when some were not, while the
 //! good lines are applied; 413 past the body limit. Never 429 or 503: a
-//! subscription does not retry.
+//! subscription does not retry. With write credentials configured: 401
+//! without a valid one; points of sites the writer may not bill are
+//! refused and counted (403 when that is every line, else as above).
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{AppState, error};
+use super::{AppState, auth, error};
 use crate::billing::engine::{Body, WriteResult};
 use crate::ingest::Precision;
 
 /// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are
-/// accepted and not used.
+/// accepted and not used; `u` and `p` are a credential.
 #[derive(Debug, Deserialize)]
 pub struct WriteQuery {
     #[serde(default)]
     precision: String,
+    u: Option<String>,
+    p: Option<String>,
 }
 
 pub async fn write(
     State(app): State<AppState>,
     Query(query): Query<WriteQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let writer = match auth::writer(
+        &app,
+        "/write",
+        &headers,
+        query.u.as_deref(),
+        query.p.as_deref(),
+    )
+    .await
+    {
+        Ok(writer) => writer,
+        Err(refused) => return refused,
+    };
     let Some(precision) = Precision::parse(&query.precision) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -43,8 +60,14 @@ pub async fn write(
         text: body,
         precision,
         received,
+        scope: writer.scope.clone(),
     };
     let result = app.replica.accept(inbound).await;
+    if let WriteResult::Done(report) = &result
+        && let Some(forbidden) = auth::refused(&app, &writer, report)
+    {
+        return forbidden;
+    }
     if let WriteResult::Done(report) = &result {
         tracing::debug!(
             bytes,

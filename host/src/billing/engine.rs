@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use super::book::{Book, Outcome};
 use super::intake::{FeedReport, Intake};
 use super::prices::Prices;
+use super::scope::{Scope, Scoped};
 use crate::ingest::remote_write::{self, Labels};
 use crate::ingest::{Precision, Sample};
 use crate::ledger::{Batch, ChargeRecord, EngineStore, Floor, LedgerError, PolicyStamp};
@@ -50,6 +51,8 @@ pub enum Body {
         precision: Precision,
         /// When it was received (ns), for points without a timestamp.
         received: i64,
+        /// The sites its writer may bill (`None`: every site).
+        scope: Option<Arc<Scope>>,
     },
     /// A Prometheus remote-write request, decompressed and decoded once by
     /// whoever received it (off the billing thread).
@@ -62,6 +65,8 @@ pub enum Body {
         labels: Arc<Labels>,
         /// When it was received (ns).
         received: i64,
+        /// The sites its writer may bill (`None`: every site).
+        scope: Option<Arc<Scope>>,
     },
     /// Entries wanted in the price schedule (a policy folder changed, an
     /// upload): planned against the book as the writes before left it.
@@ -419,15 +424,25 @@ impl Worker {
                     text,
                     precision,
                     received,
+                    scope,
                 } => {
                     let items = crate::ingest::lines(text, *precision, *received);
-                    self.intake.feed(policies, items, |_| {}, record)
+                    let mut items = Scoped::new(items, scope.as_deref());
+                    let mut report = self.intake.feed(policies, &mut items, |_| {}, record);
+                    report.out_of_scope = items.take_refused();
+                    report
                 }
                 Body::RemoteWrite {
-                    request, labels, ..
+                    request,
+                    labels,
+                    scope,
+                    ..
                 } => {
                     let items = remote_write::samples(request, labels);
-                    self.intake.feed(policies, items, |_| {}, record)
+                    let mut items = Scoped::new(items, scope.as_deref());
+                    let mut report = self.intake.feed(policies, &mut items, |_| {}, record);
+                    report.out_of_scope = items.take_refused();
+                    report
                 }
                 Body::Schedule { .. } => continue,
             };

@@ -58,6 +58,9 @@ pub struct FeedReport {
     /// Steps the policy failed to price (the first [`LISTED_ISSUES`]); they
     /// are billed with the key's next point.
     pub policy_errors: Vec<LineIssue>,
+    /// Points of sites the writer may not bill, per site (also counted in
+    /// `ignored` as [`super::scope::SITE_NOT_ALLOWED`]).
+    pub out_of_scope: BTreeMap<String, usize>,
 }
 
 impl FeedReport {
@@ -86,6 +89,20 @@ impl FeedReport {
         let room = LISTED_ISSUES.saturating_sub(self.policy_errors.len());
         self.policy_errors
             .extend(other.policy_errors.iter().take(room).cloned());
+        for (site, n) in &other.out_of_scope {
+            *self.out_of_scope.entry(site.clone()).or_default() += n;
+        }
+    }
+
+    /// Points refused as out of the writer's scope, in all.
+    pub fn out_of_scope_count(&self) -> usize {
+        self.out_of_scope.values().sum()
+    }
+
+    /// Whether every line was a point of a site the writer may not bill
+    /// (and there was at least one).
+    pub fn nothing_allowed(&self) -> bool {
+        self.lines > 0 && self.out_of_scope_count() == self.lines
     }
 }
 

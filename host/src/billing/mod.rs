@@ -39,6 +39,7 @@ pub mod pricer;
 pub mod prices;
 pub mod rerate;
 pub mod rules;
+pub mod scope;
 
 pub use book::{Account, Book, Charge, Key, Outcome, UNKNOWN_METRIC};
 pub use pricer::{Priced, Pricer};

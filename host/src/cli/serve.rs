@@ -21,6 +21,7 @@ use os_credits::policy::schedule::wanted_of;
 use os_credits::policy::set::Failure;
 use os_credits::policy::signature::TrustedKeys;
 use os_credits::replica::{Replica, Timing};
+use os_credits::writers::Writers;
 
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -80,6 +81,10 @@ async fn run(
             config.policy_dir.display()
         )
     })?;
+    let writers = Arc::new(write_credentials(&config)?);
+    writers
+        .watch()
+        .context("cannot watch the write credential files")?;
     // The store: SQLite in the data folder, or PostgreSQL (replicas).
     let postgres = match config.ledger.database_url.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -305,6 +310,7 @@ async fn run(
         started: Instant::now(),
         workers,
         remote_write,
+        writers,
     };
     let app = router(state, config.max_body_bytes());
     let listener = tokio::net::TcpListener::bind(address)
@@ -438,4 +444,35 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: no new connections");
+}
+
+/// Who may write measurements: the credential files, read now (a file
+/// that does not read stops the start) and watched; none: open, with a
+/// warning.
+fn write_credentials(config: &ServeConfig) -> anyhow::Result<Writers> {
+    // An empty setting (as `.default.env` lists them) is no file.
+    let named = |path: &Option<String>| {
+        path.as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let (users, tokens) = (
+        named(&config.write_users_file),
+        named(&config.write_tokens_file),
+    );
+    if users.is_none() && tokens.is_none() {
+        tracing::warn!(
+            "writes are open: anyone who reaches /write or /api/v1/write can bill any project (set OS_CREDITS_WRITE_USERS_FILE or OS_CREDITS_WRITE_TOKENS_FILE)"
+        );
+        return Ok(Writers::open_to_all());
+    }
+    let writers = Writers::open(users, tokens).context("cannot read the write credentials")?;
+    let view = writers.view();
+    tracing::info!(
+        users = view.users,
+        tokens = view.tokens,
+        "writes require a credential"
+    );
+    Ok(writers)
 }

@@ -264,6 +264,12 @@ pub trait Decoded<'a>: Iterator<Item = (usize, Item<'a>)> {
     fn offset(&self) -> usize;
 }
 
+impl<'a, D: Decoded<'a> + ?Sized> Decoded<'a> for &mut D {
+    fn offset(&self) -> usize {
+        (**self).offset()
+    }
+}
+
 impl<'a> Decoded<'a> for Items<'a> {
     fn offset(&self) -> usize {
         self.lines.offset()

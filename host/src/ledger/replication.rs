@@ -39,6 +39,9 @@ pub struct InboxEntry {
     pub received: i64,
     /// The replica that stored it.
     pub replica: String,
+    /// The scoped writer that sent it and the sites it may bill
+    /// (comma-separated); `None`: every site.
+    pub writer: Option<(String, String)>,
 }
 
 /// The lease as the database holds it.
@@ -212,6 +215,8 @@ impl Replication {
     }
 
     /// Stores a write for the leader; durable once this returns.
+    /// `writer` is the scoped writer that sent it and the sites it may
+    /// bill (`None`: every site).
     pub fn store_inbox(
         &self,
         kind: &str,
@@ -219,12 +224,14 @@ impl Replication {
         precision: &str,
         received: i64,
         replica: &str,
+        writer: Option<(&str, &str)>,
     ) -> Result<i64, LedgerError> {
+        let (writer, sites) = (writer.map(|w| w.0), writer.map(|w| w.1));
         lock(&self.inbox)
             .query_one(
-                "INSERT INTO inbox (kind, body, precision, received, replica)
-                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-                params![kind, body, precision, received, replica],
+                "INSERT INTO inbox (kind, body, precision, received, replica, writer, sites)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                params![kind, body, precision, received, replica, writer, sites],
             )?
             .int(0)
     }
@@ -233,8 +240,8 @@ impl Replication {
     /// arrival order.
     pub fn inbox_entries(&self, after: i64, limit: i64) -> Result<Vec<InboxEntry>, LedgerError> {
         lock(&self.inbox).map(
-            "SELECT id, kind, body, precision, received, replica FROM inbox WHERE id > ?1
-             ORDER BY id LIMIT ?2",
+            "SELECT id, kind, body, precision, received, replica, writer, sites FROM inbox
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
             params![after, limit],
             |row| {
                 Ok(InboxEntry {
@@ -244,6 +251,10 @@ impl Replication {
                     precision: row.text(3)?,
                     received: row.int(4)?,
                     replica: row.text(5)?,
+                    writer: match (row.opt_text(6)?, row.opt_text(7)?) {
+                        (Some(writer), Some(sites)) => Some((writer, sites)),
+                        _ => None,
+                    },
                 })
             },
         )

@@ -219,6 +219,19 @@ pub const SHARED: &[&str] = &[
          origin     TEXT NOT NULL
      );
      ALTER TABLE charges ADD COLUMN schedule_entry {int};",
+    // the writer of an inbox entry and the sites it may bill (NULL: every
+    // site). The inbox is a replica's; SQLite gets an empty one, so that
+    // this is written once.
+    "CREATE TABLE IF NOT EXISTS inbox (
+         id        {id},
+         kind      TEXT NOT NULL,
+         body      {bytes} NOT NULL,
+         precision TEXT NOT NULL,
+         received  {int} NOT NULL,
+         replica   TEXT NOT NULL
+     );
+     ALTER TABLE inbox ADD COLUMN writer TEXT;
+     ALTER TABLE inbox ADD COLUMN sites TEXT;",
 ];
 
 /// A shared migration in `dialect`: `{id}` an auto-increment key, `{name}`

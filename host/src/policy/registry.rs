@@ -14,12 +14,10 @@
 //! (reported as a failure) until the mapping stops naming it.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 
 use super::PolicyRuntime;
 use super::set::{Failure, MAPPING_FILE, PolicySet, SetError, assignments};
@@ -165,40 +163,16 @@ impl Registry {
     /// Watches the folder and reloads on changes, on a thread of its own,
     /// for as long as the registry lives.
     pub fn watch(self: &Arc<Self>) -> notify::Result<()> {
-        let (events, changes) = channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event
-                    && event.paths.iter().any(|p| relevant(p))
-                {
-                    let _ = events.send(());
-                }
-            })?;
-        watcher.watch(&self.folder, RecursiveMode::NonRecursive)?;
-        let registry = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("policy-watch".into())
-            .spawn(move || {
-                let _watcher = watcher;
-                while changes.recv().is_ok() {
-                    // Debounce: wait until the folder has been quiet.
-                    loop {
-                        match changes.recv_timeout(DEBOUNCE) {
-                            Ok(()) => continue,
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                    }
-                    match registry.upgrade() {
-                        Some(registry) => {
-                            registry.reload();
-                        }
-                        None => return,
-                    }
-                }
-            })
-            .map_err(|e| notify::Error::generic(&e.to_string()))?;
-        Ok(())
+        crate::watch::debounced(
+            "policy-watch",
+            std::slice::from_ref(&self.folder),
+            DEBOUNCE,
+            relevant,
+            Arc::downgrade(self),
+            |registry: &Registry| {
+                registry.reload();
+            },
+        )
     }
 }
 

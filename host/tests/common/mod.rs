@@ -500,3 +500,32 @@ pub fn await_until(what: &str, mut condition: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Writes an htpasswd file `name` in `dir` with bcrypt hashes (cost 4,
+/// quick to verify in tests) of `users`: (user, password, `# sites:` list
+/// or `None` for every site). Written beside and renamed, as an operator's
+/// editor would.
+pub fn htpasswd(dir: &Path, name: &str, users: &[(&str, &str, Option<&str>)]) -> PathBuf {
+    let mut text = String::from("# write credentials of the tests\n");
+    for (user, password, sites) in users {
+        if let Some(sites) = sites {
+            text.push_str(&format!("# sites: {sites}\n"));
+        }
+        let hash = bcrypt::hash(password, 4).expect("bcrypt");
+        text.push_str(&format!("{user}:{hash}\n"));
+    }
+    let path = dir.join(name);
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, text).expect("write the htpasswd file");
+    std::fs::rename(&temporary, &path).expect("rename the htpasswd file");
+    path
+}
+
+/// `Authorization: Basic` for `user` and `password`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
