@@ -246,9 +246,10 @@ impl Writers {
             Credential::Password { user, .. } => {
                 // An unknown user is verified against a stand-in hash: it
                 // takes as long as a known user's wrong password.
+                // (Made once, slowly: not here, on an async thread.)
                 let (hash, writer) = match table.users.get(user) {
                     Some((hash, writer)) => (hash.as_str(), Some(writer)),
-                    None => (stand_in(), None),
+                    None => (STAND_IN.get()?.as_str(), None),
                 };
                 let verified = lock(&self.remembered)
                     .verified
@@ -444,11 +445,14 @@ impl Writers {
 
 /// A bcrypt hash no password is checked against but to take the time a
 /// real one takes (for users not in the file).
+static STAND_IN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// [`STAND_IN`], made on first use (a bcrypt hash: slow, off the async
+/// threads).
 fn stand_in() -> &'static str {
-    static HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    STAND_IN.get_or_init(|| {
         bcrypt::hash("not a password of anyone", bcrypt::DEFAULT_COST).unwrap_or_default()
-    });
-    &HASH
+    })
 }
 
 /// The writer of open writes.
