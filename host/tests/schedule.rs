@@ -325,9 +325,20 @@ fn an_uploaded_entry_joins_the_schedule_and_quotes_by_time() {
         &service,
         Some("k"),
         r#"{"site": "default", "frm": 1}"#,
+        module.clone(),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = upload(
+        &service,
+        Some("k"),
+        r#"{"site": "default", "from": "2031-01-01T00:00:00Z", "memory_mb": 5000}"#,
         module,
     );
     assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("memory_mb = 5000 is not between 1 and 4096"),
+        "{body}"
+    );
     assert_eq!(schedule(&service).len(), 2, "nothing more added");
 }
 

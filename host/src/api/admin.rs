@@ -13,7 +13,7 @@ use axum::extract::{FromRequest, Multipart};
 
 use crate::billing::engine::{Body, WriteResult};
 use crate::billing::prices::{Prices, Wanted};
-use crate::policy::mapping::{LimitOverrides, MAX_MEMORY_MB, MAX_TIMEOUT_MS};
+use crate::policy::mapping::LimitOverrides;
 use crate::policy::set::Failure;
 use crate::schedule::{Entry, Kind, show_time};
 use sha2::{Digest, Sha256};
@@ -375,16 +375,12 @@ fn vet_upload(
                 .ok_or_else(|| bad(format!("from = {text:?} is not an RFC 3339 date-time")))
         })
         .transpose()?;
-    for (what, value, max) in [
-        ("memory_mb", upload.memory_mb, MAX_MEMORY_MB),
-        ("timeout_ms", upload.timeout_ms, MAX_TIMEOUT_MS),
-    ] {
-        if let Some(value) = value
-            && (value == 0 || value > max)
-        {
-            return Err(bad(format!("{what} = {value} is not between 1 and {max}")));
-        }
+    let overrides = LimitOverrides {
+        memory_mb: upload.memory_mb,
+        timeout_ms: upload.timeout_ms,
     }
+    .check()
+    .map_err(bad)?;
     let config = match upload.config {
         None => String::new(),
         Some(object) => {
@@ -408,10 +404,6 @@ fn vet_upload(
         })?;
         keys.verify(&module, &signature).map_err(unusable)?;
     }
-    let overrides = LimitOverrides {
-        memory_mb: upload.memory_mb,
-        timeout_ms: upload.timeout_ms,
-    };
     let loaded = runtime
         .load_bytes_with(&module, &config, runtime.limits().with(overrides))
         .map_err(|e| unusable(format!("the module is not usable: {e}")))?;

@@ -75,6 +75,24 @@ pub struct LimitOverrides {
     pub timeout_ms: Option<u64>,
 }
 
+impl LimitOverrides {
+    /// The limits, or which one is out of its bounds (1 to
+    /// [`MAX_MEMORY_MB`], 1 to [`MAX_TIMEOUT_MS`]).
+    pub fn check(self) -> Result<Self, String> {
+        for (what, value, max) in [
+            ("memory_mb", self.memory_mb, MAX_MEMORY_MB),
+            ("timeout_ms", self.timeout_ms, MAX_TIMEOUT_MS),
+        ] {
+            if let Some(value) = value
+                && (value == 0 || value > max)
+            {
+                return Err(format!("{what} = {value} is not between 1 and {max}"));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// The largest memory cap a mapping may set, in MiB (4 GiB: all a 32-bit
 /// Wasm memory can address).
 pub const MAX_MEMORY_MB: u64 = 4096;
@@ -191,19 +209,12 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
                 (None, Some(file)) => ConfigSource::File(file),
                 (None, None) => ConfigSource::Defaults,
             };
-            match (entry.memory_mb, entry.timeout_ms) {
-                (Some(mb), _) if mb == 0 || mb > MAX_MEMORY_MB => {
-                    return Err(format!(
-                        "site {site}: memory_mb = {mb} is not between 1 and {MAX_MEMORY_MB}"
-                    ));
-                }
-                (_, Some(ms)) if ms == 0 || ms > MAX_TIMEOUT_MS => {
-                    return Err(format!(
-                        "site {site}: timeout_ms = {ms} is not between 1 and {MAX_TIMEOUT_MS}"
-                    ));
-                }
-                _ => {}
+            let limits = LimitOverrides {
+                memory_mb: entry.memory_mb,
+                timeout_ms: entry.timeout_ms,
             }
+            .check()
+            .map_err(|why| format!("site {site}: {why}"))?;
             let sha256 = entry
                 .sha256
                 .map(|pin| {
@@ -223,10 +234,7 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
                 sha256,
                 module: entry.module,
                 config,
-                limits: LimitOverrides {
-                    memory_mb: entry.memory_mb,
-                    timeout_ms: entry.timeout_ms,
-                },
+                limits,
             })
         })
         .collect()
