@@ -496,13 +496,6 @@ struct ScheduleRequest {
 /// threads (`None` for a writer of every site, or a schedule request): a
 /// follower answers as the leader would, and counts what it refused.
 async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
-    let count = |items: &mut dyn Iterator<Item = (usize, crate::ingest::Item<'_>)>| {
-        let mut lines = 0;
-        for _ in items {
-            lines += 1;
-        }
-        lines
-    };
     match inbound {
         Body::Lines {
             text,
@@ -513,16 +506,8 @@ async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
             let (text, precision, received, scope) =
                 (text.clone(), *precision, *received, scope.clone());
             tokio::task::spawn_blocking(move || {
-                let mut items = Scoped::new(
-                    crate::ingest::lines(&text, precision, received),
-                    Some(&scope),
-                );
-                let lines = count(&mut items);
-                FeedReport {
-                    lines,
-                    out_of_scope: items.take_refused(),
-                    ..FeedReport::default()
-                }
+                let items = crate::ingest::lines(&text, precision, received);
+                Scoped::new(items, Some(&scope)).refusals()
             })
             .await
             .map(Some)
@@ -534,13 +519,8 @@ async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
             scope: Some(scope),
             ..
         } => {
-            let mut items = Scoped::new(remote_write::samples(request, labels), Some(scope));
-            let lines = count(&mut items);
-            Ok(Some(FeedReport {
-                lines,
-                out_of_scope: items.take_refused(),
-                ..FeedReport::default()
-            }))
+            let items = remote_write::samples(request, labels);
+            Ok(Some(Scoped::new(items, Some(scope)).refusals()))
         }
         _ => Ok(None),
     }

@@ -183,23 +183,19 @@ impl Writers {
         tokens_file: Option<PathBuf>,
     ) -> Result<Writers, CredentialsError> {
         let table = read(users_file.as_deref(), tokens_file.as_deref())?;
-        Ok(Writers {
-            users_file,
-            tokens_file,
-            table: ArcSwap::from_pointee(table),
-            remembered: Mutex::default(),
-            error: Mutex::default(),
-            denied: Mutex::default(),
-            refused: Mutex::default(),
-        })
+        Ok(Writers::with(users_file, tokens_file, table))
     }
 
     /// Open writes: no credential files.
     pub fn open_to_all() -> Writers {
+        Writers::with(None, None, Table::default())
+    }
+
+    fn with(users_file: Option<PathBuf>, tokens_file: Option<PathBuf>, table: Table) -> Writers {
         Writers {
-            users_file: None,
-            tokens_file: None,
-            table: ArcSwap::from_pointee(Table::default()),
+            users_file,
+            tokens_file,
+            table: ArcSwap::from_pointee(table),
             remembered: Mutex::default(),
             error: Mutex::default(),
             denied: Mutex::default(),

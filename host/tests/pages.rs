@@ -13,19 +13,11 @@ use std::process::Command;
 use common::{Service, policy_dir};
 
 fn chromium() -> PathBuf {
-    let candidates = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(PathBuf::from));
-    for candidate in candidates {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!(
-        "headless Chromium is needed for the page tests and was not found: \
-         install Debian's `chromium` package (apt-get install chromium) or set CHROMIUM"
-    );
+    common::program(
+        "CHROMIUM",
+        &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+        "chromium",
+    )
 }
 
 /// The DOM of `url` after its scripts ran, as headless Chromium sees it.

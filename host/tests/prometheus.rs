@@ -29,19 +29,7 @@ const PROJECTS: usize = 4;
 const SITE: &str = "8676";
 
 fn prometheus_binary() -> PathBuf {
-    let candidates = std::env::var_os("PROMETHEUS")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin/prometheus")]);
-    for candidate in candidates {
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "prometheus is needed for this test and was not found: install Debian's `prometheus` \
-         package (make test does, see scripts/test-programs.sh) or set PROMETHEUS"
-    );
+    common::program("PROMETHEUS", &["/usr/bin/prometheus"], "prometheus")
 }
 
 /// The exporter: every project's vCPU- and RAM-hours, growing by a

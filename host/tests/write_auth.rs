@@ -25,19 +25,7 @@ use rust_decimal::Decimal;
 const TOKEN: &str = "prometheus-token-7f3a9c1e55d04b2b";
 
 fn influxd() -> PathBuf {
-    let candidates = std::env::var_os("INFLUXD")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin/influxd")]);
-    for candidate in candidates {
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "influxd is needed for this test and was not found: install Debian's `influxdb` \
-         package (make test does, see scripts/test-programs.sh) or set INFLUXD"
-    );
+    common::program("INFLUXD", &["/usr/bin/influxd"], "influxdb")
 }
 
 /// `text` as a form value: every byte but letters and digits escaped.

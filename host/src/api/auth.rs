@@ -15,6 +15,13 @@ use crate::billing::intake::FeedReport;
 use crate::billing::scope::SITE_NOT_ALLOWED;
 use crate::writers::{Credential, Denied, Writer};
 
+/// InfluxDB's credential parameters, read by both write endpoints.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CredentialQuery {
+    u: Option<String>,
+    p: Option<String>,
+}
+
 /// The challenge sent with a 401.
 const REALM: &str = "Basic realm=\"os-credits\"";
 
@@ -63,11 +70,10 @@ pub(crate) async fn writer(
     app: &AppState,
     endpoint: &'static str,
     headers: &HeaderMap,
-    u: Option<&str>,
-    p: Option<&str>,
+    query: &CredentialQuery,
 ) -> Result<Arc<Writer>, Response> {
     let writers = app.writers.clone();
-    let outcome = match credential(headers, u, p) {
+    let outcome = match credential(headers, query.u.as_deref(), query.p.as_deref()) {
         Err(()) => Err(Denied::Wrong),
         Ok(given) => match writers.known(given.as_ref()) {
             Some(known) => known,

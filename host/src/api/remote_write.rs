@@ -73,28 +73,13 @@ fn unsupported(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-/// The query of a remote write: `u` and `p` may carry a credential.
-#[derive(Debug, serde::Deserialize)]
-pub struct RemoteWriteQuery {
-    u: Option<String>,
-    p: Option<String>,
-}
-
 pub async fn remote_write(
     State(app): State<AppState>,
-    Query(query): Query<RemoteWriteQuery>,
+    Query(query): Query<auth::CredentialQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let writer = match auth::writer(
-        &app,
-        "/api/v1/write",
-        &headers,
-        query.u.as_deref(),
-        query.p.as_deref(),
-    )
-    .await
-    {
+    let writer = match auth::writer(&app, "/api/v1/write", &headers, &query).await {
         Ok(writer) => writer,
         Err(refused) => return refused,
     };

@@ -23,8 +23,8 @@ use crate::ingest::Precision;
 pub struct WriteQuery {
     #[serde(default)]
     precision: String,
-    u: Option<String>,
-    p: Option<String>,
+    #[serde(flatten)]
+    credential: auth::CredentialQuery,
 }
 
 pub async fn write(
@@ -33,15 +33,7 @@ pub async fn write(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let writer = match auth::writer(
-        &app,
-        "/write",
-        &headers,
-        query.u.as_deref(),
-        query.p.as_deref(),
-    )
-    .await
-    {
+    let writer = match auth::writer(&app, "/write", &headers, &query.credential).await {
         Ok(writer) => writer,
         Err(refused) => return refused,
     };

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::book::{Book, Outcome};
 use super::intake::{FeedReport, Intake};
 use super::prices::Prices;
-use super::scope::{Scope, Scoped};
+use super::scope::Scope;
 use crate::ingest::remote_write::{self, Labels};
 use crate::ingest::{Precision, Sample};
 use crate::ledger::{Batch, ChargeRecord, EngineStore, Floor, LedgerError, PolicyStamp};
@@ -427,10 +427,8 @@ impl Worker {
                     scope,
                 } => {
                     let items = crate::ingest::lines(text, *precision, *received);
-                    let mut items = Scoped::new(items, scope.as_deref());
-                    let mut report = self.intake.feed(policies, &mut items, |_| {}, record);
-                    report.out_of_scope = items.take_refused();
-                    report
+                    self.intake
+                        .feed_scoped(policies, items, scope.as_deref(), record)
                 }
                 Body::RemoteWrite {
                     request,
@@ -439,10 +437,8 @@ impl Worker {
                     ..
                 } => {
                     let items = remote_write::samples(request, labels);
-                    let mut items = Scoped::new(items, scope.as_deref());
-                    let mut report = self.intake.feed(policies, &mut items, |_| {}, record);
-                    report.out_of_scope = items.take_refused();
-                    report
+                    self.intake
+                        .feed_scoped(policies, items, scope.as_deref(), record)
                 }
                 Body::Schedule { .. } => continue,
             };

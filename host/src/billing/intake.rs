@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::book::{Book, Outcome, TOO_MANY_KEYS, UNKNOWN_METRIC};
 use super::pricer::Pricer;
+use super::scope::{Scope, Scoped};
 use crate::ingest::{Decoded, Item, Sample};
 
 /// Samples handed to [`Book::apply`] at a time: bounds the memory a body
@@ -59,7 +60,8 @@ pub struct FeedReport {
     /// are billed with the key's next point.
     pub policy_errors: Vec<LineIssue>,
     /// Points of sites the writer may not bill, per site (also counted in
-    /// `ignored` as [`super::scope::SITE_NOT_ALLOWED`]).
+    /// `ignored` as [`super::scope::SITE_NOT_ALLOWED`], which is all that
+    /// [`Intake::seen`] keeps of them).
     pub out_of_scope: BTreeMap<String, usize>,
 }
 
@@ -89,9 +91,6 @@ impl FeedReport {
         let room = LISTED_ISSUES.saturating_sub(self.policy_errors.len());
         self.policy_errors
             .extend(other.policy_errors.iter().take(room).cloned());
-        for (site, n) in &other.out_of_scope {
-            *self.out_of_scope.entry(site.clone()).or_default() += n;
-        }
     }
 
     /// Points refused as out of the writer's scope, in all.
@@ -245,6 +244,22 @@ impl Intake {
         self.apply(&mut chunk, pricer, &mut report, &mut record);
         progress(items.offset());
         self.seen.add(&report);
+        report
+    }
+
+    /// [`Intake::feed`] for a writer limited to `scope`: points of other
+    /// sites bill nothing and are counted per site in the report's
+    /// `out_of_scope`.
+    pub fn feed_scoped<'b>(
+        &mut self,
+        pricer: &impl Pricer,
+        items: impl Decoded<'b>,
+        scope: Option<&Scope>,
+        record: impl FnMut(&Sample<'b>, &Outcome, &Book),
+    ) -> FeedReport {
+        let mut items = Scoped::new(items, scope);
+        let mut report = self.feed(pricer, &mut items, |_| {}, record);
+        report.out_of_scope = items.take_refused();
         report
     }
 

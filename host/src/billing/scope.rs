@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::intake::FeedReport;
 use crate::ingest::{Decoded, Item};
 
 /// Reason counted for points of a site the writer may not bill.
@@ -61,6 +62,21 @@ impl<'s, I> Scoped<'s, I> {
             inner,
             scope,
             refused: BTreeMap::new(),
+        }
+    }
+
+    /// Reads every item and reports how many there were and which were
+    /// refused (nothing billed): a follower's check before it stores a
+    /// body.
+    pub fn refusals<'a>(mut self) -> FeedReport
+    where
+        I: Iterator<Item = (usize, Item<'a>)>,
+    {
+        let lines = self.by_ref().count();
+        FeedReport {
+            lines,
+            out_of_scope: self.take_refused(),
+            ..FeedReport::default()
         }
     }
 
@@ -136,6 +152,22 @@ mod tests {
         // unusable (no field) at a refused site: refused, not reported as broken
         assert!(matches!(items[3].1, Item::Ignored(SITE_NOT_ALLOWED)));
         assert_eq!(scoped.refused(), &BTreeMap::from([("8677".to_owned(), 2)]));
+    }
+
+    #[test]
+    fn refusals_count_every_line_and_the_refused_per_site() {
+        let scope = Scope::from_text("exporter", "8677");
+        let report = Scoped::new(
+            lines(BODY.as_bytes(), Precision::Nanoseconds, 0),
+            Some(&scope),
+        )
+        .refusals();
+        assert_eq!(report.lines, 4);
+        assert_eq!(
+            report.out_of_scope,
+            BTreeMap::from([("8676".to_owned(), 1)])
+        );
+        assert!(!report.nothing_allowed());
     }
 
     #[test]

@@ -501,6 +501,26 @@ pub fn await_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// A program a test runs (a Debian package's): the file `variable` names,
+/// else the first of `paths` that exists; panics naming the package to
+/// install and the variable otherwise.
+pub fn program(variable: &str, paths: &[&str], package: &str) -> PathBuf {
+    let candidates = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(paths.iter().map(PathBuf::from));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{} is needed for this test and was not found: install Debian's `{package}` \
+         package (make test does, see scripts/test-programs.sh) or set {variable}",
+        paths.first().copied().unwrap_or(package)
+    );
+}
+
 /// Writes an htpasswd file `name` in `dir` with bcrypt hashes (cost 4,
 /// quick to verify in tests) of `users`: (user, password, `# sites:` list
 /// or `None` for every site). Written beside and renamed, as an operator's
