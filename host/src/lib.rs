@@ -37,6 +37,7 @@ pub mod credits;
 pub mod ingest;
 pub mod ledger;
 pub mod notify;
+pub mod period;
 pub mod perun;
 pub mod policy;
 pub mod replica;

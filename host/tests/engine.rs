@@ -99,6 +99,8 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         workers: 2,
         remote_write: Default::default(),
         writers: Arc::new(os_credits::writers::Writers::open_to_all()),
+        corrections: store.clone(),
+        applying: Default::default(),
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -19,6 +19,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("schedule", &[]),
     // Re-reading changed files: a leaf.
     ("watch", &[]),
+    // Shares of usage by time, UTC days: a leaf.
+    ("period", &[]),
     // The Wasm host: knows nothing of billing; builds the live schedule
     // from its entries; re-reads its folder when it changes.
     ("policy", &["schedule", "watch"]),
@@ -27,12 +29,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "billing",
         &[
-            "ingest", "policy", "ledger", "credits", "account", "schedule",
+            "ingest", "policy", "ledger", "credits", "account", "schedule", "period",
         ],
     ),
     // The ledger stores the shared accounts and schedule entries and names
     // nothing above it.
-    ("ledger", &["account", "schedule"]),
+    ("ledger", &["account", "schedule", "period"]),
     // Between api and billing: hands writes to the engine (leader) or the
     // ledger's inbox (follower); never reaches past the ledger.
     ("replica", &["billing", "ingest", "ledger"]),

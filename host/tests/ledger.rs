@@ -13,8 +13,9 @@ use os_credits::account::{Account, Key, State};
 use os_credits::ledger::replication::Replication;
 use os_credits::ledger::sql::Keepalive;
 use os_credits::ledger::{
-    Adjustment, AdjustmentKind, Batch, ChargeRecord, Durability, EngineStore, Floor, LedgerError,
-    Notifications, Outbox, PerunRecord, PolicyStamp, Reads, Schedules, Store, ValueSource,
+    Adjustment, AdjustmentKind, Batch, Booking, ChargeRecord, CorrectionLine, CorrectionRecord,
+    CorrectionScope, Corrections, Durability, EngineStore, Floor, LedgerError, Notifications,
+    Outbox, PerunRecord, PolicyStamp, Reads, Schedules, Store, ValueSource,
 };
 use os_credits::schedule::{BEGINNING, Entry, Kind};
 use rust_decimal::Decimal;
@@ -170,6 +171,8 @@ fn a_rebase_reverses_old_steps_rewrites_the_history_and_persists_the_floor() {
             ..Batch::default()
         };
         ledger.commit(&batch).unwrap();
+        // Two of the three in the statements' daily totals already.
+        assert_eq!(ledger.roll_up(2).unwrap(), 2);
         let floors = [Floor {
             location_id: "8676".into(),
             metric: "project_vcpu_usage".into(),
@@ -204,6 +207,14 @@ fn a_rebase_reverses_old_steps_rewrites_the_history_and_persists_the_floor() {
             vec![true, false, false]
         );
         assert!(ledger.accounts().unwrap()[0].1.awaiting_baseline);
+        // The daily totals lost the reversed step too.
+        let two_days = 2 * os_credits::period::DAY;
+        let credits = |ledger: &Store| -> Decimal {
+            statement_of(ledger, 0, two_days).iter().map(|l| l.2).sum()
+        };
+        assert_eq!(credits(ledger), Decimal::from(7));
+        assert_eq!(ledger.roll_up(10).unwrap(), 1);
+        assert_eq!(credits(ledger), Decimal::from(7));
         // Nothing left to reverse: applying the same floor again changes nothing.
         assert_eq!(
             ledger.reversible("a", &floors).unwrap(),
@@ -432,6 +443,140 @@ fn the_schedule_keeps_its_entries_in_order_and_modules_by_content() {
         };
         assert!(ledger.commit(&again).is_err());
         assert_eq!(ledger.schedule().unwrap(), entries);
+    });
+}
+
+/// The statement of `[from, to)` as lines (project, version, credits, quantity).
+fn statement_of(
+    ledger: &Store,
+    from: i64,
+    to: i64,
+) -> Vec<(String, String, Decimal, Option<Decimal>)> {
+    let basis = ledger.statement_basis(from, to, None).unwrap();
+    os_credits::billing::correction::statement(&basis, (from, to))
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            (
+                l.project,
+                l.correction_id.unwrap_or_default(),
+                l.credits,
+                l.quantity,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn statements_read_the_days_rolled_up_as_the_charges_and_corrections_are_booked_once() {
+    const DAY: i64 = os_credits::period::DAY;
+    on_both(|ledger| {
+        // Hourly steps over three days, 1 unit and 2 credits an hour, and
+        // one step spanning midnight.
+        let step = |hour: i64| ChargeRecord {
+            previous: (hour * 3_600_000_000_000, hour.to_string()),
+            current: ((hour + 1) * 3_600_000_000_000, (hour + 1).to_string()),
+            ..charge("a", "2", &(2 * (hour + 1)).to_string())
+        };
+        let charges: Vec<ChargeRecord> = (0..72).map(step).collect();
+        ledger
+            .commit(&Batch {
+                charges,
+                ..Batch::default()
+            })
+            .unwrap();
+        // Not rolled up, half rolled up, all rolled up: the same statements.
+        let periods = [(0, 3 * DAY), (DAY / 2, 2 * DAY + 1), (DAY, 2 * DAY)];
+        let before: Vec<_> = periods
+            .iter()
+            .map(|p| statement_of(ledger, p.0, p.1))
+            .collect();
+        assert_eq!(
+            before[0],
+            vec![("a".into(), String::new(), d("144"), Some(d("72")))]
+        );
+        assert_eq!(before[2][0].2, d("48"));
+        assert_eq!(ledger.roll_up(30).unwrap(), 30);
+        let half: Vec<_> = periods
+            .iter()
+            .map(|p| statement_of(ledger, p.0, p.1))
+            .collect();
+        assert_eq!(half, before);
+        assert_eq!(ledger.roll_up(1000).unwrap(), 42);
+        assert_eq!(ledger.roll_up(1000).unwrap(), 0);
+        let all: Vec<_> = periods
+            .iter()
+            .map(|p| statement_of(ledger, p.0, p.1))
+            .collect();
+        assert_eq!(all, before);
+
+        // A correction of the second day: +1 credit an hour, booked once.
+        let scope = CorrectionScope {
+            from: DAY,
+            to: 2 * DAY,
+            site: None,
+            projects: None,
+        };
+        let basis = ledger.correction_basis(&scope).unwrap();
+        assert_eq!(basis.charges.len(), 24);
+        let lines: Vec<CorrectionLine> = basis
+            .charges
+            .iter()
+            .map(|c| CorrectionLine {
+                correction: "c1".into(),
+                charge: c.id,
+                key: c.charge.key.clone(),
+                start: c.charge.previous.0,
+                end: c.charge.current.0,
+                before: d("2"),
+                after: d("3"),
+                difference: d("1"),
+            })
+            .collect();
+        let record = CorrectionRecord {
+            id: "c1".into(),
+            reason: "new price".into(),
+            scope,
+            policy: charge("a", "0", "0").policy,
+            config: String::new(),
+            total: d("24"),
+            answer: "{\"applied\": true}".into(),
+            booked_at: 5,
+        };
+        assert_eq!(
+            ledger.book_correction(&record, &lines, 1).unwrap(),
+            Booking::Stale
+        );
+        assert_eq!(
+            ledger.book_correction(&record, &lines, basis.head).unwrap(),
+            Booking::Booked
+        );
+        assert_eq!(
+            ledger.book_correction(&record, &lines, basis.head).unwrap(),
+            Booking::Already("{\"applied\": true}".into())
+        );
+        assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("168"));
+        assert_eq!(ledger.corrections().unwrap(), vec![record]);
+        let again = ledger
+            .correction_basis(&CorrectionScope {
+                from: DAY,
+                to: 2 * DAY,
+                site: None,
+                projects: None,
+            })
+            .unwrap();
+        assert_eq!(again.earlier.len(), 24);
+        // The correction's lines fall in the day they re-priced.
+        let day = statement_of(ledger, DAY, 2 * DAY);
+        assert_eq!(day.len(), 2);
+        assert_eq!(day[1], ("a".into(), "c1".into(), d("24"), None));
+        let whole: Decimal = statement_of(ledger, 0, 3 * DAY).iter().map(|l| l.2).sum();
+        assert_eq!(whole, d("168"));
+        assert!(statement_of(ledger, 0, DAY).iter().all(|l| l.1.is_empty()));
+        let adjustments = ledger.adjustments().unwrap();
+        assert_eq!(adjustments.len(), 1);
+        assert_eq!(adjustments[0].adjustment.kind, AdjustmentKind::Correction);
+        assert_eq!(adjustments[0].correction.as_deref(), Some("c1"));
     });
 }
 

@@ -178,6 +178,70 @@ fn the_overwrite_replaces_every_recipient_and_a_down_smtp_server_gets_the_mail_l
     assert_eq!(mails[0].header("Cc"), None);
 }
 
+/// Books a correction of all the project's usage at `cpu_price` per
+/// vCPU-hour, with the schedule's module (named by its SHA-256).
+fn correct_cpu_price(service: &Service, cpu_price: &str) {
+    let sha256 = service.get_json("/api/policies")["schedule"][0]["sha256"].clone();
+    let response = http()
+        .post(service.at("/api/corrections"))
+        .header("X-API-KEY", "k")
+        .json(&json!({
+            "reason": format!("vCPU-hour at {cpu_price}"),
+            "from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z",
+            "sha256": sha256, "config": {"cpu_price": cpu_price},
+            "dry_run": false,
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{:?}", response.text());
+}
+
+#[test]
+fn corrections_reach_perun_and_the_thresholds_a_drop_below_re_arms_a_mail() {
+    let perun = FakePerun::start();
+    group(&perun);
+    let sink = SmtpSink::start();
+    let (service, _data) = start(&perun, sink.port, &[("API_KEY", "k")]);
+    use_up_to(&service, 0, 0);
+    use_up_to(&service, 90, 1);
+    let published = |value: &str| {
+        let value: rust_decimal::Decimal = value.parse().unwrap();
+        await_until("Perun to hold the corrected credits", || {
+            perun
+                .published()
+                .get(PROJECT)
+                .is_some_and(|v| v.parse::<rust_decimal::Decimal>().ok() == Some(value))
+        });
+    };
+    published("90");
+    settle(&service);
+    assert!(sink.mails().is_empty(), "45 % used: no mail");
+    // Corrected to twice the price: 90 % used, the 50 % mail, once.
+    correct_cpu_price(&service, "2");
+    published("180");
+    await_until("the 50 % mail", || !sink.mails().is_empty());
+    settle(&service);
+    assert_eq!(sink.mails().len(), 1);
+    let first = sink.mails()[0].header("Message-ID").unwrap();
+    // Corrected back: 45 %, re-armed; crossing again mails again, as
+    // another event (another Message-ID).
+    correct_cpu_price(&service, "1");
+    published("90");
+    await_until("the re-arm", || service.log().contains("re-armed"));
+    settle(&service);
+    assert_eq!(sink.mails().len(), 1, "falling below mails nothing");
+    use_up_to(&service, 110, 2);
+    await_until("the second 50 % mail", || sink.mails().len() == 2);
+    settle(&service);
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 2);
+    assert_eq!(
+        subjects(&mails),
+        vec![format!("50% of the credits of project {PROJECT} used"); 2]
+    );
+    assert_ne!(mails[1].header("Message-ID").unwrap(), first);
+}
+
 #[test]
 fn bad_mail_settings_stop_the_start_with_a_clear_error() {
     let data = tempfile::tempdir().unwrap();

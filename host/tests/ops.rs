@@ -110,6 +110,7 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
         ("/logconfig", r#"{"filter":"os_credits=info"}"#, true),
         ("/api/policies/reload", "", true),
         ("/api/policies", "{}", false),
+        ("/api/corrections", "{}", false),
     ];
     for (path, body, succeeds) in admin {
         let send = |key: Option<&str>| {
@@ -140,6 +141,24 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
             assert_eq!(with_key, StatusCode::BAD_REQUEST, "{path} with the key");
         }
     }
+    // The admin reads: every correction, every project's statement.
+    let reads = ["/api/corrections", "/api/statements"];
+    for path in reads {
+        let send = |key: Option<&str>| {
+            let mut request = http().get(service.at(path));
+            if let Some(key) = key {
+                request = request.header("X-API-KEY", key);
+            }
+            request.send().unwrap().status()
+        };
+        assert_eq!(send(None), StatusCode::UNAUTHORIZED, "{path} without a key");
+        assert_eq!(
+            send(Some("wrong")),
+            StatusCode::FORBIDDEN,
+            "{path} wrong key"
+        );
+        assert_eq!(send(Some("s3cret")), StatusCode::OK, "{path} with the key");
+    }
     // The documented admin operations are exactly these.
     let doc = service.get_json("/api/openapi.json");
     let (mut secured, mut writes): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
@@ -159,8 +178,11 @@ fn every_admin_endpoint_refuses_a_missing_or_wrong_key() {
         }
     }
     secured.sort();
+    secured.dedup();
     let mut expected: Vec<String> = admin.iter().map(|(p, _, _)| (*p).to_owned()).collect();
+    expected.extend(reads.iter().map(|p| (*p).to_owned()));
     expected.sort();
+    expected.dedup();
     assert_eq!(secured, expected);
     // The write endpoints document their (optional) credentials.
     assert_eq!(writes, ["/api/v1/write", "/write"]);

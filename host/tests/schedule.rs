@@ -9,101 +9,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{Service, await_until, policy_dir, repo_file};
+use common::sample::{
+    credits, expected, post, project_of, projects, rfc3339, sample, timestamp_of,
+};
+use common::{Service, await_until, policy_dir};
 use rust_decimal::Decimal;
-
-const SAMPLE: &str = "examples/stack-sample.lp";
-
-fn sample() -> String {
-    std::fs::read_to_string(repo_file(SAMPLE)).expect("the sample")
-}
-
-/// The project of a sample line (its `project_name` tag, escaped).
-fn project_of(line: &str) -> &str {
-    line.split(",project_name=")
-        .nth(1)
-        .map(|rest| {
-            let mut end = rest.len();
-            let bytes = rest.as_bytes();
-            for (i, &b) in bytes.iter().enumerate() {
-                if (b == b',' || b == b' ') && (i == 0 || bytes[i - 1] != b'\\') {
-                    end = i;
-                    break;
-                }
-            }
-            &rest[..end]
-        })
-        .unwrap_or_default()
-}
-
-/// The timestamp of a sample line.
-fn timestamp_of(line: &str) -> i64 {
-    line.rsplit(' ')
-        .next()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_default()
-}
-
-/// Exact credits per project, from the service.
-fn credits(service: &Service, projects: &[String]) -> BTreeMap<String, Decimal> {
-    projects
-        .iter()
-        .map(|project| {
-            let name = project.replace("\\ ", " ");
-            let mut url = reqwest::Url::parse(&service.at("/api/current_credits/")).unwrap();
-            url.path_segments_mut().unwrap().pop().push(&name);
-            let answer = common::get_json(url.as_str());
-            let exact = answer["current_credits_exact"]
-                .as_str()
-                .map(|t| t.parse().unwrap())
-                .unwrap_or_default();
-            (name, exact)
-        })
-        .collect()
-}
-
-/// The independent calculation (scripts/expected-credits.py).
-fn expected(change: Option<(i64, &str, &str)>) -> BTreeMap<String, Decimal> {
-    let mut command = Command::new("python3");
-    command
-        .arg(repo_file("scripts/expected-credits.py"))
-        .arg(repo_file(SAMPLE));
-    if let Some((at, cpu, ram)) = change {
-        command.args(["--change", &at.to_string(), cpu, ram]);
-    }
-    let output = command.output().expect("python3 runs");
-    assert!(output.status.success(), "{output:?}");
-    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    document["projects"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().parse().unwrap()))
-        .collect()
-}
-
-fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-fn post(service: &Service, lines: &[&str]) {
-    for chunk in lines.chunks(500) {
-        let (status, body) = service.write(&(chunk.join("\n") + "\n"));
-        assert_eq!(status.as_u16(), 204, "{body}");
-    }
-}
-
-/// Every project of the sample (escaped as in the lines).
-fn projects(lines: &[&str]) -> Vec<String> {
-    let mut projects: Vec<String> = lines
-        .iter()
-        .map(|l| project_of(l).to_owned())
-        .filter(|p| !p.is_empty())
-        .collect();
-    projects.sort();
-    projects.dedup();
-    projects
-}
 
 /// Entries of `/api/policies`' schedule.
 fn schedule(service: &Service) -> Vec<serde_json::Value> {

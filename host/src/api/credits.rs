@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::{AppState, blocking, error, number};
 use crate::credits::round;
-use crate::ledger::{HistoryRow, ProjectRecord};
+use crate::ledger::{HistoryCorrection, HistoryRow, ProjectRecord};
 use crate::policy::set::DEFAULT_SITE;
 
 /// The date format of the history API.
@@ -168,12 +168,15 @@ fn parse_date(name: &str, text: &Option<String>) -> Result<Option<i64>, String> 
 }
 
 /// The history's JSON: lists headed by their names (the Python format).
-/// Raw values, so that credits are written exactly.
+/// Raw values, so that credits are written exactly. `reasons` only when a
+/// correction is shown (its entries name it; a charge's are empty).
 #[derive(serde::Serialize)]
 struct History {
     timestamps: Vec<Box<RawValue>>,
     credits: Vec<Box<RawValue>>,
     metrics: Vec<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<Vec<Box<RawValue>>>,
 }
 
 /// `/api/current_credits`' JSON.
@@ -190,29 +193,67 @@ struct Entry {
     timestamp: i64,
     credits: Decimal,
     metric: String,
+    /// A correction's reason.
+    reason: Option<String>,
 }
+
+/// The metric a correction's entry shows.
+const CORRECTION: &str = "correction";
 
 /// The entries a history shows: one per charge that changed the rounded
 /// credits used (so small steps appear when they add up, as in the Python
-/// service); credits left when granted credits are known, else credits used.
-fn entries(rows: Vec<HistoryRow>, record: &ProjectRecord, precision: u32) -> Vec<Entry> {
+/// service), and one per correction, at the time it was booked, with its
+/// reason; credits left when granted credits are known, else credits used.
+/// A correction counts from its booking on: earlier entries stay as they were.
+fn entries(
+    rows: Vec<HistoryRow>,
+    corrections: Vec<HistoryCorrection>,
+    record: &ProjectRecord,
+    precision: u32,
+) -> Vec<Entry> {
+    let corrected: Decimal = corrections.iter().map(|c| c.amount).sum();
+    let mut base = record.adopted - corrected;
     let mut shown = Vec::new();
-    let mut last = round(record.adopted, precision);
+    let mut last = round(base, precision);
+    let mut charged = Decimal::ZERO;
+    let mut pending = corrections.into_iter().peekable();
+    let show = |used: Decimal| match record.granted {
+        Some(granted) => round(granted - used, precision),
+        None => round(used, precision),
+    };
+    let correct = |correction: HistoryCorrection,
+                   base: &mut Decimal,
+                   last: &mut Decimal,
+                   charged: Decimal,
+                   shown: &mut Vec<Entry>| {
+        *base += correction.amount;
+        *last = round(*base + charged, precision);
+        shown.push(Entry {
+            timestamp: correction.recorded_at,
+            credits: show(*base + charged),
+            metric: CORRECTION.into(),
+            reason: Some(correction.reason),
+        });
+    };
     for row in rows {
-        let used = round(record.adopted + row.charged_after, precision);
+        while let Some(correction) = pending.next_if(|c| c.recorded_at <= row.recorded_at) {
+            correct(correction, &mut base, &mut last, charged, &mut shown);
+        }
+        charged = row.charged_after;
+        let used = round(base + charged, precision);
         if used == last {
             continue;
         }
         last = used;
-        let credits = match record.granted {
-            Some(granted) => round(granted - (record.adopted + row.charged_after), precision),
-            None => used,
-        };
         shown.push(Entry {
             timestamp: row.timestamp,
-            credits,
+            credits: show(base + charged),
             metric: row.metric,
+            reason: None,
         });
+    }
+    for correction in pending {
+        correct(correction, &mut base, &mut last, charged, &mut shown);
     }
     shown
 }
@@ -241,18 +282,22 @@ pub async fn credits_history(
     let ledger = app.ledger.clone();
     let name = project.clone();
     let read = blocking(move || {
-        Ok::<_, crate::ledger::LedgerError>((ledger.project(&name)?, ledger.history(&name)?))
+        Ok::<_, crate::ledger::LedgerError>((
+            ledger.project(&name)?,
+            ledger.history(&name)?,
+            ledger.history_corrections(&name)?,
+        ))
     })
     .await;
-    let (record, rows) = match read {
-        Ok(Ok((Some(record), rows))) => (record, rows),
-        Ok(Ok((None, _))) => {
+    let (record, rows, corrections) = match read {
+        Ok(Ok((Some(record), rows, corrections))) => (record, rows, corrections),
+        Ok(Ok((None, _, _))) => {
             return error(StatusCode::NOT_FOUND, format!("no history for {project}"));
         }
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(response) => return response,
     };
-    let all = entries(rows, &record, app.precision);
+    let all = entries(rows, corrections, &record, app.precision);
     if all.is_empty() {
         return error(StatusCode::NOT_FOUND, format!("no history for {project}"));
     }
@@ -270,7 +315,10 @@ pub async fn credits_history(
     let mut timestamps = vec![text("timestamps")];
     let mut credits = vec![text("credits")];
     let mut metrics = vec![text("metrics")];
+    let any_reason = in_range.iter().any(|e| e.reason.is_some());
+    let mut reasons = vec![text("reasons")];
     for entry in in_range {
+        reasons.push(text(entry.reason.as_deref().unwrap_or_default()));
         let date = DateTime::from_timestamp_nanos(entry.timestamp)
             .format(DATE_FORMAT)
             .to_string();
@@ -283,6 +331,7 @@ pub async fn credits_history(
         timestamps,
         credits,
         metrics,
+        reasons: any_reason.then_some(reasons),
     })
     .into_response()
 }

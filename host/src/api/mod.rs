@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+mod corrections;
 mod credits;
 mod metrics;
 mod ops;
@@ -67,6 +68,10 @@ pub struct AppState {
     pub remote_write: RemoteWriteSettings,
     /// Who may write measurements (open when no credential file is set).
     pub writers: Arc<crate::writers::Writers>,
+    /// Corrections and statements.
+    pub corrections: Arc<dyn crate::ledger::Corrections>,
+    /// Corrections being applied by this process (an overlapping one is refused).
+    pub applying: Arc<corrections::Applying>,
 }
 
 /// How `/api/v1/write` reads Prometheus' samples.
@@ -123,6 +128,9 @@ routes! {
     "post" "/api/costs_per_hour" => post(credits::costs_per_hour),
     "get" "/api/credits_history/{project}" => get(credits::credits_history),
     "get" "/api/current_credits/{project}" => get(credits::current_credits),
+    "post" "/api/corrections" => post(corrections::correct),
+    "get" "/api/corrections" => get(corrections::list),
+    "get" "/api/statements" => get(corrections::statements),
     "get" "/api/openapi.json" => get(pages::openapi),
     "get" "/api/docs" => get(pages::docs),
     "get" "/credits_history/{project}" => get(pages::history),

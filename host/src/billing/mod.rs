@@ -27,12 +27,15 @@
 //!   and `policy run`);
 //! - [`engine`]: the billing thread: queued writes, one ledger transaction
 //!   per group of writes, answers after the commit;
-//! - [`rerate`]: recorded steps priced by another policy (dry run).
+//! - [`rerate`]: recorded steps priced by another policy (dry run);
+//! - [`correction`]: past usage re-priced (corrections) and assigned to
+//!   periods (statements), shared by time.
 //!
 //! Totals stay exact; [`crate::credits::round`] applies the precision only
 //! when a total is shown or written.
 
 pub mod book;
+pub mod correction;
 pub mod engine;
 pub mod intake;
 pub mod pricer;

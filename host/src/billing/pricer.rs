@@ -93,7 +93,7 @@ impl Pricer for Module {
 }
 
 /// A step's usage interpolated at `t`, between its two measurements.
-fn value_at(step: &Step<'_>, t: i64) -> Result<Decimal, CallError> {
+pub(super) fn value_at(step: &Step<'_>, t: i64) -> Result<Decimal, CallError> {
     let unusable =
         |why: &str| CallError::Refused(format!("cannot split the step at a price change: {why}"));
     let v0 = pricing_sdk::parse_decimal(step.previous.1).map_err(|e| unusable(&e.to_string()))?;

@@ -57,6 +57,11 @@ impl Prices {
         self.store.put_module(sha256, bytes)
     }
 
+    /// A module's bytes from the ledger, by SHA-256 (hex).
+    pub fn module_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.store.module(sha256)
+    }
+
     /// The schedule in force, for readers that load it per use.
     pub fn live(&self) -> Arc<ArcSwap<Schedule>> {
         Arc::clone(&self.live)

@@ -3,6 +3,7 @@
 mod ledger;
 mod policy;
 mod serve;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,12 @@ enum Command {
     /// Read the ledger (works while the service runs; never writes).
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Correct past prices through the running service: preview, apply, list.
+    #[command(subcommand)]
+    Correction(service::CorrectionCommand),
+    /// A statement from the running service: per project, site, metric and
+    /// price what was used and charged in a period, with every correction.
+    Statement(Box<service::StatementArgs>),
     /// Ask a running service whether it is alive (`GET /ping`); exit 0 if
     /// it answers `Pong`. The container's HEALTHCHECK.
     Ping {
@@ -370,6 +377,8 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
         }) => ledger::adjustments(project.as_deref(), &ledger, format),
         Command::Ledger(LedgerCommand::Copy { data_dir, to }) => ledger::copy(&data_dir.path, &to),
         Command::Ping { port, timeout } => ping(port, timeout),
+        Command::Correction(command) => service::correction(command),
+        Command::Statement(args) => service::statement(*args),
     }
 }
 

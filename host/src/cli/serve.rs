@@ -296,8 +296,11 @@ async fn run(
             });
         }));
     }
+    roll_up_days(ledger.clone());
     let state = AppState {
         replica: replica.clone(),
+        corrections: ledger.clone(),
+        applying: Default::default(),
         ledger,
         schedule: prices.live(),
         prices: prices.clone(),
@@ -344,6 +347,31 @@ async fn run(
 }
 
 /// The whole policy folder as a schedule request.
+/// Charges rolled up into their days per pass of [`roll_up_days`].
+const ROLL_UP_BATCH: usize = 20_000;
+
+/// Keeps the statements' daily totals up with the charges, on a thread of
+/// its own: a pass every second, at once again while there is more.
+fn roll_up_days(ledger: Arc<dyn Ledger>) {
+    let spawned = std::thread::Builder::new()
+        .name("roll-up".into())
+        .spawn(move || {
+            loop {
+                match ledger.roll_up(ROLL_UP_BATCH) {
+                    Ok(count) if count == ROLL_UP_BATCH => continue,
+                    Ok(_) => std::thread::sleep(Duration::from_secs(1)),
+                    Err(e) => {
+                        tracing::warn!("statements: cannot roll the charges up into days (statements read the charges meanwhile): {e}");
+                        std::thread::sleep(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("statements: no roll-up thread (statements read the charges): {e}");
+    }
+}
+
 fn folder_request(registry: &Registry, origin: &str) -> Body {
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     Body::Schedule {

@@ -23,7 +23,8 @@ enum Kind {
 }
 use Kind::{Bool, Bytes, Int, Numeric, Text};
 
-/// A table: its name, its columns, and whether it has an `id` sequence.
+/// A table: its name, its columns, and whether it has a sequence (on its
+/// first column, `id` or `seq`).
 type Table = (&'static str, &'static [(&'static str, Kind)], bool);
 
 /// The tables, in an order that keeps references valid.
@@ -120,6 +121,7 @@ const TABLES: &[Table] = &[
             ("amount", Numeric),
             ("perun_modified_at", Text),
             ("recorded_at", Int),
+            ("correction", Text),
         ],
         true,
     ),
@@ -130,6 +132,7 @@ const TABLES: &[Table] = &[
             ("threshold", Int),
             ("granted", Numeric),
             ("sent_at", Int),
+            ("rearmed", Int),
         ],
         false,
     ),
@@ -143,6 +146,43 @@ const TABLES: &[Table] = &[
             ("timestamps", Text),
             ("recorded_at", Int),
             ("confirmed_at", Int),
+        ],
+        true,
+    ),
+    (
+        "corrections",
+        &[
+            ("seq", Int),
+            ("id", Text),
+            ("reason", Text),
+            ("from_ns", Int),
+            ("to_ns", Int),
+            ("site", Text),
+            ("projects", Text),
+            ("sha256", Text),
+            ("config", Text),
+            ("policy_name", Text),
+            ("policy_version", Text),
+            ("total", Numeric),
+            ("answer", Text),
+            ("booked_at", Int),
+        ],
+        true,
+    ),
+    (
+        "correction_lines",
+        &[
+            ("id", Int),
+            ("correction", Text),
+            ("charge", Int),
+            ("project", Text),
+            ("location_id", Text),
+            ("metric", Text),
+            ("start_ns", Int),
+            ("end_ns", Int),
+            ("before", Numeric),
+            ("after", Numeric),
+            ("difference", Numeric),
         ],
         true,
     ),
@@ -228,9 +268,10 @@ pub fn sqlite_to_postgres(
                     }
                 }
                 if *sequence {
+                    let id = columns[0].0;
                     to.batch(&format!(
-                        "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
-                             COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+                        "SELECT setval(pg_get_serial_sequence('{table}', '{id}'),
+                             COALESCE((SELECT MAX({id}) FROM {table}), 0) + 1, false)"
                     ))?;
                 }
                 copied.push((*table, count));

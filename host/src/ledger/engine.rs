@@ -262,6 +262,7 @@ impl EngineStore for Store {
                     )?;
                 }
                 db.upsert(QUEUE_HEAD, 2, QUEUE_TAIL, params![project, now])?;
+                super::corrections::roll_up_again(db, project)?;
             }
             Ok(reversed as usize)
         })

@@ -18,6 +18,7 @@
 //! values come from the leaves [`crate::account`] and [`crate::schedule`].
 
 pub mod copy;
+mod corrections;
 mod engine;
 mod notifications;
 mod outbox;
@@ -168,8 +169,11 @@ impl ProjectRecord {
 pub struct Notifiable {
     /// Its figures.
     pub project: ProjectRecord,
-    /// The thresholds (percent) mailed, with the granted credits at the time.
+    /// The thresholds (percent) mailed, with the granted credits at the
+    /// time (0: re-armed since).
     pub mailed: Vec<(u32, Decimal)>,
+    /// Per threshold, how often it was re-armed (names the next mail).
+    pub rearmed: Vec<(u32, u32)>,
 }
 
 /// One entry of a project's credit history: a charge.
@@ -181,6 +185,21 @@ pub struct HistoryRow {
     pub metric: String,
     /// The project's exact charged total after the charge.
     pub charged_after: Decimal,
+    /// When it was recorded (ns).
+    pub recorded_at: i64,
+}
+
+/// A correction of a project, for its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCorrection {
+    /// When it was booked (ns).
+    pub recorded_at: i64,
+    /// By how much credits used changed.
+    pub amount: Decimal,
+    /// The correction's id.
+    pub correction: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// A project waiting to be published.
@@ -211,6 +230,8 @@ pub enum AdjustmentKind {
     Adopted,
     /// Someone changed the value in Perun by hand.
     ManualEdit,
+    /// A correction re-priced past usage (see [`Corrections`]).
+    Correction,
 }
 
 impl AdjustmentKind {
@@ -219,6 +240,7 @@ impl AdjustmentKind {
         match name {
             "adopted" => Ok(AdjustmentKind::Adopted),
             "manual edit" => Ok(AdjustmentKind::ManualEdit),
+            "correction" => Ok(AdjustmentKind::Correction),
             other => Err(LedgerError::Corrupt(format!(
                 "unknown adjustment kind {other:?} of {project}"
             ))),
@@ -230,6 +252,7 @@ impl AdjustmentKind {
         match self {
             AdjustmentKind::Adopted => "adopted",
             AdjustmentKind::ManualEdit => "manual edit",
+            AdjustmentKind::Correction => "correction",
         }
     }
 }
@@ -254,6 +277,8 @@ pub struct AdjustmentRecord {
     pub perun_modified_at: Option<String>,
     /// When it was recorded (ns).
     pub recorded_at: i64,
+    /// The correction it books, for [`AdjustmentKind::Correction`].
+    pub correction: Option<String>,
 }
 
 /// Where a value of credits used that this service recognises came from.
@@ -380,6 +405,9 @@ pub trait Reads: Send + Sync {
     /// A project's charges in billing order, for its history.
     fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError>;
 
+    /// A project's corrections, oldest first, for its history.
+    fn history_corrections(&self, project: &str) -> Result<Vec<HistoryCorrection>, LedgerError>;
+
     /// A project's charges with the policy that priced each, in billing order.
     fn charges(&self, project: &str) -> Result<Vec<ChargeRecord>, LedgerError>;
 
@@ -457,6 +485,10 @@ pub trait Notifications: Send + Sync {
     /// already mailed: two queries whatever the number of projects.
     fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError>;
 
+    /// Re-arms `threshold` of `project`: credits used fell below it (a
+    /// correction, a hand edit), so the next crossing is mailed again.
+    fn rearm(&self, project: &str, threshold: u32) -> Result<(), LedgerError>;
+
     /// Records that the mail for `threshold` was sent at `granted`.
     fn record_notification(
         &self,
@@ -464,6 +496,192 @@ pub trait Notifications: Send + Sync {
         threshold: u32,
         granted: Decimal,
     ) -> Result<(), LedgerError>;
+}
+
+/// What a correction re-prices: usage in `[from, to)` (ns), of one site
+/// or every one, of some projects or every one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrectionScope {
+    /// Start of the usage re-priced (ns, inclusive).
+    pub from: i64,
+    /// End of the usage re-priced (ns, exclusive).
+    pub to: i64,
+    /// Only this site.
+    pub site: Option<String>,
+    /// Only these projects (sorted).
+    pub projects: Option<Vec<String>>,
+}
+
+impl CorrectionScope {
+    /// Whether `key` is in scope (its time is checked by the query).
+    pub fn covers(&self, key: &Key) -> bool {
+        self.site.as_deref().is_none_or(|s| s == &*key.location_id)
+            && self
+                .projects
+                .as_ref()
+                .is_none_or(|p| p.binary_search_by(|x| x.as_str().cmp(&key.project)).is_ok())
+    }
+}
+
+/// A charge with its id in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BilledCharge {
+    /// Its id.
+    pub id: i64,
+    /// The charge.
+    pub charge: ChargeRecord,
+}
+
+/// A corrected part of a charge: its usage from `start` to `end` (ns)
+/// cost `before`, and costs `after` under the correction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrectionLine {
+    /// The correction's id.
+    pub correction: String,
+    /// The charge corrected.
+    pub charge: i64,
+    /// Its project, site and metric.
+    pub key: Key,
+    /// Start of the part (ns).
+    pub start: i64,
+    /// End of the part (ns).
+    pub end: i64,
+    /// What the part cost before (the charge's share, with earlier corrections).
+    pub before: Decimal,
+    /// What it costs now.
+    pub after: Decimal,
+    /// `after - before`.
+    pub difference: Decimal,
+}
+
+/// What a correction is computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorrectionBasis {
+    /// The charges in scope whose usage overlaps the period, in billing order.
+    pub charges: Vec<BilledCharge>,
+    /// The lines of earlier corrections on those charges.
+    pub earlier: Vec<CorrectionLine>,
+    /// The newest correction booked (its sequence number; 0: none): a
+    /// booking fails when another was booked since.
+    pub head: i64,
+}
+
+/// A correction as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrectionRecord {
+    /// Its id (derived from the request: the same request, the same id).
+    pub id: String,
+    /// Why.
+    pub reason: String,
+    /// What it re-priced.
+    pub scope: CorrectionScope,
+    /// The module that re-priced it.
+    pub policy: PolicyStamp,
+    /// Its configuration (TOML).
+    pub config: String,
+    /// The exact sum of its differences.
+    pub total: Decimal,
+    /// The answer given when it was booked (JSON), repeated for the same request.
+    pub answer: String,
+    /// When it was booked (ns).
+    pub booked_at: i64,
+}
+
+/// What booking a correction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Booking {
+    /// Booked now.
+    Booked,
+    /// Booked before: its answer then.
+    Already(String),
+    /// Another correction was booked since the basis was read: compute again.
+    Stale,
+}
+
+/// A correction line with its correction's reason and module, for statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementCorrection {
+    /// The line.
+    pub line: CorrectionLine,
+    /// The correction's reason.
+    pub reason: String,
+    /// The module that re-priced it.
+    pub policy: PolicyStamp,
+}
+
+/// A group's usage and credits over whole UTC days, from the roll-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayTotal {
+    /// Project, site and metric.
+    pub key: Key,
+    /// The schedule version that priced it ([`version_of`]).
+    pub version: String,
+    /// The policy that priced it.
+    pub policy: PolicyStamp,
+    /// Exact credits.
+    pub credits: Decimal,
+    /// Exact usage, in the metric's unit.
+    pub quantity: Decimal,
+}
+
+/// What a statement over `[from, to)` is made of: whole UTC days from the
+/// roll-up, and charges read for the rest (the period's partial days, and
+/// what was billed since the roll-up's mark), each with the window it
+/// counts in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatementBasis {
+    /// Summed over the whole days of the period.
+    pub rolled: Vec<DayTotal>,
+    /// Charges (not reversed), each counted for its usage in its window.
+    pub charges: Vec<(ChargeRecord, (i64, i64))>,
+    /// Correction lines whose usage overlaps the period.
+    pub corrections: Vec<StatementCorrection>,
+    /// Adjustments other than corrections recorded in it (adoption, hand edits).
+    pub adjustments: Vec<AdjustmentRecord>,
+}
+
+/// The schedule version a charge names in statements: its schedule entry,
+/// or its module before the ledger had a schedule.
+pub fn version_of(charge: &ChargeRecord) -> String {
+    charge.schedule_entry.map_or_else(
+        || format!("sha256:{}", charge.policy.sha256),
+        |id| format!("entry:{id:012}"),
+    )
+}
+
+/// Corrections: re-priced past usage booked as adjustments beside the
+/// charges (never changing one), and what statements read.
+pub trait Corrections: Send + Sync {
+    /// The charges in `scope`, with the lines of earlier corrections on them.
+    fn correction_basis(&self, scope: &CorrectionScope) -> Result<CorrectionBasis, LedgerError>;
+
+    /// Books `record` with its `lines` in one transaction: the lines, one
+    /// adjustment per project (credits used change by the project's sum),
+    /// the outbox. Nothing when a correction with its id exists
+    /// ([`Booking::Already`]) or another was booked after `head`
+    /// ([`Booking::Stale`]).
+    fn book_correction(
+        &self,
+        record: &CorrectionRecord,
+        lines: &[CorrectionLine],
+        head: i64,
+    ) -> Result<Booking, LedgerError>;
+
+    /// Every correction booked, oldest first.
+    fn corrections(&self) -> Result<Vec<CorrectionRecord>, LedgerError>;
+
+    /// Rolls up to `limit` charges billed since the roll-up's mark into
+    /// their UTC days ([`DayTotal`]s), in one transaction; returns how many.
+    /// Safe from any replica (one at a time).
+    fn roll_up(&self, limit: usize) -> Result<usize, LedgerError>;
+
+    /// What a statement of `[from, to)` (ns) needs, of one project or all.
+    fn statement_basis(
+        &self,
+        from: i64,
+        to: i64,
+        project: Option<&str>,
+    ) -> Result<StatementBasis, LedgerError>;
 }
 
 /// Whether this process may act as the ledger's leader right now: the Perun
@@ -477,6 +695,6 @@ pub trait Leadership: Send + Sync {
 
 /// Every role at once: what [`Store`] implements, over either database.
 /// Each client holds only its role (`Arc<dyn Outbox>` …), upcast from this.
-pub trait Ledger: EngineStore + Reads + Outbox + Notifications + Schedules {}
+pub trait Ledger: EngineStore + Reads + Outbox + Notifications + Schedules + Corrections {}
 
-impl<T: EngineStore + Reads + Outbox + Notifications + Schedules> Ledger for T {}
+impl<T: EngineStore + Reads + Outbox + Notifications + Schedules + Corrections> Ledger for T {}

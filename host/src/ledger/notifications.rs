@@ -12,14 +12,25 @@ impl Notifications for Store {
     fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError> {
         let mut db = self.reader();
         let mut mailed: BTreeMap<String, Vec<(u32, Decimal)>> = BTreeMap::new();
+        let mut rearmed: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
         db.for_each(
-            "SELECT project, threshold, granted FROM notifications",
+            "SELECT project, threshold, granted, rearmed FROM notifications",
             &[],
             |row| {
-                let threshold = u32::try_from(row.int(1)?)
-                    .map_err(|e| LedgerError::Corrupt(format!("a threshold: {e}")))?;
+                let corrupt = |e: std::num::TryFromIntError| {
+                    LedgerError::Corrupt(format!("a threshold mail: {e}"))
+                };
+                let threshold = u32::try_from(row.int(1)?).map_err(corrupt)?;
+                let project = row.text(0)?;
+                let times = u32::try_from(row.int(3)?).map_err(corrupt)?;
+                if times > 0 {
+                    rearmed
+                        .entry(project.clone())
+                        .or_default()
+                        .push((threshold, times));
+                }
                 mailed
-                    .entry(row.text(0)?)
+                    .entry(project)
                     .or_default()
                     .push((threshold, row.decimal(2)?));
                 Ok(())
@@ -32,9 +43,23 @@ impl Notifications for Store {
             |row| {
                 let project = project_record(row.text(0)?, row, 1)?;
                 let mailed = mailed.remove(&project.project).unwrap_or_default();
-                Ok(Notifiable { project, mailed })
+                let rearmed = rearmed.remove(&project.project).unwrap_or_default();
+                Ok(Notifiable {
+                    project,
+                    mailed,
+                    rearmed,
+                })
             },
         )
+    }
+
+    fn rearm(&self, project: &str, threshold: u32) -> Result<(), LedgerError> {
+        self.side().execute(
+            "UPDATE notifications SET granted = ?3, rearmed = rearmed + 1
+             WHERE project = ?1 AND threshold = ?2",
+            params![project, threshold, Decimal::ZERO],
+        )?;
+        Ok(())
     }
 
     fn record_notification(

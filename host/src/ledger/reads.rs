@@ -4,8 +4,8 @@
 use super::sql::{Row, params};
 use super::store::{Store, WAITING, project_record, unbilled};
 use super::{
-    Adjustment, AdjustmentKind, AdjustmentRecord, ChargeRecord, Counts, HistoryRow, LedgerError,
-    PolicyStamp, ProjectRecord, Reads,
+    Adjustment, AdjustmentKind, AdjustmentRecord, ChargeRecord, Counts, HistoryCorrection,
+    HistoryRow, LedgerError, PolicyStamp, ProjectRecord, Reads,
 };
 use crate::account::Key;
 
@@ -14,6 +14,25 @@ pub(super) const CHARGE_COLUMNS: &str =
     "project, location_id, metric, previous_timestamp, previous_value, timestamp,
      value, credits, charged_after, policy_name, policy_version, policy_sha256,
      reversed_at IS NOT NULL, schedule_entry";
+
+/// An adjustment from [`ADJUSTMENT_COLUMNS`].
+pub(super) fn adjustment(row: &Row) -> Result<AdjustmentRecord, LedgerError> {
+    let project = row.text(0)?;
+    Ok(AdjustmentRecord {
+        adjustment: Adjustment {
+            kind: AdjustmentKind::parse(&row.text(1)?, &project)?,
+            amount: row.decimal(2)?,
+        },
+        perun_modified_at: row.opt_text(3)?,
+        recorded_at: row.int(4)?,
+        correction: row.opt_text(5)?,
+        project,
+    })
+}
+
+/// The columns [`adjustment`] reads.
+pub(super) const ADJUSTMENT_COLUMNS: &str =
+    "project, kind, amount, perun_modified_at, recorded_at, correction";
 
 /// A charge from [`CHARGE_COLUMNS`].
 pub(super) fn charge(row: &Row) -> Result<ChargeRecord, LedgerError> {
@@ -59,7 +78,7 @@ impl Reads for Store {
 
     fn history(&self, project: &str) -> Result<Vec<HistoryRow>, LedgerError> {
         self.reader().map(
-            "SELECT timestamp, metric, charged_after FROM charges
+            "SELECT timestamp, metric, charged_after, recorded_at FROM charges
              WHERE project = ?1 AND reversed_at IS NULL ORDER BY id",
             params![project],
             |row| {
@@ -67,6 +86,24 @@ impl Reads for Store {
                     timestamp: row.int(0)?,
                     metric: row.text(1)?,
                     charged_after: row.decimal(2)?,
+                    recorded_at: row.int(3)?,
+                })
+            },
+        )
+    }
+
+    fn history_corrections(&self, project: &str) -> Result<Vec<HistoryCorrection>, LedgerError> {
+        self.reader().map(
+            "SELECT a.recorded_at, a.amount, a.correction, c.reason
+             FROM adjustments a JOIN corrections c ON c.id = a.correction
+             WHERE a.project = ?1 AND a.kind = 'correction' ORDER BY a.id",
+            params![project],
+            |row| {
+                Ok(HistoryCorrection {
+                    recorded_at: row.int(0)?,
+                    amount: row.decimal(1)?,
+                    correction: row.text(2)?,
+                    reason: row.text(3)?,
                 })
             },
         )
@@ -113,21 +150,9 @@ impl Reads for Store {
 
     fn adjustments(&self) -> Result<Vec<AdjustmentRecord>, LedgerError> {
         self.reader().map(
-            "SELECT project, kind, amount, perun_modified_at, recorded_at FROM adjustments
-             ORDER BY id",
+            &format!("SELECT {ADJUSTMENT_COLUMNS} FROM adjustments ORDER BY id"),
             &[],
-            |row| {
-                let project = row.text(0)?;
-                Ok(AdjustmentRecord {
-                    adjustment: Adjustment {
-                        kind: AdjustmentKind::parse(&row.text(1)?, &project)?,
-                        amount: row.decimal(2)?,
-                    },
-                    perun_modified_at: row.opt_text(3)?,
-                    recorded_at: row.int(4)?,
-                    project,
-                })
-            },
+            adjustment,
         )
     }
 }

@@ -232,6 +232,66 @@ pub const SHARED: &[&str] = &[
      );
      ALTER TABLE inbox ADD COLUMN writer TEXT;
      ALTER TABLE inbox ADD COLUMN sites TEXT;",
+    // corrections: what was re-priced and why (one row each, its answer
+    // kept for a repeated request), a line per corrected part of a charge,
+    // the project's adjustment naming its correction; threshold mails
+    // re-armed when credits used fall below again; each UTC day's usage
+    // and credits per key and version, rolled up from the charges up to a
+    // mark, for statements; charges found by usage time (PostgreSQL has
+    // its BRIN index of that name already)
+    "CREATE TABLE corrections (
+         seq            {id},
+         id             TEXT NOT NULL UNIQUE,
+         reason         TEXT NOT NULL,
+         from_ns        {int} NOT NULL,
+         to_ns          {int} NOT NULL,
+         site           TEXT,
+         projects       TEXT,
+         sha256         TEXT NOT NULL,
+         config         TEXT NOT NULL,
+         policy_name    TEXT NOT NULL,
+         policy_version TEXT NOT NULL,
+         total          {money} NOT NULL,
+         answer         TEXT NOT NULL,
+         booked_at      {int} NOT NULL
+     );
+     CREATE TABLE correction_lines (
+         id          {id},
+         correction  TEXT NOT NULL,
+         charge      {int} NOT NULL,
+         project     {name} NOT NULL,
+         location_id {name} NOT NULL,
+         metric      {name} NOT NULL,
+         start_ns    {int} NOT NULL,
+         end_ns      {int} NOT NULL,
+         before      {money} NOT NULL,
+         after       {money} NOT NULL,
+         difference  {money} NOT NULL
+     );
+     CREATE INDEX correction_lines_by_charge ON correction_lines (charge);
+     CREATE INDEX correction_lines_by_time ON correction_lines (end_ns);
+     ALTER TABLE adjustments ADD COLUMN correction TEXT;
+     ALTER TABLE notifications ADD COLUMN rearmed {int} NOT NULL DEFAULT 0;
+     CREATE TABLE usage_days (
+         project        {name} NOT NULL,
+         location_id    {name} NOT NULL,
+         metric         {name} NOT NULL,
+         version        TEXT NOT NULL,
+         day            {int} NOT NULL,
+         credits        {money} NOT NULL,
+         quantity       {money} NOT NULL,
+         policy_name    TEXT NOT NULL,
+         policy_version TEXT NOT NULL,
+         policy_sha256  TEXT NOT NULL,
+         PRIMARY KEY (project, location_id, metric, version, day)
+     );
+     CREATE INDEX usage_days_by_day ON usage_days (day);
+     CREATE TABLE rollup (
+         id           {int} PRIMARY KEY,
+         charges_upto {int} NOT NULL
+     );
+     INSERT INTO rollup (id, charges_upto) VALUES (1, 0);
+     CREATE INDEX IF NOT EXISTS charges_by_time ON charges (timestamp);",
 ];
 
 /// A shared migration in `dialect`: `{id}` an auto-increment key, `{name}`

@@ -178,6 +178,9 @@ pub struct Due {
     pub project: ProjectRecord,
     /// The threshold crossed, in percent.
     pub threshold: u32,
+    /// How often the threshold was re-armed before (credits used fell
+    /// below it again): 0 for the first crossing.
+    pub round: u32,
 }
 
 /// The mails due for `project`, given the thresholds already mailed for
@@ -195,7 +198,25 @@ pub fn due(project: &ProjectRecord, thresholds: &[u32], mailed: &[(u32, Decimal)
         .map(|t| Due {
             project: project.clone(),
             threshold: *t,
+            round: 0,
         })
+        .collect()
+}
+
+/// The thresholds mailed for `project` that its credits used no longer
+/// reach (a correction or a hand edit lowered them): to re-arm, so that
+/// the next crossing is mailed again.
+pub fn rearmable(project: &ProjectRecord, mailed: &[(u32, Decimal)]) -> Vec<u32> {
+    let Some(granted) = project.granted.filter(|g| *g > Decimal::ZERO) else {
+        return Vec::new();
+    };
+    let used = project.used();
+    mailed
+        .iter()
+        .filter(|(t, at)| {
+            *at > Decimal::ZERO && used * Decimal::ONE_HUNDRED < granted * Decimal::from(*t)
+        })
+        .map(|(t, _)| *t)
         .collect()
 }
 
@@ -306,10 +327,24 @@ impl Notifier {
         let thresholds = self.config.thresholds.clone();
         let due = tokio::task::spawn_blocking(move || -> Result<Vec<Due>, String> {
             let projects = ledger.notifiable().map_err(|e| e.to_string())?;
-            Ok(projects
-                .iter()
-                .flat_map(|n| due(&n.project, &thresholds, &n.mailed))
-                .collect())
+            let mut all = Vec::new();
+            for n in &projects {
+                for threshold in rearmable(&n.project, &n.mailed) {
+                    ledger
+                        .rearm(&n.project.project, threshold)
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(project = %n.project.project, threshold, "credits used fell below a threshold mailed before: re-armed");
+                }
+                all.extend(due(&n.project, &thresholds, &n.mailed).into_iter().map(|mut d| {
+                    d.round = n
+                        .rearmed
+                        .iter()
+                        .find(|(t, _)| *t == d.threshold)
+                        .map_or(0, |(_, times)| *times);
+                    d
+                }));
+            }
+            Ok(all)
         })
         .await;
         let due = match due {
@@ -443,8 +478,13 @@ pub fn message_id(due: &Due, from: &Mailbox) -> String {
     use sha2::{Digest, Sha256};
     let project = hex::encode(&Sha256::digest(due.project.project.as_bytes())[..12]);
     let granted = due.project.granted.unwrap_or_default().normalize();
+    // A crossing after a re-arm is another event: another id.
+    let round = match due.round {
+        0 => String::new(),
+        n => format!(".r{n}"),
+    };
     format!(
-        "<credits.{project}.{}.{granted}@{}>",
+        "<credits.{project}.{}.{granted}{round}@{}>",
         due.threshold,
         from.email.domain()
     )
@@ -492,6 +532,7 @@ mod tests {
     fn the_message_id_names_what_the_mail_is_about() {
         let from: Mailbox = "credits@cloud.example".parse().unwrap();
         let due = |granted: &str, threshold| Due {
+            round: 0,
             project: project("100", Some(granted)),
             threshold,
         };
@@ -504,6 +545,31 @@ mod tests {
         assert_eq!(message_id(&due("200.00", 50), &from), id);
         assert_ne!(message_id(&due("200", 100), &from), id);
         assert_ne!(message_id(&due("400", 50), &from), id);
+        // Crossed again after a re-arm: another event, another id.
+        let again = Due {
+            round: 1,
+            ..due("200", 50)
+        };
+        assert_ne!(message_id(&again, &from), id);
+    }
+
+    #[test]
+    fn a_threshold_falls_back_below_and_is_re_armed_once() {
+        let mailed = [(50, Decimal::from(200)), (100, Decimal::from(200))];
+        // 120 of 200: 50 % still reached, 100 % no longer.
+        assert_eq!(rearmable(&project("120", Some("200")), &mailed), vec![100]);
+        assert_eq!(
+            rearmable(&project("99", Some("200")), &mailed),
+            vec![50, 100]
+        );
+        // Re-armed already (granted 0): not again; and due once crossed.
+        let rearmed = [(50, Decimal::ZERO)];
+        assert!(rearmable(&project("10", Some("200")), &rearmed).is_empty());
+        assert_eq!(
+            thresholds(&due(&project("100", Some("200")), &[50], &rearmed)),
+            vec![50]
+        );
+        assert!(rearmable(&project("10", None), &mailed).is_empty());
     }
 
     #[test]

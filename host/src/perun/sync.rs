@@ -389,7 +389,7 @@ impl Publisher {
                     AdjustmentKind::Adopted => {
                         tracing::info!(project, credits = %adjustment.amount, "adopted credits used from Perun")
                     }
-                    AdjustmentKind::ManualEdit => {
+                    AdjustmentKind::ManualEdit | AdjustmentKind::Correction => {
                         tracing::warn!(project, difference = %adjustment.amount, perun = %value, modified_at, "credits used were changed in Perun by hand: recorded as an adjustment, continuing from Perun's value")
                     }
                 }

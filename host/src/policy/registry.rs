@@ -79,6 +79,11 @@ impl Registry {
         *self.refusals.lock().unwrap_or_else(PoisonError::into_inner) = refusals;
     }
 
+    /// The folder it watches.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
     /// The set in force, for readers that load it per use.
     pub fn policies(&self) -> Arc<ArcSwap<PolicySet>> {
         Arc::clone(&self.current)

@@ -5,6 +5,7 @@
 pub mod fake_perun;
 pub mod netns;
 pub mod postgres;
+pub mod sample;
 pub mod smtp;
 
 use std::path::{Path, PathBuf};
