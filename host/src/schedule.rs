@@ -69,6 +69,10 @@ pub struct Entry {
     pub added_at: i64,
     /// Where it came from: `folder`, `folder at start`, `api`.
     pub origin: String,
+    /// Why it re-prices usage already billed: a back-dated entry is
+    /// accepted only with a reason, and books a correction with it.
+    #[serde(default)]
+    pub correction_reason: Option<String>,
 }
 
 impl Entry {

@@ -417,6 +417,7 @@ fn the_schedule_keeps_its_entries_in_order_and_modules_by_content() {
             timeout_ms: (id == 3).then_some(1000),
             added_at: 1_700_000_000_000_000_000 + id,
             origin: "folder".into(),
+            correction_reason: None,
         };
         let entries = vec![
             entry(1, BEGINNING, Kind::Module),

@@ -151,6 +151,58 @@ fn a_folder_change_without_from_prices_only_later_usage_and_the_past_is_not_rewr
     assert_eq!(credits(&service, &projects), expected(None));
     let stats = service.stats();
     assert_eq!(stats["policy_folder"]["matches_schedule"], false, "{stats}");
+
+    // The same, with a reason: accepted, and a correction re-prices what
+    // was billed from its `from` on, as if it had been in force then.
+    let mut times: Vec<i64> = lines.iter().map(|l| timestamp_of(l)).collect();
+    times.sort_unstable();
+    times.dedup();
+    let at = times[times.len() / 2] + 7_000_000_000;
+    std::fs::write(
+        folder.path().join("policies.toml"),
+        format!(
+            "[default]\nmodule = \"denbi.wasm\"\nconfig = {{ cpu_price = \"2\", ram_price = \"0.6\" }}\n\n[[changes]]\nfrom = \"{}\"\nsite = \"default\"\nmodule = \"denbi.wasm\"\nconfig = {{ cpu_price = \"2\", ram_price = \"0.6\" }}\ncorrection_reason = \"new prices decided after the fact\"\n",
+            rfc3339(at)
+        ),
+    )
+    .unwrap();
+    await_until("the back-dated entry in the schedule", || {
+        schedule(&service).len() == 3
+    });
+    let added = &schedule(&service)[2];
+    assert_eq!(
+        added["correction_reason"], "new prices decided after the fact",
+        "{added}"
+    );
+    let want = expected(Some((at, "2", "0.6")));
+    let close = |got: &BTreeMap<String, Decimal>| {
+        want.iter()
+            .all(|(p, c)| (got[p] - c).abs() < Decimal::new(1, 15))
+    };
+    await_until("the back-dated entry's correction", || {
+        close(&credits(&service, &projects))
+    });
+    // Booked once: a restart (the entry's correction looked for again) changes nothing.
+    let corrected = credits(&service, &projects);
+    assert_eq!(
+        service
+            .log()
+            .matches("back-dated schedule entry: its correction is booked")
+            .count(),
+        1
+    );
+    drop(service);
+    let service = Service::start(data.path(), folder.path(), &[]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(credits(&service, &projects), corrected);
+    assert_eq!(
+        service
+            .log()
+            .matches("back-dated schedule entry: its correction is booked")
+            .count(),
+        0,
+        "booked by the first run, not again"
+    );
 }
 
 /// `POST /api/policies` with `entry` and `module` parts.

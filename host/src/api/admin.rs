@@ -73,6 +73,8 @@ struct EntryView {
     origin: String,
     /// Why its module cannot be loaded now.
     error: Option<String>,
+    /// Why it re-prices billed usage (a back-dated entry's correction).
+    correction_reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -137,6 +139,7 @@ fn view(app: &AppState) -> PoliciesView {
                 timeout_ms: entry.timeout_ms,
                 added_at: show_time(entry.added_at),
                 origin: entry.origin.clone(),
+                correction_reason: entry.correction_reason.clone(),
                 error: match (&version.policy, entry.kind) {
                     (Err(why), Kind::Module) => Some(why.clone()),
                     _ => None,
@@ -228,6 +231,8 @@ struct Upload {
     timeout_ms: Option<u64>,
     /// The module's expected SHA-256: other bytes are refused.
     sha256: Option<String>,
+    /// Why a `from` before billed usage re-prices it (a correction is booked).
+    correction_reason: Option<String>,
 }
 
 /// `POST /api/policies` (`X-API-KEY`, `multipart/form-data`): adds an entry
@@ -424,6 +429,10 @@ fn vet_upload(
             timeout_ms: upload.timeout_ms,
             added_at: now,
             origin: "api".into(),
+            correction_reason: upload
+                .correction_reason
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty()),
         },
         from,
         module: Some(std::sync::Arc::new(loaded)),

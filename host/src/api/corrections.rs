@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 
 use super::admin::authorize;
 use super::{AppState, blocking, error};
-use crate::billing::correction::{Request, reprice, statement};
-use crate::ledger::{Booking, CorrectionRecord, CorrectionScope, PolicyStamp};
+use crate::billing::correction::{CorrectionError, Request, apply, statement};
+use crate::ledger::{CorrectionScope, PolicyStamp};
 use crate::policy::Module;
 use crate::schedule::show_time;
 
@@ -276,30 +276,6 @@ fn folder_module(app: &AppState, file: &str) -> Result<Vec<u8>, Refusal> {
     Ok(bytes)
 }
 
-/// The answer, `applied` as given.
-fn answer(
-    id: &str,
-    request: &Request,
-    policy: &PolicyStamp,
-    repriced: &crate::billing::correction::Repriced,
-    applied: bool,
-) -> serde_json::Value {
-    serde_json::json!({
-        "id": id,
-        "applied": applied,
-        "reason": request.reason,
-        "from": show_time(request.scope.from),
-        "to": show_time(request.scope.to),
-        "site": request.scope.site,
-        "only_projects": request.scope.projects,
-        "policy": {"name": policy.name, "version": policy.version, "sha256": policy.sha256},
-        "steps": repriced.steps,
-        "lines": repriced.lines.len(),
-        "projects": repriced.projects,
-        "total_difference": repriced.total.to_string(),
-    })
-}
-
 /// `POST /api/corrections` (`X-API-KEY`): previews (`dry_run`, the
 /// default) or applies a correction; 200 with what it changes per project.
 pub async fn correct(
@@ -339,7 +315,7 @@ pub async fn correct(
         }
     };
     let ledger = app.corrections.clone();
-    let work = blocking(move || run(&*ledger, &id, checked)).await;
+    let work = blocking(move || run(&*ledger, checked)).await;
     drop(claim);
     match work {
         Ok(Ok(answer)) => Json(answer).into_response(),
@@ -351,86 +327,31 @@ pub async fn correct(
 /// Computes (and, applying, books) a checked correction.
 fn run(
     ledger: &dyn crate::ledger::Corrections,
-    id: &str,
     checked: Checked,
 ) -> Result<serde_json::Value, Refusal> {
-    let internal =
-        |e: crate::ledger::LedgerError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let info = checked.module.info();
     let policy = PolicyStamp {
         name: info.name.clone(),
         version: info.version.clone(),
         sha256: info.sha256.clone(),
     };
-    let request = &checked.request;
-    // Another replica may book between our read and our booking: read again.
-    for _ in 0..3 {
-        let basis = ledger.correction_basis(&request.scope).map_err(internal)?;
-        if !checked.dry_run {
-            tracing::info!(correction = id, charges = basis.charges.len(), reason = %request.reason, "applying correction");
-        }
-        let repriced =
-            reprice(id, &request.scope, &basis, &*checked.module).map_err(|failures| {
-                let shown: Vec<String> = failures
-                    .iter()
-                    .take(10)
-                    .map(|f| {
-                        format!(
-                            "{} {} {} at {}: {}",
-                            f.project,
-                            f.location_id,
-                            f.metric,
-                            show_time(f.timestamp),
-                            f.error
-                        )
-                    })
-                    .collect();
-                (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "the module cannot price {} step(s), nothing booked: {}",
-                        failures.len(),
-                        shown.join("; ")
-                    ),
-                )
-            })?;
-        if checked.dry_run {
-            return Ok(answer(id, request, &policy, &repriced, false));
-        }
-        let booked = answer(id, request, &policy, &repriced, true);
-        let record = CorrectionRecord {
-            id: id.to_owned(),
-            reason: request.reason.clone(),
-            scope: request.scope.clone(),
-            policy: policy.clone(),
-            config: request.config.clone(),
-            total: repriced.total,
-            answer: booked.to_string(),
-            booked_at: super::now_ns(),
+    apply(
+        ledger,
+        &checked.request,
+        &*checked.module,
+        &policy,
+        checked.dry_run,
+    )
+    .map_err(|e| {
+        let status = match e {
+            CorrectionError::Unpriceable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            CorrectionError::Busy => StatusCode::CONFLICT,
+            CorrectionError::Ledger(_) | CorrectionError::Corrupt(..) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
-        match ledger
-            .book_correction(&record, &repriced.lines, basis.head)
-            .map_err(internal)?
-        {
-            Booking::Booked => {
-                tracing::info!(correction = id, reason = %request.reason, total = %repriced.total, lines = repriced.lines.len(), "correction booked");
-                return Ok(booked);
-            }
-            Booking::Already(text) => {
-                return serde_json::from_str(&text).map_err(|e| {
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the booked answer of {id}: {e}"),
-                    )
-                });
-            }
-            Booking::Stale => continue,
-        }
-    }
-    Err((
-        StatusCode::CONFLICT,
-        "other corrections kept being booked meanwhile: send it again".into(),
-    ))
+        (status, e.to_string())
+    })
 }
 
 /// `GET /api/corrections` (`X-API-KEY`): every correction booked, oldest first.
@@ -687,4 +608,81 @@ fn units(app: &AppState) -> BTreeMap<(String, String), String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(from: i64, to: i64, site: Option<&str>, projects: Option<&[&str]>) -> CorrectionScope {
+        CorrectionScope {
+            from,
+            to,
+            site: site.map(str::to_owned),
+            projects: projects.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_correction_overlapping_one_being_applied_is_refused_until_it_is_done() {
+        let applying = Arc::new(Applying::default());
+        let first = applying.claim("a", &scope(10, 20, None, None)).unwrap();
+        // Overlapping in time, every site and project: refused, naming it.
+        let refused = applying.claim("b", &scope(15, 30, Some("8676"), None));
+        assert!(refused.err().unwrap().contains("correction a"));
+        // Other times, sites or projects: fine.
+        let later = applying.claim("c", &scope(20, 30, None, None)).unwrap();
+        let other_site = applying
+            .claim("d", &scope(0, 5, Some("8676"), None))
+            .unwrap();
+        let site_b = applying
+            .claim("e", &scope(0, 5, Some("8677"), Some(&["p"])))
+            .unwrap();
+        assert!(
+            applying
+                .claim("f", &scope(0, 5, Some("8677"), Some(&["q"])))
+                .is_ok()
+        );
+        assert!(
+            applying
+                .claim("g", &scope(0, 5, Some("8677"), Some(&["p", "r"])))
+                .is_err()
+        );
+        drop((later, other_site, site_b));
+        drop(first);
+        assert!(
+            applying
+                .claim("b", &scope(15, 30, Some("8676"), None))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_statement_period_is_a_month_the_previous_one_or_given() {
+        let query = |month: Option<&str>, from: Option<&str>, to: Option<&str>| StatementQuery {
+            from: from.map(str::to_owned),
+            to: to.map(str::to_owned),
+            month: month.map(str::to_owned),
+            project: None,
+            format: None,
+        };
+        let november = period(&query(Some("2026-11"), None, None)).unwrap();
+        assert_eq!(show_time(november.0), "2026-11-01T00:00:00Z");
+        assert_eq!(show_time(november.1), "2026-12-01T00:00:00Z");
+        let december = period(&query(Some("2026-12"), None, None)).unwrap();
+        assert_eq!(show_time(december.1), "2027-01-01T00:00:00Z");
+        let previous = period(&query(None, None, None)).unwrap();
+        assert!(previous.1 - previous.0 >= 28 * 86_400_000_000_000);
+        assert!(period(&query(Some("2026-13"), None, None)).is_err());
+        assert!(period(&query(Some("2026-11"), Some("2026-11-01"), None)).is_err());
+        assert!(period(&query(None, Some("2026-11-02"), Some("2026-11-01"))).is_err());
+        assert!(period(&query(None, Some("2026-11-01"), None)).is_err());
+        let given = period(&query(
+            None,
+            Some("2026-11-01"),
+            Some("2026-11-01T12:00:00+01:00"),
+        ))
+        .unwrap();
+        assert_eq!(given.1 - given.0, 11 * 3_600_000_000_000);
+    }
 }

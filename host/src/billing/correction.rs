@@ -24,11 +24,13 @@ use super::pricer::value_at;
 use super::rerate::RerateFailure;
 use crate::account::Key;
 use crate::ledger::{
-    BilledCharge, ChargeRecord, CorrectionBasis, CorrectionLine, CorrectionScope, PolicyStamp,
-    StatementBasis, version_of,
+    BilledCharge, Booking, ChargeRecord, CorrectionBasis, CorrectionLine, CorrectionRecord,
+    CorrectionScope, Corrections, PolicyStamp, StatementBasis, version_of,
 };
 pub use crate::period::share;
+use crate::policy::set::DEFAULT_SITE;
 use crate::policy::{MAX_BATCH, Step};
+use crate::schedule::Entry;
 
 /// What a correction asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +232,137 @@ pub fn reprice(
         steps: parts.len(),
         lines,
         projects,
+    })
+}
+
+/// Why a correction was not booked.
+#[derive(Debug, thiserror::Error)]
+pub enum CorrectionError {
+    /// The module failed on some steps: nothing booked.
+    #[error("the module cannot price {count} step(s), nothing booked: {shown}")]
+    Unpriceable {
+        /// How many.
+        count: usize,
+        /// The first ones.
+        shown: String,
+    },
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// Other corrections were booked while this one was computed, again and again.
+    #[error("other corrections kept being booked meanwhile: send it again")]
+    Busy,
+    /// The answer stored when it was booked does not read.
+    #[error("the booked answer of {0} does not read: {1}")]
+    Corrupt(String, String),
+}
+
+/// The answer to a correction: what it changes (or changed) per project.
+pub fn answer(
+    id: &str,
+    request: &Request,
+    policy: &PolicyStamp,
+    repriced: &Repriced,
+    applied: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "applied": applied,
+        "reason": request.reason,
+        "from": crate::schedule::show_time(request.scope.from),
+        "to": crate::schedule::show_time(request.scope.to),
+        "site": request.scope.site,
+        "only_projects": request.scope.projects,
+        "policy": {"name": policy.name, "version": policy.version, "sha256": policy.sha256},
+        "steps": repriced.steps,
+        "lines": repriced.lines.len(),
+        "projects": repriced.projects,
+        "total_difference": repriced.total.to_string(),
+    })
+}
+
+/// Computes a correction with `pricer` (named `policy` in its lines) and,
+/// unless `dry_run`, books it; the answer. A correction booked before (the
+/// same request) is answered as it was then; one computed while another
+/// was booked is computed again.
+pub fn apply(
+    ledger: &dyn Corrections,
+    request: &Request,
+    pricer: &impl Pricer,
+    policy: &PolicyStamp,
+    dry_run: bool,
+) -> Result<serde_json::Value, CorrectionError> {
+    let id = request.id();
+    for _ in 0..3 {
+        let basis = ledger.correction_basis(&request.scope)?;
+        if !dry_run {
+            tracing::info!(correction = id, charges = basis.charges.len(), reason = %request.reason, "applying correction");
+        }
+        let repriced = reprice(&id, &request.scope, &basis, pricer).map_err(|failures| {
+            let shown: Vec<String> = failures
+                .iter()
+                .take(10)
+                .map(|f| {
+                    format!(
+                        "{} {} {} at {}: {}",
+                        f.project,
+                        f.location_id,
+                        f.metric,
+                        crate::schedule::show_time(f.timestamp),
+                        f.error
+                    )
+                })
+                .collect();
+            CorrectionError::Unpriceable {
+                count: failures.len(),
+                shown: shown.join("; "),
+            }
+        })?;
+        if dry_run {
+            return Ok(answer(&id, request, policy, &repriced, false));
+        }
+        let booked = answer(&id, request, policy, &repriced, true);
+        let record = CorrectionRecord {
+            id: id.clone(),
+            reason: request.reason.clone(),
+            scope: request.scope.clone(),
+            policy: policy.clone(),
+            config: request.config.clone(),
+            total: repriced.total,
+            answer: booked.to_string(),
+            booked_at: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+        };
+        match ledger.book_correction(&record, &repriced.lines, basis.head)? {
+            Booking::Booked => {
+                tracing::info!(correction = id, reason = %request.reason, total = %repriced.total, lines = repriced.lines.len(), "correction booked");
+                return Ok(booked);
+            }
+            Booking::Already(text) => {
+                return serde_json::from_str(&text)
+                    .map_err(|e| CorrectionError::Corrupt(id.clone(), e.to_string()));
+            }
+            Booking::Stale => continue,
+        }
+    }
+    Err(CorrectionError::Busy)
+}
+
+/// The correction a back-dated schedule entry with a `correction_reason`
+/// books: the usage from its `from` on (of its site, or of every site for
+/// the default's), re-priced by the schedule that holds it (so each part
+/// by the version in force when it happened).
+pub fn for_entry(entry: &Entry) -> Option<Request> {
+    let reason = entry.correction_reason.clone()?;
+    Some(Request {
+        reason,
+        scope: CorrectionScope {
+            from: entry.from,
+            to: i64::MAX,
+            site: (entry.site != DEFAULT_SITE).then(|| entry.site.clone()),
+            projects: None,
+        },
+        sha256: entry.sha256.clone(),
+        config: entry.config.clone(),
     })
 }
 

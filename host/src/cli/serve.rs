@@ -296,7 +296,7 @@ async fn run(
             });
         }));
     }
-    roll_up_days(ledger.clone());
+    roll_up_days(ledger.clone(), prices.clone());
     let state = AppState {
         replica: replica.clone(),
         corrections: ledger.clone(),
@@ -351,12 +351,15 @@ async fn run(
 const ROLL_UP_BATCH: usize = 20_000;
 
 /// Keeps the statements' daily totals up with the charges, on a thread of
-/// its own: a pass every second, at once again while there is more.
-fn roll_up_days(ledger: Arc<dyn Ledger>) {
+/// its own: a pass every second, at once again while there is more; and
+/// books the correction of each back-dated schedule entry that has none yet.
+fn roll_up_days(ledger: Arc<dyn Ledger>, prices: Arc<Prices>) {
     let spawned = std::thread::Builder::new()
         .name("roll-up".into())
         .spawn(move || {
+            let mut corrected = std::collections::HashSet::new();
             loop {
+                book_back_dated(&*ledger, &prices, &mut corrected);
                 match ledger.roll_up(ROLL_UP_BATCH) {
                     Ok(count) if count == ROLL_UP_BATCH => continue,
                     Ok(_) => std::thread::sleep(Duration::from_secs(1)),
@@ -369,6 +372,69 @@ fn roll_up_days(ledger: Arc<dyn Ledger>) {
         });
     if let Err(e) = spawned {
         tracing::warn!("statements: no roll-up thread (statements read the charges): {e}");
+    }
+}
+
+/// Books the correction of every back-dated schedule entry (one with a
+/// `correction_reason`) not booked yet, re-priced by the schedule in force
+/// (which holds the entry). Idempotent: the correction's id comes from the
+/// entry, so a crash between the entry and its correction, or two replicas,
+/// book it once. `done`: entries settled in this process.
+fn book_back_dated(
+    ledger: &dyn Ledger,
+    prices: &Prices,
+    done: &mut std::collections::HashSet<i64>,
+) {
+    use os_credits::billing::correction::{CorrectionError, apply, for_entry};
+    let schedule = prices.current();
+    let pending: Vec<_> = schedule
+        .entries()
+        .iter()
+        .filter(|v| !done.contains(&v.entry.id))
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let booked: std::collections::HashSet<String> = match ledger.corrections() {
+        Ok(all) => all.into_iter().map(|c| c.id).collect(),
+        Err(e) => {
+            return tracing::warn!("back-dated schedule entries: cannot read the corrections: {e}");
+        }
+    };
+    for version in pending {
+        let entry = &version.entry;
+        let Some(request) = for_entry(entry) else {
+            done.insert(entry.id);
+            continue;
+        };
+        if booked.contains(&request.id()) {
+            done.insert(entry.id);
+            continue;
+        }
+        let Some(module) = version.module() else {
+            continue; // its module does not load (logged where the schedule is built)
+        };
+        let info = module.info();
+        let policy = os_credits::ledger::PolicyStamp {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256: info.sha256.clone(),
+        };
+        let span = tracing::info_span!("back-dated", entry = entry.id, site = %entry.site);
+        let _in = span.enter();
+        match apply(ledger, &request, &*schedule, &policy, false) {
+            Ok(answer) => {
+                done.insert(entry.id);
+                tracing::info!(correction = %answer["id"], total = %answer["total_difference"], "back-dated schedule entry: its correction is booked");
+            }
+            Err(e @ CorrectionError::Unpriceable { .. }) => {
+                done.insert(entry.id);
+                tracing::error!(
+                    "back-dated schedule entry: no correction booked (restart to try again): {e}"
+                );
+            }
+            Err(e) => tracing::warn!("back-dated schedule entry: correction not booked yet: {e}"),
+        }
     }
 }
 

@@ -83,6 +83,7 @@ const TABLES: &[Table] = &[
             ("timeout_ms", Int),
             ("added_at", Int),
             ("origin", Text),
+            ("correction_reason", Text),
         ],
         false,
     ),

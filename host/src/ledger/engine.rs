@@ -116,8 +116,8 @@ fn write_schedule(db: &mut Db, entries: &[Entry]) -> Result<(), LedgerError> {
     for entry in entries {
         db.execute(
             "INSERT INTO schedule (id, site, from_ns, kind, file, sha256, config, memory_mb,
-                 timeout_ms, added_at, origin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 timeout_ms, added_at, origin, correction_reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             &[
                 Param::Int(entry.id),
                 Param::Text(&entry.site),
@@ -130,6 +130,10 @@ fn write_schedule(db: &mut Db, entries: &[Entry]) -> Result<(), LedgerError> {
                 limit(entry.timeout_ms),
                 Param::Int(entry.added_at),
                 Param::Text(&entry.origin),
+                entry
+                    .correction_reason
+                    .as_deref()
+                    .map_or(Param::Null, Param::Text),
             ],
         )?;
     }

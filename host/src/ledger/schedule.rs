@@ -14,7 +14,7 @@ impl Schedules for Store {
     fn schedule(&self) -> Result<Vec<Entry>, LedgerError> {
         self.reader().map(
             "SELECT id, site, from_ns, kind, file, sha256, config, memory_mb, timeout_ms,
-                 added_at, origin
+                 added_at, origin, correction_reason
              FROM schedule ORDER BY id",
             &[],
             |row| {
@@ -33,6 +33,7 @@ impl Schedules for Store {
                     timeout_ms: limit(row, 8)?,
                     added_at: row.int(9)?,
                     origin: row.text(10)?,
+                    correction_reason: row.opt_text(11)?,
                 })
             },
         )

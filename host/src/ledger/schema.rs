@@ -272,6 +272,7 @@ pub const SHARED: &[&str] = &[
      CREATE INDEX correction_lines_by_time ON correction_lines (end_ns);
      ALTER TABLE adjustments ADD COLUMN correction TEXT;
      ALTER TABLE notifications ADD COLUMN rearmed {int} NOT NULL DEFAULT 0;
+     ALTER TABLE schedule ADD COLUMN correction_reason TEXT;
      CREATE TABLE usage_days (
          project        {name} NOT NULL,
          location_id    {name} NOT NULL,

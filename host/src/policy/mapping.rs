@@ -38,10 +38,12 @@ struct Change {
     memory_mb: Option<u64>,
     timeout_ms: Option<u64>,
     sha256: Option<String>,
+    /// Why a change re-prices usage already billed (then it may lie in the past).
+    correction_reason: Option<String>,
 }
 
 impl Change {
-    fn split(self) -> (toml::Value, String, Entry) {
+    fn split(self) -> (toml::Value, String, Entry, Option<String>) {
         let entry = Entry {
             module: self.module,
             config: self.config,
@@ -50,7 +52,7 @@ impl Change {
             timeout_ms: self.timeout_ms,
             sha256: self.sha256,
         };
-        (self.from, self.site, entry)
+        (self.from, self.site, entry, self.correction_reason)
     }
 }
 
@@ -127,6 +129,9 @@ pub struct Mapped {
     /// For a `[[changes]]` entry: from when on (Unix ns) it replaces the
     /// site's entry; `None` for `[default]` and `[sites]`.
     pub from: Option<i64>,
+    /// For a `[[changes]]` entry that re-prices usage already billed: why
+    /// (the correction it books carries it).
+    pub correction_reason: Option<String>,
 }
 
 /// Reads a `from`: RFC 3339 with an offset (`Z` for UTC), quoted or as a
@@ -166,7 +171,7 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
     let mut changes = Vec::with_capacity(mapping.changes.len());
     let mut seen = std::collections::BTreeSet::new();
     for (index, change) in mapping.changes.into_iter().enumerate() {
-        let (from, site, entry) = change.split();
+        let (from, site, entry, reason) = change.split();
         let at = |message: String| format!("changes[{index}] (site {site}): {message}");
         let from = parse_from(&from).map_err(at)?;
         if site.trim().is_empty() {
@@ -180,12 +185,25 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
                 rfc3339(from)
             )));
         }
-        changes.push((site, Some(from), entry));
+        let reason = match reason.map(|r| r.trim().to_owned()) {
+            Some(r) if r.is_empty() => {
+                return Err(at(
+                    "correction_reason is empty: say why the past is re-priced".into(),
+                ));
+            }
+            other => other,
+        };
+        changes.push((site, Some(from), entry, reason));
     }
-    std::iter::once((DEFAULT_SITE.to_owned(), None, default))
-        .chain(mapping.sites.into_iter().map(|(site, entry)| (site, None, entry)))
+    std::iter::once((DEFAULT_SITE.to_owned(), None, default, None))
+        .chain(
+            mapping
+                .sites
+                .into_iter()
+                .map(|(site, entry)| (site, None, entry, None)),
+        )
         .chain(changes)
-        .map(|(site, from, entry)| {
+        .map(|(site, from, entry, correction_reason)| {
             if !inside_folder(&entry.module) {
                 return Err(format!(
                     "site {site}: module {:?} is not inside the policy folder (give a file name)",
@@ -231,6 +249,7 @@ pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
             Ok(Mapped {
                 site,
                 from,
+                correction_reason,
                 sha256,
                 module: entry.module,
                 config,
@@ -345,7 +364,24 @@ mod tests {
         assert_eq!(mapped[1].site, DEFAULT_SITE);
         assert_eq!(mapped[2].from, Some(new_year + 31 * 86_400 * 1_000_000_000));
         assert_eq!(mapped[2].site, "8677");
+        assert_eq!(mapped[1].correction_reason, None);
+        let reasoned = parse(
+            "[default]\nmodule = \"p.wasm\"\n[[changes]]\nfrom = 2020-01-01T00:00:00Z\nsite = \"default\"\nmodule = \"p.wasm\"\ncorrection_reason = \" a bug in 1.0 \"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            reasoned[1].correction_reason.as_deref(),
+            Some("a bug in 1.0")
+        );
+        assert!(
+            parse("[default]\nmodule = \"p.wasm\"\ncorrection_reason = \"x\"\n").is_err(),
+            "only a change re-prices the past"
+        );
         for (bad, why) in [
+            (
+                "from = 2027-01-01T00:00:00Z\ncorrection_reason = \" \"",
+                "correction_reason is empty",
+            ),
             ("from = \"tomorrow\"", "not an RFC 3339"),
             ("from = 2027-01-01T00:00:00", "not an RFC 3339"),
             ("from = 5", "not a date-time"),

@@ -303,7 +303,7 @@ impl Schedule {
             let until = billed_until(site)?;
             (from < until).then(|| {
                 format!(
-                    "a change at site {site} from {} lies before steps already billed there (latest billed measurement {}): correct the past with a correction, or give a later from",
+                    "a change at site {site} from {} lies before steps already billed there (latest billed measurement {}): give it a correction_reason to re-price them (a correction is booked), or a later from",
                     show_time(from),
                     show_time(until)
                 )
@@ -317,7 +317,11 @@ impl Schedule {
             if there.is_some_and(|e| e.same_prices(&want.entry)) {
                 continue;
             }
-            if let Some(why) = refuse(&want.entry.site, from) {
+            // Back-dated with a reason: accepted; a correction re-prices
+            // what was billed (see `billing::correction::for_entry`).
+            if want.entry.correction_reason.is_none()
+                && let Some(why) = refuse(&want.entry.site, from)
+            {
                 plan.refused.push(why);
                 continue;
             }
@@ -477,6 +481,7 @@ fn marker(kind: Kind, site: &str, from: i64, added_at: i64, origin: &str) -> Ent
         timeout_ms: None,
         added_at,
         origin: origin.to_owned(),
+        correction_reason: None,
     }
 }
 
@@ -516,6 +521,7 @@ pub fn entry_of(active: &Active, origin: &str, added_at: i64) -> Entry {
         timeout_ms: active.overrides.timeout_ms,
         added_at,
         origin: origin.to_owned(),
+        correction_reason: active.correction_reason.clone(),
     }
 }
 
@@ -625,6 +631,7 @@ mod tests {
             timeout_ms: None,
             added_at: 0,
             origin: "folder".into(),
+            correction_reason: None,
         }
     }
 

@@ -88,6 +88,8 @@ pub struct Assignment {
     pub sha256: Option<String>,
     /// For a `[[changes]]` entry: from when on (Unix ns) it applies.
     pub from: Option<i64>,
+    /// For a `[[changes]]` entry that re-prices billed usage: why.
+    pub correction_reason: Option<String>,
 }
 
 /// A policy in force at a site.
@@ -107,6 +109,8 @@ pub struct Active {
     pub bytes: Arc<[u8]>,
     /// The limits its entry sets, where they differ from the service's.
     pub overrides: LimitOverrides,
+    /// For a `[[changes]]` entry that re-prices billed usage: why.
+    pub correction_reason: Option<String>,
 }
 
 /// A module that could not be loaded for a site.
@@ -152,6 +156,7 @@ pub fn assignments(folder: &Path) -> Result<Vec<Assignment>, SetError> {
             limits: LimitOverrides::default(),
             sha256: None,
             from: None,
+            correction_reason: None,
         }]),
         _ => Err(SetError::Ambiguous {
             path: folder.to_owned(),
@@ -185,6 +190,7 @@ pub fn assignments_in(folder: &Path, mapping_path: &Path) -> Result<Vec<Assignme
                 limits: mapped.limits,
                 sha256: mapped.sha256,
                 from: mapped.from,
+                correction_reason: mapped.correction_reason,
             })
         })
         .collect()
@@ -337,6 +343,7 @@ impl PolicySet {
                             from: assignment.from,
                             bytes,
                             overrides: assignment.limits,
+                            correction_reason: assignment.correction_reason.clone(),
                         }),
                         (None, _) => {
                             match runtime.load_bytes_with(&bytes, &assignment.config, limits) {
@@ -351,6 +358,7 @@ impl PolicySet {
                                         from: assignment.from,
                                         bytes,
                                         overrides: assignment.limits,
+                                        correction_reason: assignment.correction_reason.clone(),
                                     })
                                 }
                                 Err(e) => {
@@ -416,6 +424,7 @@ impl PolicySet {
                 from: None,
                 bytes,
                 overrides: LimitOverrides::default(),
+                correction_reason: None,
             },
             sites: BTreeMap::new(),
             changes: Vec::new(),
