@@ -348,20 +348,44 @@ async fn run(
 
 /// The whole policy folder as a schedule request.
 /// Charges rolled up into their days per pass of [`roll_up_days`].
-const ROLL_UP_BATCH: usize = 20_000;
+const ROLL_UP_BATCH: usize = 5_000;
+
+/// A pass that found a full batch waits this many times as long as it
+/// took: the roll-up takes at most a quarter of a core (and of the
+/// ledger's writer) from billing.
+const ROLL_UP_PAUSE: u32 = 3;
+
+/// The roll-up waits until billing has not committed for this long…
+const ROLL_UP_QUIET: Duration = Duration::from_millis(300);
+
+/// …but not longer than this (under a steady load it still progresses).
+const ROLL_UP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Keeps the statements' daily totals up with the charges, on a thread of
-/// its own: a pass every second, at once again while there is more; and
+/// its own: a pass every second, sooner while there is more (paced by
+/// [`ROLL_UP_PAUSE`]), each once billing has been quiet for
+/// [`ROLL_UP_QUIET`] (or waited [`ROLL_UP_PATIENCE`]); statements read
+/// what is not rolled up yet from the charges. And it
 /// books the correction of each back-dated schedule entry that has none yet.
 fn roll_up_days(ledger: Arc<dyn Ledger>, prices: Arc<Prices>) {
     let spawned = std::thread::Builder::new()
         .name("roll-up".into())
         .spawn(move || {
             let mut corrected = std::collections::HashSet::new();
+            let mut waiting = std::time::Instant::now();
             loop {
                 book_back_dated(&*ledger, &prices, &mut corrected);
+                let quiet = Duration::from_nanos(ledger.quiet_for().max(0) as u64);
+                if quiet < ROLL_UP_QUIET && waiting.elapsed() < ROLL_UP_PATIENCE {
+                    std::thread::sleep(ROLL_UP_QUIET - quiet);
+                    continue;
+                }
+                waiting = std::time::Instant::now();
+                let started = std::time::Instant::now();
                 match ledger.roll_up(ROLL_UP_BATCH) {
-                    Ok(count) if count == ROLL_UP_BATCH => continue,
+                    Ok(count) if count == ROLL_UP_BATCH => {
+                        std::thread::sleep(started.elapsed() * ROLL_UP_PAUSE);
+                    }
                     Ok(_) => std::thread::sleep(Duration::from_secs(1)),
                     Err(e) => {
                         tracing::warn!("statements: cannot roll the charges up into days (statements read the charges meanwhile): {e}");

@@ -308,6 +308,10 @@ impl Corrections for Store {
         })
     }
 
+    fn quiet_for(&self) -> i64 {
+        now_ns() - self.last_commit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn statement_basis(
         &self,
         from: i64,
@@ -418,7 +422,7 @@ fn rollup_mark(db: &mut Db, lock: bool) -> Result<i64, LedgerError> {
 /// What a day's group is keyed by.
 type DayKey = (Key, String, i64);
 
-/// Adds `charges` to their days' totals (read, added, written back).
+/// Adds `charges` to their days' totals (one upsert, the sums made by the database).
 fn add_days(db: &mut Db, charges: &[ChargeRecord]) -> Result<(), LedgerError> {
     let mut added: HashMap<DayKey, (PolicyStamp, Decimal, Decimal)> = HashMap::new();
     for charge in charges {
@@ -438,28 +442,6 @@ fn add_days(db: &mut Db, charges: &[ChargeRecord]) -> Result<(), LedgerError> {
             entry.2 += share(used, span, part);
         }
     }
-    let mut touched: Vec<i64> = added.keys().map(|(_, _, day)| *day).collect();
-    touched.sort_unstable();
-    touched.dedup();
-    for day in touched {
-        db.for_each(
-            "SELECT project, location_id, metric, version, credits, quantity FROM usage_days
-             WHERE day = ?1",
-            params![day],
-            |row| {
-                let key = Key {
-                    project: row.text(0)?.into(),
-                    location_id: row.text(1)?.into(),
-                    metric: row.text(2)?.into(),
-                };
-                if let Some(entry) = added.get_mut(&(key, row.text(3)?, day)) {
-                    entry.1 += row.decimal(4)?;
-                    entry.2 += row.decimal(5)?;
-                }
-                Ok(())
-            },
-        )?;
-    }
     let mut values = Vec::with_capacity(added.len() * 10);
     for ((key, version, day), (policy, credits, quantity)) in &added {
         values.extend([
@@ -475,12 +457,24 @@ fn add_days(db: &mut Db, charges: &[ChargeRecord]) -> Result<(), LedgerError> {
             Param::Text(&policy.sha256),
         ]);
     }
+    // Added to the day's totals where they exist, in the statement.
+    let conflict = match db.dialect() {
+        Dialect::Sqlite => {
+            "ON CONFLICT (project, location_id, metric, version, day) DO UPDATE SET
+                 credits = decimal_add(usage_days.credits, excluded.credits),
+                 quantity = decimal_add(usage_days.quantity, excluded.quantity)"
+        }
+        Dialect::Postgres => {
+            "ON CONFLICT (project, location_id, metric, version, day) DO UPDATE SET
+                 credits = usage_days.credits + excluded.credits,
+                 quantity = usage_days.quantity + excluded.quantity"
+        }
+    };
     db.upsert(
         "INSERT INTO usage_days (project, location_id, metric, version, day, credits, quantity,
              policy_name, policy_version, policy_sha256)",
         10,
-        "ON CONFLICT (project, location_id, metric, version, day) DO UPDATE SET
-             credits = excluded.credits, quantity = excluded.quantity",
+        conflict,
         &values,
     )
 }

@@ -197,7 +197,10 @@ impl EngineStore for Store {
         if batch.is_empty() {
             return Ok(());
         }
-        billing_transaction(self, |db| write_batch(db, batch))
+        billing_transaction(self, |db| write_batch(db, batch))?;
+        self.last_commit
+            .store(now_ns(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     fn reversible(&self, project: &str, floors: &[Floor]) -> Result<Vec<Decimal>, LedgerError> {

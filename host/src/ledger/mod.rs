@@ -675,6 +675,11 @@ pub trait Corrections: Send + Sync {
     /// Safe from any replica (one at a time).
     fn roll_up(&self, limit: usize) -> Result<usize, LedgerError>;
 
+    /// How long (ns) since this process's billing engine last committed:
+    /// the roll-up waits for a quiet moment rather than take the ledger's
+    /// writer from billing.
+    fn quiet_for(&self) -> i64;
+
     /// What a statement of `[from, to)` (ns) needs, of one project or all.
     fn statement_basis(
         &self,

@@ -39,6 +39,8 @@ pub struct Store {
     pub(super) fence: Mutex<Option<i64>>,
     /// Where it lives, for messages (no password).
     place: String,
+    /// When the billing engine last committed (Unix ns; 0: never).
+    pub(super) last_commit: std::sync::atomic::AtomicI64,
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,7 +61,45 @@ fn sqlite_connection(path: &Path, read_only: bool) -> Result<rusqlite::Connectio
         rusqlite::Connection::open(path)?
     };
     connection.pragma_update(None, "busy_timeout", 5000)?;
+    add_decimal_function(&connection)?;
     Ok(connection)
+}
+
+/// `decimal_add(a, b)`: the exact sum of two decimals kept as text (SQLite
+/// would add them as floats), so that a total is updated in one statement
+/// (PostgreSQL adds its `NUMERIC`s itself).
+fn add_decimal_function(connection: &rusqlite::Connection) -> Result<(), LedgerError> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    connection.create_scalar_function(
+        "decimal_add",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |context| {
+            let mut sum = Decimal::ZERO;
+            for index in 0..2 {
+                let value = match context.get_raw(index) {
+                    ValueRef::Integer(n) => Decimal::from(n),
+                    ValueRef::Text(text) => std::str::from_utf8(text)
+                        .ok()
+                        .and_then(|t| pricing_sdk::parse_decimal(t).ok())
+                        .ok_or_else(|| {
+                            rusqlite::Error::UserFunctionError("decimal_add: not a decimal".into())
+                        })?,
+                    _ => {
+                        return Err(rusqlite::Error::UserFunctionError(
+                            "decimal_add: not a decimal".into(),
+                        ));
+                    }
+                };
+                sum = sum.checked_add(value).ok_or_else(|| {
+                    rusqlite::Error::UserFunctionError("decimal_add: overflow".into())
+                })?;
+            }
+            Ok(sum.to_string())
+        },
+    )?;
+    Ok(())
 }
 
 impl Store {
@@ -84,6 +124,7 @@ impl Store {
             reader: Mutex::new(Db::sqlite(sqlite_connection(&path, false)?)),
             side: None,
             fence: Mutex::new(None),
+            last_commit: Default::default(),
             place: path.display().to_string(),
         })
     }
@@ -102,6 +143,7 @@ impl Store {
             reader: Mutex::new(reader),
             side: None,
             fence: Mutex::new(None),
+            last_commit: Default::default(),
             place: path.display().to_string(),
         })
     }
@@ -119,6 +161,7 @@ impl Store {
             reader: Mutex::new(Db::postgres(url, keepalive, session)?),
             side: Some(Mutex::new(Db::postgres(url, keepalive, session)?)),
             fence: Mutex::new(None),
+            last_commit: Default::default(),
             place: url.split('@').next_back().unwrap_or_default().to_owned(),
         })
     }
