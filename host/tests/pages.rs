@@ -55,7 +55,7 @@ fn write(service: &Service, body: &str) {
 #[test]
 fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
-    let service = Service::start(data.path(), policies.path(), &[]);
+    let service = Service::start(data.path(), policies.path(), &[("API_KEY", "k")]);
     let hour = 3_600_000_000_000i64;
     let start = 1_714_600_000_000_000_000i64;
     let body: String = [0, 2, 5, 9, 14, 20]
@@ -70,8 +70,22 @@ fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
         .collect();
     write(&service, &body);
     let history = service.get_json("/api/credits_history/Chart%20Lab");
+    assert_eq!(history["timestamps"].as_array().unwrap().len() - 1, 5);
+    // A correction: its own entry, with its reason.
+    let sha256 = service.get_json("/api/policies")["schedule"][0]["sha256"].clone();
+    let corrected = common::http()
+        .post(service.at("/api/corrections"))
+        .header("X-API-KEY", "k")
+        .json(&serde_json::json!({
+            "reason": "vCPU price fixed", "from": "2024-01-01", "to": "2025-01-01",
+            "sha256": sha256, "config": {"cpu_price": "2"}, "dry_run": false,
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(corrected.status().as_u16(), 200);
+    let history = service.get_json("/api/credits_history/Chart%20Lab");
     let entries = history["timestamps"].as_array().unwrap().len() - 1;
-    assert_eq!(entries, 5);
+    assert_eq!(entries, 6);
 
     let dom = rendered(&service.at("/credits_history/Chart%20Lab"));
     assert!(
@@ -85,14 +99,38 @@ fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
     );
     assert!(dom.contains("<polyline"));
     assert_eq!(dom.matches("<circle").count(), entries);
-    // The table, newest first, credits used (no granted credits known): 20.00 on top.
+    // The table, newest first, credits used (no granted credits known):
+    // the correction (40.00 after it) on top.
     let rows: Vec<&str> = dom.split("<tr>").skip(2).collect();
     assert_eq!(rows.len(), entries);
     assert!(
-        rows[0].contains("20.00") || rows[0].contains(">20<"),
+        rows[0].contains("correction: vCPU price fixed"),
         "{}",
         rows[0]
     );
+    assert!(
+        rows[0].contains("40.00") || rows[0].contains(">40<"),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains("20.00") || rows[1].contains(">20<"),
+        "{}",
+        rows[1]
+    );
+    assert_eq!(dom.matches(r#"class="dot correction""#).count(), 1);
+    // A link to each month's statement, from the first entry's month on;
+    // it answers the month's CSV.
+    let link = "../api/statements?format=csv&amp;month=2024-05&amp;project=Chart%20Lab";
+    assert!(dom.contains(link), "no statement link:\n{dom}");
+    let csv = common::http()
+        .get(service.at("/api/statements?format=csv&month=2024-05&project=Chart%20Lab"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(csv.starts_with("period_start,period_end,project,"), "{csv}");
+    assert!(csv.contains("vCPU price fixed"), "{csv}");
     assert!(dom.contains("Credits used"));
     // Nothing loaded from elsewhere: every script is inline.
     assert!(!dom.contains("<script src"));

@@ -194,14 +194,10 @@ pub async fn logconfig(
     if let Err((status, message)) = authorize(&app, &headers) {
         return error(status, message);
     }
-    let config: LogConfig = match serde_json::from_slice(&body) {
+    let config: LogConfig = match super::json_body(&body, r#"{"filter": "<EnvFilter directives>"}"#)
+    {
         Ok(config) => config,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"filter\": \"<EnvFilter directives>\"}}: {e}"),
-            );
-        }
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match (app.log_filter)(&config.filter) {
         Ok(()) => {

@@ -286,16 +286,12 @@ pub async fn correct(
     if let Err((status, message)) = authorize(&app, &headers) {
         return error(status, message);
     }
-    let body: CorrectionBody = match serde_json::from_slice(&body) {
+    let body: CorrectionBody = match super::json_body(
+        &body,
+        r#"{"reason": "…", "from": "RFC 3339", "to": "RFC 3339", "module": "file.wasm" or "sha256": "…", "dry_run": true}"#,
+    ) {
         Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{e} (expected {{\"reason\": \"…\", \"from\": \"RFC 3339\", \"to\": \"RFC 3339\", \"module\": \"file.wasm\" or \"sha256\": \"…\", \"dry_run\": true}})"
-                ),
-            );
-        }
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let checked = {
         let app = app.clone();

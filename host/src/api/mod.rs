@@ -145,6 +145,15 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
         .into_response()
 }
 
+/// An admin request's JSON body (after its key was checked), or what was
+/// wrong and what was `expected` (for a 400).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("expected {expected}: {e}"))
+}
+
 /// A decimal as a JSON number, written exactly (no float in between).
 pub(crate) fn number(value: Decimal) -> Box<RawValue> {
     RawValue::from_string(value.to_string()).unwrap_or_else(|_| {

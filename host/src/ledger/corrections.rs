@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::reads::{ADJUSTMENT_COLUMNS, CHARGE_COLUMNS, adjustment, charge};
 use super::sql::{Db, Dialect, Param, Row, params};
-use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, now_ns};
+use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, add_to_adopted, now_ns};
 use super::{
     AdjustmentKind, BilledCharge, Booking, ChargeRecord, CorrectionBasis, CorrectionLine,
     CorrectionRecord, CorrectionScope, Corrections, DayTotal, LedgerError, PolicyStamp,
@@ -197,29 +197,11 @@ impl Corrections for Store {
                 10,
                 &values,
             )?;
-            let lock = match dialect {
-                Dialect::Postgres => " FOR UPDATE",
-                Dialect::Sqlite => "",
-            };
             for (project, amount) in totals {
                 if amount.is_zero() {
                     continue;
                 }
-                db.execute(
-                    "INSERT INTO projects (project, updated_at) VALUES (?1, ?2)
-                     ON CONFLICT (project) DO NOTHING",
-                    params![project, now],
-                )?;
-                let adopted = db
-                    .query_one(
-                        &format!("SELECT adopted FROM projects WHERE project = ?1{lock}"),
-                        params![project],
-                    )?
-                    .decimal(0)?;
-                db.execute(
-                    "UPDATE projects SET adopted = ?2, updated_at = ?3 WHERE project = ?1",
-                    params![project, adopted + amount, now],
-                )?;
+                add_to_adopted(db, project, amount, now)?;
                 db.execute(
                     "INSERT INTO adjustments (project, kind, amount, recorded_at, correction)
                      VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use super::sql::params;
-use super::store::{Store, WAITING, now_ns};
+use super::store::{Store, WAITING, add_to_adopted, now_ns};
 use super::{
     Adjustment, KnownValue, LedgerError, Outbox, OutboxEntry, PerunRecord, Publishable, Reads,
     ValueSource,
@@ -134,23 +134,10 @@ impl Outbox for Store {
     ) -> Result<(), LedgerError> {
         self.side().transaction(|db| {
             let now = now_ns();
+            add_to_adopted(db, project, adjustment.amount, now)?;
             db.execute(
-                "INSERT INTO projects (project, updated_at) VALUES (?1, ?2)
-                 ON CONFLICT (project) DO NOTHING",
+                "UPDATE projects SET adopted_at = COALESCE(adopted_at, ?2) WHERE project = ?1",
                 params![project, now],
-            )?;
-            let adopted = db
-                .query_one(
-                    "SELECT adopted FROM projects WHERE project = ?1",
-                    params![project],
-                )?
-                .decimal(0)?
-                + adjustment.amount;
-            db.execute(
-                "UPDATE projects SET adopted = ?2, adopted_at = COALESCE(adopted_at, ?3),
-                     updated_at = ?3
-                 WHERE project = ?1",
-                params![project, adopted, now],
             )?;
             db.execute(
                 "INSERT INTO adjustments (project, kind, amount, perun_modified_at, recorded_at)

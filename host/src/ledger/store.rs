@@ -238,6 +238,37 @@ pub(super) fn project_record(
     })
 }
 
+/// Adds `amount` to a project's adjusted credits (`adopted`: adoption,
+/// hand edits, corrections) in `db`'s open transaction; the row is locked
+/// on PostgreSQL, where the Perun sync and a correction may both write it.
+pub(super) fn add_to_adopted(
+    db: &mut Db,
+    project: &str,
+    amount: Decimal,
+    now: i64,
+) -> Result<(), LedgerError> {
+    db.execute(
+        "INSERT INTO projects (project, updated_at) VALUES (?1, ?2)
+         ON CONFLICT (project) DO NOTHING",
+        super::sql::params![project, now],
+    )?;
+    let lock = match db.dialect() {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    };
+    let adopted = db
+        .query_one(
+            &format!("SELECT adopted FROM projects WHERE project = ?1{lock}"),
+            super::sql::params![project],
+        )?
+        .decimal(0)?;
+    db.execute(
+        "UPDATE projects SET adopted = ?2, updated_at = ?3 WHERE project = ?1",
+        super::sql::params![project, adopted + amount, now],
+    )?;
+    Ok(())
+}
+
 /// A project known only by its keys: used 0.
 pub(super) fn unbilled(project: &str) -> ProjectRecord {
     ProjectRecord {
