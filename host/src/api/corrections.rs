@@ -168,8 +168,12 @@ fn check(app: &AppState, body: CorrectionBody) -> Result<Checked, Refusal> {
         None => None,
     };
     let schedule = app.schedule.load_full();
+    // Bytes from the folder are kept in the ledger when the correction is
+    // applied, so that its module stays known by its SHA-256.
+    let mut from_folder = false;
     let (bytes, sha256) = match (body.module, body.sha256) {
         (Some(file), None) => {
+            from_folder = true;
             let bytes = folder_module(app, &file)?;
             let sha256 = hex::encode(Sha256::digest(&bytes));
             (bytes, sha256)
@@ -226,9 +230,11 @@ fn check(app: &AppState, body: CorrectionBody) -> Result<Checked, Refusal> {
                 format!("the module is not usable: {e}"),
             )
         })?;
-    app.prices
-        .keep_module(&sha256, &bytes)
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if from_folder && !body.dry_run {
+        app.prices
+            .keep_module(&sha256, &bytes)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
     Ok(Checked {
         request: Request {
             reason,

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::Pricer;
 use super::pricer::value_at;
-use super::rerate::RerateFailure;
+use super::rerate::{RerateFailure, recorded_step};
 use crate::account::Key;
 use crate::ledger::{
     BilledCharge, Booking, ChargeRecord, CorrectionBasis, CorrectionLine, CorrectionRecord,
@@ -145,7 +145,7 @@ pub fn reprice(
                 (a.max(line.start), b.min(line.end)),
             );
         }
-        let step = step_of(charge, (charge.previous.0, &charge.previous.1));
+        let step = recorded_step(charge);
         let bound = |t: i64| -> Result<String, String> {
             if t == t0 {
                 Ok(charge.previous.1.clone())
@@ -179,7 +179,7 @@ pub fn reprice(
                 Step {
                     previous: (part.a, part.start.as_str()),
                     current: (part.b, part.end.as_str()),
-                    ..step_of(charge, (0, ""))
+                    ..recorded_step(charge)
                 }
             })
             .collect();
@@ -366,18 +366,6 @@ pub fn for_entry(entry: &Entry) -> Option<Request> {
     })
 }
 
-/// A charge's step, its previous measurement `previous`.
-fn step_of<'c>(charge: &'c ChargeRecord, previous: (i64, &'c str)) -> Step<'c> {
-    Step {
-        metric: &charge.key.metric,
-        project: &charge.key.project,
-        location_id: &charge.key.location_id,
-        tags: &[],
-        previous,
-        current: (charge.current.0, &charge.current.1),
-    }
-}
-
 fn failure(charge: &ChargeRecord, error: String) -> RerateFailure {
     RerateFailure {
         project: charge.key.project.to_string(),
@@ -469,11 +457,7 @@ pub fn statement(
         if a >= b {
             continue;
         }
-        let value = |text: &str| {
-            pricing_sdk::parse_decimal(text)
-                .map_err(|e| format!("a measurement of {}: {e}", charge.key.project))
-        };
-        let used = value(&charge.current.1)? - value(&charge.previous.1)?;
+        let used = charge.usage().map_err(|e| e.to_string())?;
         let line = group(&mut groups, &charge.key, version_of(charge), &charge.policy);
         line.credits += share(charge.credits, (t0, t1), (a, b));
         if let Some(quantity) = &mut line.quantity {

@@ -64,6 +64,19 @@ pub struct Rerate {
     pub failures: Vec<RerateFailure>,
 }
 
+/// The step a charge billed, as a pricer takes it (no tags: they are not
+/// stored with charges).
+pub(super) fn recorded_step(charge: &ChargeRecord) -> Step<'_> {
+    Step {
+        metric: &charge.key.metric,
+        project: &charge.key.project,
+        location_id: &charge.key.location_id,
+        tags: &[],
+        previous: (charge.previous.0, &charge.previous.1),
+        current: (charge.current.0, &charge.current.1),
+    }
+}
+
 /// Prices every charge's step with `pricer` (in batches) and compares.
 pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
     let mut projects: BTreeMap<&str, ProjectRerate> = BTreeMap::new();
@@ -87,17 +100,7 @@ pub fn rerate(charges: &[ChargeRecord], pricer: &impl Pricer) -> Rerate {
         }
     }
     for chunk in priceable.chunks(CHUNK) {
-        let usages: Vec<Step<'_>> = chunk
-            .iter()
-            .map(|charge| Step {
-                metric: &charge.key.metric,
-                project: &charge.key.project,
-                location_id: &charge.key.location_id,
-                tags: &[],
-                previous: (charge.previous.0, &charge.previous.1),
-                current: (charge.current.0, &charge.current.1),
-            })
-            .collect();
+        let usages: Vec<Step<'_>> = chunk.iter().map(|charge| recorded_step(charge)).collect();
         for (charge, priced) in chunk.iter().zip(pricer.price(&usages)) {
             let key = &charge.key;
             match priced {

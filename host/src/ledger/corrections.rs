@@ -408,12 +408,7 @@ type DayKey = (Key, String, i64);
 fn add_days(db: &mut Db, charges: &[ChargeRecord]) -> Result<(), LedgerError> {
     let mut added: HashMap<DayKey, (PolicyStamp, Decimal, Decimal)> = HashMap::new();
     for charge in charges {
-        let value = |text: &str| {
-            pricing_sdk::parse_decimal(text).map_err(|e| {
-                LedgerError::Corrupt(format!("a measurement of {}: {e}", charge.key.project))
-            })
-        };
-        let used = value(&charge.current.1)? - value(&charge.previous.1)?;
+        let used = charge.usage()?;
         let span = (charge.previous.0, charge.current.0);
         let version = version_of(charge);
         for (day, part) in days(span.0, span.1) {

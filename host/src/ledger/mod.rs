@@ -111,6 +111,19 @@ pub struct ChargeRecord {
     pub schedule_entry: Option<i64>,
 }
 
+impl ChargeRecord {
+    /// The usage the step billed: current value minus previous value, or
+    /// why a value is no decimal (a corrupt ledger).
+    pub fn usage(&self) -> Result<Decimal, LedgerError> {
+        let value = |text: &str| {
+            pricing_sdk::parse_decimal(text).map_err(|e| {
+                LedgerError::Corrupt(format!("a measurement of {}: {e}", self.key.project))
+            })
+        };
+        Ok(value(&self.current.1)? - value(&self.previous.1)?)
+    }
+}
+
 /// The service we replace billed a key up to `timestamp` (ns): points not
 /// newer are its, the first newer one is our baseline.
 #[derive(Debug, Clone, PartialEq, Eq)]
