@@ -66,15 +66,9 @@ fn decimal(value: &serde_json::Value) -> Decimal {
     value.as_str().unwrap().parse().unwrap()
 }
 
-/// The most two sums of the same exact shares may differ: the ledger's
-/// running totals, and any sum of many lines, round at Decimal's 28th
-/// significant digit (credits of ~100 carry 26 decimals).
-fn tolerance() -> Decimal {
-    Decimal::new(1, 20)
-}
-
-/// Two statements in CSV hold the same lines (credits and quantities to
-/// the [`tolerance`]: one may read days the other read as charges).
+/// Two statements in CSV hold the same lines, to the last digit (one may
+/// read days where the other read charges; numbers compared as decimals,
+/// `1.50` = `1.5`).
 fn same_csv(a: &str, b: &str) {
     let rows = |text: &str| -> Vec<csv::StringRecord> {
         csv::Reader::from_reader(text.as_bytes())
@@ -88,10 +82,7 @@ fn same_csv(a: &str, b: &str) {
         for column in 0..x.len() {
             if column == 6 || column == 7 {
                 let number = |t: &str| t.parse::<Decimal>().unwrap_or_default();
-                assert!(
-                    (number(&x[column]) - number(&y[column])).abs() <= tolerance(),
-                    "{x:?} {y:?}"
-                );
+                assert_eq!(number(&x[column]), number(&y[column]), "{x:?} {y:?}");
             } else {
                 assert_eq!(x[column], y[column]);
             }
@@ -109,16 +100,13 @@ fn statements_add_up(service: &Service, now: &BTreeMap<String, Decimal>, at: i64
     );
     for (project, credits) in now {
         let whole = all.get(project).copied().unwrap_or_default();
-        assert!(
-            (whole - credits).abs() <= tolerance(),
+        assert_eq!(
+            whole, *credits,
             "{project}: all time {whole} = current credits {credits}"
         );
         let split = before.get(project).copied().unwrap_or_default()
             + after.get(project).copied().unwrap_or_default();
-        assert!(
-            (split - whole).abs() <= tolerance(),
-            "{project}: two periods {split} = the whole {whole}"
-        );
+        assert_eq!(split, whole, "{project}: two periods = the whole");
     }
     assert!(all.keys().all(|p| now.contains_key(p)), "no other project");
 }
@@ -308,10 +296,7 @@ fn a_correction_is_previewed_applied_once_and_explained_by_statements() {
     assert_eq!(rows, all["lines"].as_array().unwrap().len());
     let json_sums = sums(&all);
     for (project, credits) in &csv_sums {
-        assert!(
-            (json_sums[project] - credits).abs() <= tolerance(),
-            "{project}"
-        );
+        assert_eq!(json_sums[project], *credits, "{project}");
     }
 
     // One project's statement is as public as its history.
@@ -541,10 +526,7 @@ fn a_kill_during_an_apply_leaves_the_whole_correction_or_none_of_it() {
         match booked {
             Some(correction) => {
                 let total = decimal(&correction["total_difference"]);
-                assert!(
-                    (moved - total).abs() <= tolerance(),
-                    "seed {seed}: the whole correction: {moved} against {total}"
-                );
+                assert_eq!(moved, total, "seed {seed}: the whole correction");
             }
             None => assert_eq!(after, before, "seed {seed}: none of it"),
         }

@@ -66,12 +66,16 @@ pub trait Pricer {
     fn price(&self, steps: &[Step<'_>]) -> Vec<Result<Priced, CallError>>;
 }
 
-/// One batch priced by `module`, the call timed for `/metrics`.
+/// One batch priced by `module`, the call timed for `/metrics`; each
+/// charge kept to [`crate::period::PLACES`] decimal places.
 fn timed(module: &Module, steps: &[Step<'_>]) -> Vec<Result<Decimal, CallError>> {
     let started = std::time::Instant::now();
     let charges = module.bill_batch(steps);
     crate::policy::call_latency().observe(started.elapsed().as_secs_f64());
     charges
+        .into_iter()
+        .map(|charge| charge.map(crate::period::kept))
+        .collect()
 }
 
 /// Prices with one module.
