@@ -86,7 +86,7 @@ run: all
 	target/release/os-credits serve
 
 # The end-to-end tests that run a second time with the ledger on PostgreSQL.
-E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule write_auth corrections
+E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule write_auth corrections forecasts
 
 test: toolchain test-programs python-policies
 	cd pricing-sdk/python && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider

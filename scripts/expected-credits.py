@@ -6,7 +6,9 @@ the de.NBI prices, Python's exact `decimal`.
     python3 scripts/expected-credits.py examples/stack-sample.lp
 
 prints what `examples/stack-sample.expected.json` holds (host/tests/cli.rs
-checks that the file equals this output).
+checks that the file equals this output); with `--steps`, each project's
+charged steps instead, as [previous timestamp, timestamp, credits]
+(host/tests/forecasts.rs derives the forecasts from them).
 
     python3 scripts/expected-credits.py SAMPLE --change FROM_NS CPU RAM
 
@@ -105,7 +107,9 @@ def charge(measurement, previous, current, change):
     return (middle - v0) * price + (v1 - middle) * new_price
 
 
-def credits(lines, change=None):
+def credits(lines, change=None, steps=None):
+    """Credits per project; with `steps` (a dict), also each project's
+    charged steps as [previous timestamp, timestamp, credits]."""
     states = {}
     projects = {}
     for measurement, tags, text, timestamp in points(lines):
@@ -126,7 +130,10 @@ def credits(lines, change=None):
         elif value < state[1]:
             states[key] = (timestamp, value)  # counter reset
         else:
-            projects[project] += charge(measurement, state, (timestamp, value), change)
+            amount = charge(measurement, state, (timestamp, value), change)
+            projects[project] += amount
+            if steps is not None:
+                steps.setdefault(project, []).append([state[0], timestamp, str(amount)])
             states[key] = (timestamp, value)
     return projects
 
@@ -142,12 +149,18 @@ def main():
             {"project_vcpu_usage": Decimal(cpu), "project_mb_usage": Decimal(ram)},
         )
         del args[at : at + 4]
+    steps = {} if "--steps" in args else None
+    if steps is not None:
+        args.remove("--steps")
     path = args[0] if args else "examples/stack-sample.lp"
     with localcontext() as context:
         context.prec = 60  # exact for these sums: no rounding anywhere
         with open(path, encoding="utf-8") as sample:
-            projects = credits(sample, change)
+            projects = credits(sample, change, steps)
         total = sum(projects.values(), Decimal(0))
+    if steps is not None:
+        print(json.dumps(steps, indent=1, sort_keys=True))
+        return
     document = {
         "projects": {name: str(projects[name]) for name in sorted(projects)},
         "total": str(total),

@@ -4,7 +4,8 @@
 //! statement of every project (ledger read and the arithmetic, as the API
 //! does it, CSV left out; the charges rolled up into days first, as the
 //! service's roll-up thread does while it bills) and a correction of one day of every project with
-//! the de.NBI module (read, re-price, book). SQLite by default; PostgreSQL
+//! the de.NBI module (read, re-price, book); the forecasts' paces of every
+//! project over a day. SQLite by default; PostgreSQL
 //! (a server the benchmark starts) with `BENCH_STORE=postgres`.
 //! `cargo bench -p os-credits --bench statements`.
 
@@ -17,8 +18,8 @@ use std::time::Instant;
 use os_credits::account::{Account, Key, State};
 use os_credits::billing::correction::{Request, reprice, statement};
 use os_credits::ledger::{
-    Batch, ChargeRecord, CorrectionRecord, CorrectionScope, Corrections, EngineStore, PolicyStamp,
-    Store,
+    Batch, ChargeRecord, CorrectionRecord, CorrectionScope, Corrections, EngineStore, Forecasts,
+    Outbox, PolicyStamp, Store,
 };
 use os_credits::policy::{Limits, PolicyRuntime};
 use rust_decimal::Decimal;
@@ -177,7 +178,7 @@ fn main() {
             booked_at: 0,
         };
         store
-            .book_correction(&record, &done.lines, basis.head)
+            .book_correction(&record, &done.lines, basis.head, None)
             .expect("booked");
         let took = started.elapsed();
         println!(
@@ -191,6 +192,28 @@ fn main() {
     times.sort();
     println!(
         "statements: day correction median {:.2?}",
+        times[ROUNDS / 2]
+    );
+
+    // Forecasts: the pace of every project over a day's window, as the
+    // alerts read it every 10 s and /metrics at each scrape.
+    for project in 0..PROJECTS {
+        let name = format!("project-{project:04}");
+        store
+            .set_contacts(&name, Some(Decimal::from(10_000)), None, &[])
+            .expect("granted");
+    }
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let paces = store.paces(24 * HOUR).expect("paces");
+        let took = started.elapsed();
+        assert_eq!(paces.len(), PROJECTS);
+        times.push(took);
+    }
+    times.sort();
+    println!(
+        "statements: forecasts of every project (24 h window) median {:.2?}",
         times[ROUNDS / 2]
     );
 }

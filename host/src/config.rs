@@ -262,6 +262,11 @@ pub struct ServeConfig {
     /// Attribute id of the maintainers' mail addresses (group, java.util.ArrayList).
     #[arg(long, env = "OS_CREDITS_PERUN_EMAILS_ID", default_value_t = 2020)]
     pub perun_emails_id: i64,
+    /// Full name (`namespace:friendlyName`) of a group attribute holding
+    /// when the project ends (a date or RFC 3339), read with the others;
+    /// empty: forecasts know no end.
+    #[arg(long, env = "OS_CREDITS_PERUN_END_ATTRIBUTE", default_value = "")]
+    pub perun_end_attribute: String,
     /// SMTP server for threshold mails; empty: no mails.
     #[arg(long, env = "MAIL_SMTP_SERVER", default_value = "")]
     pub mail_smtp_server: String,
@@ -291,9 +296,44 @@ pub struct ServeConfig {
     /// Comma-separated addresses that replace every recipient (testing, staging).
     #[arg(long, env = "NOTIFICATION_TO_OVERWRITE", default_value = "")]
     pub notification_to_overwrite: String,
-    /// Shares of granted credits, in percent, that trigger a mail.
-    #[arg(long, env = "OS_CREDITS_NOTIFY_THRESHOLDS", default_value = "50,100")]
-    pub notify_thresholds: String,
+    /// Shares of granted credits, in percent, that raise an alert (mail
+    /// and webhook); default 50,100.
+    #[arg(long, env = "OS_CREDITS_MAIL_THRESHOLDS")]
+    pub mail_thresholds: Option<String>,
+    /// The former name of `OS_CREDITS_MAIL_THRESHOLDS` (still read when
+    /// that is unset).
+    #[arg(long, env = "OS_CREDITS_NOTIFY_THRESHOLDS", hide = true)]
+    pub notify_thresholds: Option<String>,
+    /// Warn when a project's credits run out within this many days of its
+    /// latest measurement at its recent pace (0: only when they run out
+    /// before the project ends).
+    #[arg(long, env = "OS_CREDITS_RUNOUT_WARNING_DAYS", default_value_t = 14)]
+    pub runout_warning_days: u32,
+    /// The window, in hours, whose pace forecasts and run-out warnings
+    /// use (1-2160; `GET /api/forecast` takes another per request).
+    #[arg(long, env = "OS_CREDITS_FORECAST_WINDOW_HOURS", default_value_t = 24)]
+    pub forecast_window_hours: u32,
+    /// File replacing the run-out warning's subject template.
+    #[arg(long, env = "OS_CREDITS_RUNOUT_SUBJECT_FILE", default_value = "")]
+    pub runout_subject_file: String,
+    /// File replacing the run-out warning's body template.
+    #[arg(long, env = "OS_CREDITS_RUNOUT_BODY_FILE", default_value = "")]
+    pub runout_body_file: String,
+    /// Where alerts and corrections are POSTed (Standard Webhooks); empty: no webhooks.
+    #[arg(long, env = "OS_CREDITS_WEBHOOK_URL", default_value = "")]
+    pub webhook_url: String,
+    /// The webhooks' signing secret (`whsec_` and base64).
+    #[arg(
+        long,
+        env = "OS_CREDITS_WEBHOOK_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub webhook_secret: String,
+    /// Time limit of one webhook delivery, in seconds (an answer later
+    /// than this counts as a failure: the event is sent again, same id).
+    #[arg(long, env = "OS_CREDITS_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub webhook_timeout_seconds: u64,
     /// File replacing the subject template (placeholders {project}, {used},
     /// {granted}, {left}, {threshold}).
     #[arg(long, env = "OS_CREDITS_MAIL_SUBJECT_FILE", default_value = "")]
@@ -347,7 +387,74 @@ impl ServeConfig {
         }
     }
 
-    /// The threshold-mail settings, or `None` (mails off) without a server.
+    /// The alert settings, or `None` (alerts off) without an SMTP server
+    /// and without a webhook receiver.
+    pub fn alerts(&self) -> anyhow::Result<Option<crate::notify::AlertConfig>> {
+        let (name, text) = match (&self.mail_thresholds, &self.notify_thresholds) {
+            (Some(text), _) => ("OS_CREDITS_MAIL_THRESHOLDS", text.as_str()),
+            (None, Some(text)) => ("OS_CREDITS_NOTIFY_THRESHOLDS", text.as_str()),
+            (None, None) => ("OS_CREDITS_MAIL_THRESHOLDS", "50,100"),
+        };
+        let mut thresholds = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let percent: u32 = item
+                .trim_end_matches('%')
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{name}: {item:?} is not a whole percentage above 0 (e.g. 25,50,75,100)"
+                    )
+                })?;
+            thresholds.push(percent);
+        }
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        let window_hours = self.forecast_window_hours;
+        if !(1..=crate::forecast::MAX_WINDOW_HOURS).contains(&window_hours) {
+            anyhow::bail!("OS_CREDITS_FORECAST_WINDOW_HOURS {window_hours} is not within 1-2160");
+        }
+        let mail = self.mail()?;
+        let webhooks = !self.webhook_url.trim().is_empty();
+        if mail.is_none() && !webhooks {
+            return Ok(None);
+        }
+        Ok(Some(crate::notify::AlertConfig {
+            thresholds,
+            runout_warning: (self.runout_warning_days > 0)
+                .then(|| i64::from(self.runout_warning_days) * crate::period::DAY),
+            window_hours,
+            mail,
+            webhooks,
+        }))
+    }
+
+    /// The webhook settings, or `None` (webhooks off) without a URL.
+    pub fn webhook(&self) -> anyhow::Result<Option<crate::notify::webhook::WebhookConfig>> {
+        let url = self.webhook_url.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let url = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("OS_CREDITS_WEBHOOK_URL {url:?} is not an http(s) URL")
+            })?;
+        if self.webhook_secret.trim().is_empty() {
+            anyhow::bail!(
+                "OS_CREDITS_WEBHOOK_URL is set but OS_CREDITS_WEBHOOK_SECRET is not: events are always signed"
+            );
+        }
+        Ok(Some(crate::notify::webhook::WebhookConfig {
+            url,
+            secret: self.webhook_secret.trim().to_owned(),
+            timeout: Duration::from_secs(self.webhook_timeout_seconds.max(1)),
+        }))
+    }
+
+    /// The mail settings, or `None` (mails off) without a server.
     pub fn mail(&self) -> anyhow::Result<Option<crate::notify::MailConfig>> {
         use crate::notify::{MailConfig, Templates};
         let server = self.mail_smtp_server.trim();
@@ -361,15 +468,11 @@ impl ServeConfig {
                 .map(str::to_owned)
                 .collect()
         };
-        let mut thresholds = Vec::new();
-        for item in list(&self.notify_thresholds) {
-            let percent: u32 = item.trim_end_matches('%').parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "OS_CREDITS_NOTIFY_THRESHOLDS: {item:?} is not a whole percentage (e.g. 50,100)"
-                )
-            })?;
-            thresholds.push(percent);
-        }
+        let file = |text: &str| {
+            Some(text.trim())
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from)
+        };
         let flag = self.mail_not_starttls.trim().to_ascii_lowercase();
         let not_starttls = !matches!(flag.as_str(), "" | "0" | "false" | "no");
         Ok(Some(MailConfig {
@@ -382,7 +485,10 @@ impl ServeConfig {
             governance: Some(self.cloud_governance_mail.trim().to_owned())
                 .filter(|m| !m.is_empty()),
             overwrite: list(&self.notification_to_overwrite),
-            thresholds,
+            runout_templates: Templates::runout().replaced(
+                file(&self.runout_subject_file).as_deref(),
+                file(&self.runout_body_file).as_deref(),
+            )?,
             templates: Templates::load(
                 Some(self.mail_subject_file.trim())
                     .filter(|p| !p.is_empty())
@@ -495,6 +601,20 @@ impl ServeConfig {
                 &self.perun_emails_namespace,
                 "java.util.ArrayList",
             ),
+            ends: match self.perun_end_attribute.trim() {
+                "" => None,
+                full => {
+                    let (namespace, name) = full
+                        .rsplit_once(':')
+                        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "OS_CREDITS_PERUN_END_ATTRIBUTE {full:?} is not a full attribute name (namespace:friendlyName, e.g. urn:perun:group:attribute-def:def:projectEndDate)"
+                            )
+                        })?;
+                    Some(def(0, name, namespace, "java.lang.String"))
+                }
+            },
         };
         Ok(Some((config, login, password)))
     }

@@ -20,10 +20,13 @@
 //! - [`ledger`]: the durable truth, one role trait per client, each
 //!   written once over SQLite and PostgreSQL;
 //! - [`perun`]: the outbox published to Perun, adoption from the old service;
-//! - [`notify`]: threshold mails to the maintainers;
+//! - [`notify`]: alerts (thresholds, run-out warnings) by mail and webhook;
+//! - [`forecast`]: when a project's credits run out at its recent pace,
+//!   from the ledger;
 //! - [`schedule`]: the price schedule's entries as the ledger keeps them (a leaf);
 //! - [`account`]: the key, state and account billing and the ledger share (a leaf);
 //! - [`credits`]: how totals are shown (rounding), for api, perun and notify;
+//! - [`http`]: the HTTP client of the service's own requests (a leaf);
 //! - [`writers`]: who may write measurements (credentials, site scopes);
 //! - [`watch`]: re-reading files when they change (a leaf).
 //!
@@ -34,6 +37,8 @@ pub mod api;
 pub mod billing;
 pub mod config;
 pub mod credits;
+pub mod forecast;
+pub mod http;
 pub mod ingest;
 pub mod ledger;
 pub mod notify;

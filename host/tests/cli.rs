@@ -281,7 +281,7 @@ fn the_service_starts_with_default_env_as_it_is() {
         .text()
         .unwrap();
     assert_eq!(pong, "Pong");
-    assert!(service.log().contains("threshold mails are off"));
+    assert!(service.log().contains("alerts are off"));
 }
 
 #[test]

@@ -101,6 +101,9 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         writers: Arc::new(os_credits::writers::Writers::open_to_all()),
         corrections: store.clone(),
         applying: Default::default(),
+        webhooks: None,
+        forecasts: store.clone(),
+        forecast_window_hours: 24,
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -38,9 +38,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Between api and billing: hands writes to the engine (leader) or the
     // ledger's inbox (follower); never reaches past the ledger.
     ("replica", &["billing", "ingest", "ledger"]),
-    // Perun and the mails read the ledger and show totals.
-    ("perun", &["ledger", "credits"]),
-    ("notify", &["ledger", "credits"]),
+    // The HTTP client of the service's own requests: a leaf.
+    ("http", &[]),
+    // Forecasts are computed from what the ledger reads.
+    ("forecast", &["ledger"]),
+    // Perun and the alerts read the ledger and show totals.
+    ("perun", &["ledger", "credits", "http"]),
+    ("notify", &["ledger", "credits", "forecast", "http"]),
 ];
 
 /// The modules of the crate a source text names, with the line.

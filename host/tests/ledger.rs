@@ -14,8 +14,9 @@ use os_credits::ledger::replication::Replication;
 use os_credits::ledger::sql::Keepalive;
 use os_credits::ledger::{
     Adjustment, AdjustmentKind, Batch, Booking, ChargeRecord, CorrectionLine, CorrectionRecord,
-    CorrectionScope, Corrections, Durability, EngineStore, Floor, LedgerError, Notifications,
-    Outbox, PerunRecord, PolicyStamp, Reads, Schedules, Store, ValueSource,
+    CorrectionScope, Corrections, Durability, EngineStore, Floor, Forecasts, LedgerError,
+    Notifications, Outbox, PerunRecord, PolicyStamp, Reads, Schedules, Store, ValueSource,
+    WebhookEvent, Webhooks,
 };
 use os_credits::schedule::{BEGINNING, Entry, Kind};
 use rust_decimal::Decimal;
@@ -335,13 +336,16 @@ fn contacts_and_mailed_thresholds_are_kept() {
         // No granted credits known: nothing to check.
         assert!(ledger.notifiable().unwrap().is_empty());
         let emails = vec!["pi@example.org".to_owned(), "it@example.org".to_owned()];
-        ledger.set_contacts("a", Some(d("100")), &emails).unwrap();
-        ledger.set_contacts("b", Some(d("7.5")), &[]).unwrap();
+        ledger
+            .set_contacts("a", Some(d("100")), Some(42), &emails)
+            .unwrap();
+        ledger.set_contacts("b", Some(d("7.5")), None, &[]).unwrap();
         ledger.record_notification("a", 50, d("100")).unwrap();
         let mut notifiable = ledger.notifiable().unwrap();
         notifiable.sort_by(|x, y| x.project.project.cmp(&y.project.project));
         assert_eq!(notifiable.len(), 2);
         assert_eq!(notifiable[0].project.emails, emails);
+        assert_eq!(notifiable[0].project.ends_at, Some(42));
         assert_eq!(notifiable[0].project.used(), d("60"));
         assert_eq!(notifiable[0].mailed, vec![(50, d("100"))]);
         assert_eq!(notifiable[1].project.granted, Some(d("7.5")));
@@ -351,6 +355,96 @@ fn contacts_and_mailed_thresholds_are_kept() {
         let again = ledger.notifiable().unwrap();
         let a = again.iter().find(|n| n.project.project == "a").unwrap();
         assert_eq!(a.mailed, vec![(50, d("200"))]);
+    });
+}
+
+/// A charge of `credits` for the step `[t0, t1)` (ns).
+fn step(project: &str, (t0, t1): (i64, i64), credits: &str) -> ChargeRecord {
+    ChargeRecord {
+        previous: (t0, "0".into()),
+        current: (t1, credits.into()),
+        ..charge(project, credits, "0")
+    }
+}
+
+#[test]
+fn a_pace_counts_the_window_by_when_usage_happened() {
+    const H: i64 = 3_600_000_000_000;
+    on_both(|ledger| {
+        ledger
+            .commit(&Batch {
+                states: vec![(key("a"), account(30 * H, "1", "0"))],
+                charges: vec![
+                    // Before the window (ends at its start): not counted.
+                    step("a", (0, 4 * H), "8"),
+                    // Spans the window's start (6 h of 24 h): 12 h of it in.
+                    step("a", (4 * H, 28 * H), "24"),
+                    step("a", (28 * H, 30 * H), "3"),
+                    // Only one charge, inside any window: its start bounds it.
+                    step("b", (20 * H, 22 * H), "5"),
+                ],
+                ..Batch::default()
+            })
+            .unwrap();
+        let pace = ledger.pace("a", 14 * H).unwrap().unwrap();
+        assert_eq!(pace.latest, Some(30 * H));
+        assert_eq!(pace.measured_from, 16 * H);
+        // 24 x 12/24 + 3.
+        assert_eq!(pace.credits, d("15"));
+        let pace = ledger.pace("b", 14 * H).unwrap().unwrap();
+        assert_eq!((pace.latest, pace.measured_from), (Some(22 * H), 20 * H));
+        assert_eq!(pace.credits, d("5"));
+        // A project known only by a key: no pace; an unknown one: none.
+        ledger
+            .commit(&Batch {
+                states: vec![(key("c"), account(1, "1", "0"))],
+                ..Batch::default()
+            })
+            .unwrap();
+        let pace = ledger.pace("c", H).unwrap().unwrap();
+        assert_eq!((pace.latest, pace.credits), (None, Decimal::ZERO));
+        assert_eq!(ledger.pace("nobody", H).unwrap(), None);
+        // Every project with granted credits, with its end.
+        ledger
+            .set_contacts("a", Some(d("100")), Some(99 * H), &[])
+            .unwrap();
+        let paces = ledger.paces(14 * H).unwrap();
+        assert_eq!(paces.len(), 1);
+        assert_eq!(paces[0].project.ends_at, Some(99 * H));
+        assert_eq!(paces[0].credits, d("15"));
+    });
+}
+
+#[test]
+fn webhook_events_are_queued_once_and_kept_until_delivered() {
+    on_both(|ledger| {
+        let event = |id: &str| WebhookEvent {
+            id: id.into(),
+            kind: "credits.threshold_crossed".into(),
+            body: format!("{{\"id\": \"{id}\"}}"),
+        };
+        assert!(ledger.queue_webhook(&event("e1")).unwrap());
+        assert!(
+            !ledger.queue_webhook(&event("e1")).unwrap(),
+            "known: not again"
+        );
+        assert!(ledger.queue_webhook(&event("e2")).unwrap());
+        let due = ledger.webhooks_due(i64::MAX, 10).unwrap();
+        let ids: Vec<&str> = due.iter().map(|p| p.event.id.as_str()).collect();
+        assert_eq!(ids, ["e1", "e2"], "oldest first");
+        assert_eq!(due[0].event, event("e1"));
+        assert_eq!(ledger.webhook_depth().unwrap(), (2, 0));
+        ledger.webhook_failed("e1", 1_000, "answered 500").unwrap();
+        assert_eq!(ledger.webhook_depth().unwrap(), (2, 1));
+        let due = ledger.webhooks_due(999, 10).unwrap();
+        assert_eq!(due.len(), 1, "e1 waits for its next attempt");
+        let due = ledger.webhooks_due(1_000, 10).unwrap();
+        assert_eq!((due[0].event.id.as_str(), due[0].attempts), ("e1", 1));
+        ledger.webhook_delivered("e1").unwrap();
+        assert_eq!(ledger.webhook_depth().unwrap(), (1, 0));
+        // Delivered: never queued again under its id.
+        assert!(!ledger.queue_webhook(&event("e1")).unwrap());
+        assert_eq!(ledger.webhooks_due(i64::MAX, 10).unwrap().len(), 1);
     });
 }
 
@@ -545,15 +639,19 @@ fn statements_read_the_days_rolled_up_as_the_charges_and_corrections_are_booked_
             booked_at: 5,
         };
         assert_eq!(
-            ledger.book_correction(&record, &lines, 1).unwrap(),
+            ledger.book_correction(&record, &lines, 1, None).unwrap(),
             Booking::Stale
         );
         assert_eq!(
-            ledger.book_correction(&record, &lines, basis.head).unwrap(),
+            ledger
+                .book_correction(&record, &lines, basis.head, None)
+                .unwrap(),
             Booking::Booked
         );
         assert_eq!(
-            ledger.book_correction(&record, &lines, basis.head).unwrap(),
+            ledger
+                .book_correction(&record, &lines, basis.head, None)
+                .unwrap(),
             Booking::Already("{\"applied\": true}".into())
         );
         assert_eq!(ledger.project("a").unwrap().unwrap().used(), d("168"));

@@ -157,3 +157,66 @@ fn the_docs_page_lists_every_operation_of_the_openapi_document() {
     assert!(dom.contains("/api/credits_history/{project}"));
     assert!(dom.contains("needs X-API-KEY"));
 }
+
+#[test]
+fn the_history_page_draws_when_the_credits_run_out_in_a_browser() {
+    let perun = common::fake_perun::FakePerun::start();
+    perun.add_group(&serde_json::json!({
+        "name": "Pace Lab", "id": 5151,
+        "attributes": {"denbiCreditsGranted": "40"},
+    }));
+    let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
+    let env: Vec<(String, String)> = perun
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::start(data.path(), policies.path(), &env);
+    let hour = 3_600_000_000_000i64;
+    let start = 1_714_600_000_000_000_000i64;
+    // 4 vCPU-hours an hour for 5 hours: 20 of 40 used, 5 hours left.
+    let body: String = (0..6)
+        .map(|i| {
+            format!(
+                "project_vcpu_usage,location_id=8676,project_name=Pace\\ Lab value={} {}\n",
+                i * 4,
+                start + i * hour
+            )
+        })
+        .collect();
+    write(&service, &body);
+    common::await_until("granted credits read from Perun", || {
+        !service.get_json("/api/current_credits/Pace%20Lab")["granted_credits"].is_null()
+    });
+    let forecast = service.get_json("/api/forecast/Pace%20Lab");
+    assert_eq!(forecast["rate_per_hour"], "4");
+    let runs_out = forecast["runs_out_at"].as_str().unwrap().to_owned();
+    let latest = chrono::DateTime::from_timestamp_nanos(start + 5 * hour);
+    assert_eq!(
+        runs_out,
+        (latest + chrono::Duration::hours(5)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+
+    let dom = rendered(&service.at("/credits_history/Pace%20Lab"));
+    assert!(dom.contains(r#"data-state="ok""#), "{dom}");
+    assert!(
+        dom.contains(&format!(r#"data-runs-out="{runs_out}""#)),
+        "the chart names when the credits run out:\n{dom}"
+    );
+    let attribute = |element: &str, name: &str| -> f64 {
+        let at = dom
+            .find(&format!(r#"<line class="{element}""#))
+            .unwrap_or_else(|| panic!("no {element} line:\n{dom}"));
+        let rest = &dom[at..];
+        let rest = &rest[rest.find(&format!(r#" {name}=""#)).unwrap() + name.len() + 3..];
+        rest[..rest.find('"').unwrap()].parse().unwrap()
+    };
+    // The dashed forecast starts at the latest point and ends on the line
+    // where the granted credits are used up, at the right edge (the
+    // forecast is the chart's latest time).
+    assert_eq!(attribute("forecast", "y2"), attribute("granted", "y1"));
+    assert_eq!(attribute("forecast", "x2"), 780.0);
+    assert!(attribute("forecast", "x1") < 780.0);
+    assert!(dom.contains("Credits left of 40"));
+}

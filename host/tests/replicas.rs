@@ -259,7 +259,7 @@ fn survive(test: &str, faults: &[Fault], netns: Option<&Netns>) {
             let log = replicas[replica].log();
             assert_eq!(code, Some(3), "{log}");
             let after = &log[before.min(log.len())..];
-            assert!(!after.contains("threshold mail sent"), "{after}");
+            assert!(!after.contains("alert mail sent"), "{after}");
             assert!(after.contains("no two replicas bill") || log.contains("no two replicas bill"));
             let name = if replica == 0 { "a" } else { "b" };
             replicas[replica] = cluster.start(name, inside(name));

@@ -317,7 +317,8 @@ pub async fn correct(
         }
     };
     let ledger = app.corrections.clone();
-    let work = blocking(move || run(&*ledger, checked)).await;
+    let webhook = app.webhooks.is_some();
+    let work = blocking(move || run(&*ledger, checked, webhook)).await;
     drop(claim);
     match work {
         Ok(Ok(answer)) => Json(answer).into_response(),
@@ -330,6 +331,7 @@ pub async fn correct(
 fn run(
     ledger: &dyn crate::ledger::Corrections,
     checked: Checked,
+    webhook: bool,
 ) -> Result<serde_json::Value, Refusal> {
     let info = checked.module.info();
     let policy = PolicyStamp {
@@ -343,6 +345,7 @@ fn run(
         &*checked.module,
         &policy,
         checked.dry_run,
+        webhook,
     )
     .map_err(|e| {
         let status = match e {

@@ -364,3 +364,43 @@ pub async fn current_credits(State(app): State<AppState>, Path(project): Path<St
     })
     .into_response()
 }
+
+/// `GET /api/forecast/{project}`'s query.
+#[derive(Debug, Deserialize)]
+pub struct ForecastQuery {
+    /// The window, in hours (1-2160; default the service's).
+    window_hours: Option<String>,
+}
+
+/// `GET /api/forecast/{project}?window_hours=`: when the project's credits
+/// run out at the pace of the window ending at its latest billed
+/// measurement ([`crate::forecast`]); as public as its history.
+pub async fn forecast(
+    State(app): State<AppState>,
+    Path(project): Path<String>,
+    Query(query): Query<ForecastQuery>,
+) -> Response {
+    use crate::forecast::{Forecast, MAX_WINDOW_HOURS, window_ns};
+    let hours = match query.window_hours.as_deref().map(str::trim) {
+        None | Some("") => app.forecast_window_hours,
+        Some(text) => match text.parse::<u32>() {
+            Ok(hours) if (1..=MAX_WINDOW_HOURS).contains(&hours) => hours,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "window_hours {text:?} is not a whole number of hours within 1-{MAX_WINDOW_HOURS}"
+                    ),
+                );
+            }
+        },
+    };
+    let ledger = app.forecasts.clone();
+    let name = project.clone();
+    match blocking(move || ledger.pace(&name, window_ns(hours))).await {
+        Ok(Ok(Some(pace))) => Json(Forecast::of(&pace, hours).answer()).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("unknown project {project}")),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => response,
+    }
+}

@@ -26,6 +26,11 @@ struct Denial {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Project {
+    project: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Refusal {
     writer: String,
     reason: String,
@@ -277,8 +282,74 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     counter(
         &mut registry,
         "mails_failed",
-        "Threshold mails that failed (retried later)",
+        "Alert mails that failed (retried later)",
         mail.failed,
+    );
+    counter(
+        &mut registry,
+        "alerts",
+        "Alerts raised (threshold crossings and run-out warnings; mailed or queued for the webhook)",
+        mail.alerts,
+    );
+    counter(
+        &mut registry,
+        "runout_warnings",
+        "Run-out warnings raised",
+        mail.runout_warnings,
+    );
+    let hooks = app
+        .webhooks
+        .as_ref()
+        .map(|w| w.status())
+        .unwrap_or_default();
+    counter(
+        &mut registry,
+        "webhooks_delivered",
+        "Webhook events the receiver took (2xx)",
+        hooks.delivered,
+    );
+    counter(
+        &mut registry,
+        "webhooks_failed",
+        "Webhook deliveries that failed (retried later under the same id)",
+        hooks.failed,
+    );
+    gauge(
+        &mut registry,
+        "webhooks_queued",
+        "Webhook events not delivered yet",
+        hooks.queued as i64,
+    );
+    gauge(
+        &mut registry,
+        "webhooks_retrying",
+        "Webhook events not delivered yet that failed at least once",
+        hooks.retrying as i64,
+    );
+    let hours = app.forecast_window_hours;
+    let ledger = app.forecasts.clone();
+    let paces = super::blocking(move || ledger.paces(crate::forecast::window_ns(hours))).await;
+    let runout = Family::<Project, Gauge<i64>>::default();
+    match paces {
+        Ok(Ok(paces)) => {
+            for pace in &paces {
+                let forecast = crate::forecast::Forecast::of(pace, hours);
+                if let Some(at) = forecast.runs_out_at {
+                    runout
+                        .get_or_create(&Project {
+                            project: forecast.project,
+                        })
+                        .set(at.div_euclid(1_000_000_000));
+                }
+            }
+        }
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => return response,
+    }
+    registry.register(
+        "runout_timestamp_seconds",
+        "When each project's credits run out at the pace of the forecast window (Unix time), for projects with one",
+        runout,
     );
     gauge(
         &mut registry,

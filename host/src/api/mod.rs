@@ -52,8 +52,14 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The Perun sync, when configured.
     pub perun: Option<Arc<crate::perun::sync::Publisher>>,
-    /// The threshold mails, when configured.
+    /// The alerts (mails, webhook events), when configured.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// The webhooks' delivery, when configured.
+    pub webhooks: Option<Arc<crate::notify::webhook::Deliverer>>,
+    /// What forecasts read.
+    pub forecasts: Arc<dyn crate::ledger::Forecasts>,
+    /// The forecasts' default window, in hours.
+    pub forecast_window_hours: u32,
     /// Replaces the log filter (`POST /logconfig`).
     pub log_filter: LogFilter,
     /// The key admin endpoints require; `None` disables them.
@@ -128,6 +134,7 @@ routes! {
     "post" "/api/costs_per_hour" => post(credits::costs_per_hour),
     "get" "/api/credits_history/{project}" => get(credits::credits_history),
     "get" "/api/current_credits/{project}" => get(credits::current_credits),
+    "get" "/api/forecast/{project}" => get(credits::forecast),
     "post" "/api/corrections" => post(corrections::correct),
     "get" "/api/corrections" => get(corrections::list),
     "get" "/api/statements" => get(corrections::statements),

@@ -25,8 +25,11 @@ use super::rerate::{RerateFailure, recorded_step};
 use crate::account::Key;
 use crate::ledger::{
     BilledCharge, Booking, ChargeRecord, CorrectionBasis, CorrectionLine, CorrectionRecord,
-    CorrectionScope, Corrections, PolicyStamp, StatementBasis, version_of,
+    CorrectionScope, Corrections, PolicyStamp, StatementBasis, WebhookEvent, version_of,
 };
+
+/// The webhook event type of a booked correction.
+pub const CORRECTION_EVENT: &str = "credits.correction_booked";
 pub use crate::period::share;
 use crate::policy::set::DEFAULT_SITE;
 use crate::policy::{MAX_BATCH, Step};
@@ -282,15 +285,17 @@ pub fn answer(
 }
 
 /// Computes a correction with `pricer` (named `policy` in its lines) and,
-/// unless `dry_run`, books it; the answer. A correction booked before (the
-/// same request) is answered as it was then; one computed while another
-/// was booked is computed again.
+/// unless `dry_run`, books it (with `webhook`, its event queued in the
+/// same transaction); the answer. A correction booked before (the same
+/// request) is answered as it was then; one computed while another was
+/// booked is computed again.
 pub fn apply(
     ledger: &dyn Corrections,
     request: &Request,
     pricer: &impl Pricer,
     policy: &PolicyStamp,
     dry_run: bool,
+    webhook: bool,
 ) -> Result<serde_json::Value, CorrectionError> {
     let id = request.id();
     for _ in 0..3 {
@@ -332,7 +337,15 @@ pub fn apply(
             answer: booked.to_string(),
             booked_at: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
         };
-        match ledger.book_correction(&record, &repriced.lines, basis.head)? {
+        let event = webhook.then(|| {
+            WebhookEvent::new(
+                id.clone(),
+                CORRECTION_EVENT,
+                record.booked_at,
+                booked.clone(),
+            )
+        });
+        match ledger.book_correction(&record, &repriced.lines, basis.head, event.as_ref())? {
             Booking::Booked => {
                 tracing::info!(correction = id, reason = %request.reason, total = %repriced.total, lines = repriced.lines.len(), "correction booked");
                 return Ok(booked);

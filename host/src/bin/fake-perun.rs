@@ -30,8 +30,17 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// The de.NBI credit attribute definitions: friendly name, id, namespace, type, entity.
-const DEFINITIONS: [(&str, i64, &str, &str, &str); 4] = [
+/// The de.NBI credit attribute definitions: friendly name, id, namespace, type, entity;
+/// and a project end date as a site may keep it (its name is the site's
+/// choice: the service reads whichever `OS_CREDITS_PERUN_END_ATTRIBUTE` names).
+const DEFINITIONS: [(&str, i64, &str, &str, &str); 5] = [
+    (
+        "denbiProjectEndDate",
+        3390,
+        "urn:perun:group:attribute-def:opt",
+        "java.lang.String",
+        "group",
+    ),
     (
         "denbiCreditsCurrent",
         3382,

@@ -389,8 +389,7 @@ fn ping(port: u16, timeout: u64) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let answer: anyhow::Result<(reqwest::StatusCode, String)> = runtime.block_on(async {
-        let client =
-            os_credits::perun::client::http_client(std::time::Duration::from_secs(timeout))?;
+        let client = os_credits::http::client(std::time::Duration::from_secs(timeout))?;
         let response = client.get(&url).send().await?;
         let status = response.status();
         Ok((status, response.text().await?))

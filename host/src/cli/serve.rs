@@ -12,7 +12,8 @@ use os_credits::config::ServeConfig;
 use os_credits::ledger::replication::Replication;
 use os_credits::ledger::sql::Keepalive;
 use os_credits::ledger::{Floor, Ledger, Store};
-use os_credits::notify::Notifier;
+use os_credits::notify::webhook::Deliverer;
+use os_credits::notify::{AlertLedger, Notifier};
 use os_credits::perun::client::PerunClient;
 use os_credits::perun::sync::{Publisher, Rebase};
 use os_credits::policy::PolicyRuntime;
@@ -196,30 +197,61 @@ async fn run(
             None
         }
     };
-    let notifier = match config.mail()? {
-        Some(mail) => {
-            let server = format!("{}:{}", mail.server, mail.port);
+    let webhooks = match config.webhook()? {
+        Some(webhook) => {
+            let url = webhook.url.clone();
+            let deliverer = Deliverer::new(ledger.clone(), replica.leadership(), webhook)?;
+            tracing::info!(%url, "webhooks on (while leading)");
+            Some(Arc::new(deliverer))
+        }
+        None => None,
+    };
+    let notifier = match config.alerts()? {
+        Some(alerts) => {
+            let server = alerts
+                .mail
+                .as_ref()
+                .map(|mail| format!("{}:{}", mail.server, mail.port));
+            let alert_ledger = AlertLedger {
+                notifications: ledger.clone(),
+                forecasts: ledger.clone(),
+                webhooks: ledger.clone(),
+            };
             let notifier = Arc::new(
-                Notifier::new(ledger.clone(), replica.leadership(), mail)
-                    .with_context(|| format!("cannot set up SMTP to {server}"))?,
+                Notifier::new(alert_ledger, replica.leadership(), alerts).with_context(|| {
+                    format!(
+                        "cannot set up SMTP to {}",
+                        server.clone().unwrap_or_default()
+                    )
+                })?,
             );
-            tracing::info!(%server, "threshold mails on (while leading)");
+            match server {
+                Some(server) => tracing::info!(%server, "alert mails on (while leading)"),
+                None => tracing::info!(
+                    "alert mails are off (set MAIL_SMTP_SERVER to send them); alerts go to the webhook"
+                ),
+            }
             Some(notifier)
         }
         None => {
-            tracing::info!("threshold mails are off (set MAIL_SMTP_SERVER to send them)");
+            tracing::info!(
+                "alerts are off (set MAIL_SMTP_SERVER or OS_CREDITS_WEBHOOK_URL to raise them)"
+            );
             None
         }
     };
-    // The leader's tasks: the Perun sync and the mails.
+    // The leader's tasks: the Perun sync, the alerts, the webhooks.
     let leader_tasks = {
-        let (perun, notifier) = (perun.clone(), notifier.clone());
+        let (perun, notifier, webhooks) = (perun.clone(), notifier.clone(), webhooks.clone());
         move |handle: &tokio::runtime::Handle| {
             if let Some(sync) = perun {
                 handle.spawn(sync.run());
             }
             if let Some(notifier) = notifier {
                 handle.spawn(notifier.run());
+            }
+            if let Some(webhooks) = webhooks {
+                handle.spawn(webhooks.run());
             }
         }
     };
@@ -296,10 +328,11 @@ async fn run(
             });
         }));
     }
-    roll_up_days(ledger.clone(), prices.clone());
+    roll_up_days(ledger.clone(), prices.clone(), webhooks.is_some());
     let state = AppState {
         replica: replica.clone(),
         corrections: ledger.clone(),
+        forecasts: ledger.clone(),
         applying: Default::default(),
         ledger,
         schedule: prices.live(),
@@ -307,6 +340,8 @@ async fn run(
         registry,
         perun,
         notifier,
+        webhooks,
+        forecast_window_hours: config.forecast_window_hours,
         log_filter,
         api_key: config.api_key.clone().filter(|k| !k.is_empty()),
         precision: config.precision,
@@ -367,14 +402,14 @@ const ROLL_UP_PATIENCE: Duration = Duration::from_secs(10);
 /// [`ROLL_UP_QUIET`] (or waited [`ROLL_UP_PATIENCE`]); statements read
 /// what is not rolled up yet from the charges. And it
 /// books the correction of each back-dated schedule entry that has none yet.
-fn roll_up_days(ledger: Arc<dyn Ledger>, prices: Arc<Prices>) {
+fn roll_up_days(ledger: Arc<dyn Ledger>, prices: Arc<Prices>, webhook: bool) {
     let spawned = std::thread::Builder::new()
         .name("roll-up".into())
         .spawn(move || {
             let mut corrected = std::collections::HashSet::new();
             let mut waiting = std::time::Instant::now();
             loop {
-                book_back_dated(&*ledger, &prices, &mut corrected);
+                book_back_dated(&*ledger, &prices, &mut corrected, webhook);
                 let quiet = Duration::from_nanos(ledger.quiet_for().max(0) as u64);
                 if quiet < ROLL_UP_QUIET && waiting.elapsed() < ROLL_UP_PATIENCE {
                     std::thread::sleep(ROLL_UP_QUIET - quiet);
@@ -408,6 +443,7 @@ fn book_back_dated(
     ledger: &dyn Ledger,
     prices: &Prices,
     done: &mut std::collections::HashSet<i64>,
+    webhook: bool,
 ) {
     use os_credits::billing::correction::{CorrectionError, apply, for_entry};
     let schedule = prices.current();
@@ -446,7 +482,7 @@ fn book_back_dated(
         };
         let span = tracing::info_span!("back-dated", entry = entry.id, site = %entry.site);
         let _in = span.enter();
-        match apply(ledger, &request, &*schedule, &policy, false) {
+        match apply(ledger, &request, &*schedule, &policy, false, webhook) {
             Ok(answer) => {
                 done.insert(entry.id);
                 tracing::info!(correction = %answer["id"], total = %answer["total_difference"], "back-dated schedule entry: its correction is booked");

@@ -109,7 +109,7 @@ fn send(
         .enable_all()
         .build()?;
     let (status, body) = runtime.block_on(async {
-        let client = os_credits::perun::client::http_client(Duration::from_secs(service.timeout))?;
+        let client = os_credits::http::client(Duration::from_secs(service.timeout))?;
         let mut request = build(&client, &base);
         if let Some(key) = &service.api_key {
             request = request.header("X-API-KEY", key);

@@ -13,7 +13,7 @@ use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, add_to_adopted, now_ns};
 use super::{
     AdjustmentKind, BilledCharge, Booking, ChargeRecord, CorrectionBasis, CorrectionLine,
     CorrectionRecord, CorrectionScope, Corrections, DayTotal, LedgerError, PolicyStamp,
-    StatementBasis, StatementCorrection, version_of,
+    StatementBasis, StatementCorrection, WebhookEvent, version_of,
 };
 use crate::account::Key;
 use crate::period::{DAY, day_of, days, share};
@@ -127,6 +127,7 @@ impl Corrections for Store {
         record: &CorrectionRecord,
         lines: &[CorrectionLine],
         expected_head: i64,
+        webhook: Option<&WebhookEvent>,
     ) -> Result<Booking, LedgerError> {
         let mut db = self.side();
         let dialect = db.dialect();
@@ -214,6 +215,9 @@ impl Corrections for Store {
                     ],
                 )?;
                 db.upsert(QUEUE_HEAD, 2, QUEUE_TAIL, params![project, now_ns()])?;
+            }
+            if let Some(event) = webhook {
+                super::alerts::queue(db, event)?;
             }
             Ok(Booking::Booked)
         })

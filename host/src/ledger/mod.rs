@@ -17,6 +17,7 @@
 //! own: [`replication::Replication`]. The ledger names nothing above it: its
 //! values come from the leaves [`crate::account`] and [`crate::schedule`].
 
+mod alerts;
 pub mod copy;
 mod corrections;
 mod engine;
@@ -168,6 +169,8 @@ pub struct ProjectRecord {
     pub granted: Option<Decimal>,
     /// The maintainers' mail addresses (Perun's `toEmail`), when known.
     pub emails: Vec<String>,
+    /// When the project ends (ns), when Perun says.
+    pub ends_at: Option<i64>,
 }
 
 impl ProjectRecord {
@@ -451,11 +454,13 @@ pub trait Outbox: Send + Sync {
     /// What to publish for a project.
     fn publishable(&self, project: &str) -> Result<Option<Publishable>, LedgerError>;
 
-    /// Records the project's granted credits and maintainers (from Perun).
+    /// Records the project's granted credits, end (ns) and maintainers
+    /// (from Perun).
     fn set_contacts(
         &self,
         project: &str,
         granted: Option<Decimal>,
+        ends_at: Option<i64>,
         emails: &[String],
     ) -> Result<(), LedgerError>;
 
@@ -673,11 +678,13 @@ pub trait Corrections: Send + Sync {
     /// the outbox. Nothing when a correction with its id exists
     /// ([`Booking::Already`]) or another was booked after `head`
     /// ([`Booking::Stale`]).
+    /// With `webhook`, its event is queued in the same transaction.
     fn book_correction(
         &self,
         record: &CorrectionRecord,
         lines: &[CorrectionLine],
         head: i64,
+        webhook: Option<&WebhookEvent>,
     ) -> Result<Booking, LedgerError>;
 
     /// Every correction booked, oldest first.
@@ -702,6 +709,86 @@ pub trait Corrections: Send + Sync {
     ) -> Result<StatementBasis, LedgerError>;
 }
 
+/// How fast a project used credits lately: what a forecast is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pace {
+    /// The project's figures (used, granted, end).
+    pub project: ProjectRecord,
+    /// Its latest billed measurement (ns); `None` before its first charge.
+    pub latest: Option<i64>,
+    /// Where the window's measured part starts (ns): the window's start,
+    /// or the project's first measurement when that is later.
+    pub measured_from: i64,
+    /// Credits charged for usage in `[measured_from, latest)` (a step
+    /// spanning its start counted pro rata by time), with corrections of
+    /// that usage.
+    pub credits: Decimal,
+}
+
+/// What forecasts read.
+pub trait Forecasts: Send + Sync {
+    /// `project`'s pace over the `window` (ns) ending at its latest billed
+    /// measurement; `None` for a project the ledger does not know.
+    fn pace(&self, project: &str, window: i64) -> Result<Option<Pace>, LedgerError>;
+
+    /// The pace of every project with granted credits known.
+    fn paces(&self, window: i64) -> Result<Vec<Pace>, LedgerError>;
+}
+
+/// An event for the webhook receiver, as queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// Its `webhook-id`: derived from what it is about, the same on every resend.
+    pub id: String,
+    /// Its type (`credits.threshold_crossed` …).
+    pub kind: String,
+    /// The JSON payload, fixed when queued.
+    pub body: String,
+}
+
+impl WebhookEvent {
+    /// An event of type `kind` that happened at `at` (ns), its payload in
+    /// the Standard Webhooks shape: `{"type", "timestamp", "data"}`.
+    pub fn new(id: String, kind: &str, at: i64, data: serde_json::Value) -> WebhookEvent {
+        let timestamp = chrono::DateTime::from_timestamp_nanos(at)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let body = serde_json::json!({"type": kind, "timestamp": timestamp, "data": data});
+        WebhookEvent {
+            id,
+            kind: kind.to_owned(),
+            body: body.to_string(),
+        }
+    }
+}
+
+/// A queued event not delivered yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWebhook {
+    /// The event.
+    pub event: WebhookEvent,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// The webhooks' durable outbox.
+pub trait Webhooks: Send + Sync {
+    /// Queues `event` unless an event with its id is known (queued or
+    /// delivered); `true` when queued now.
+    fn queue_webhook(&self, event: &WebhookEvent) -> Result<bool, LedgerError>;
+
+    /// Up to `limit` events not delivered whose next attempt is due at `now`, oldest first.
+    fn webhooks_due(&self, now: i64, limit: usize) -> Result<Vec<PendingWebhook>, LedgerError>;
+
+    /// The receiver took event `id`.
+    fn webhook_delivered(&self, id: &str) -> Result<(), LedgerError>;
+
+    /// Delivering `id` failed: try again at `next_attempt` (ns).
+    fn webhook_failed(&self, id: &str, next_attempt: i64, error: &str) -> Result<(), LedgerError>;
+
+    /// Events not delivered yet: all of them, and those that failed at least once.
+    fn webhook_depth(&self) -> Result<(u64, u64), LedgerError>;
+}
+
 /// Whether this process may act as the ledger's leader right now: the Perun
 /// sync and the mails ask before every effect outside the ledger. A lone
 /// service always may; a replica only while its lease is fresh (see
@@ -713,6 +800,13 @@ pub trait Leadership: Send + Sync {
 
 /// Every role at once: what [`Store`] implements, over either database.
 /// Each client holds only its role (`Arc<dyn Outbox>` …), upcast from this.
-pub trait Ledger: EngineStore + Reads + Outbox + Notifications + Schedules + Corrections {}
+pub trait Ledger:
+    EngineStore + Reads + Outbox + Notifications + Schedules + Corrections + Forecasts + Webhooks
+{
+}
 
-impl<T: EngineStore + Reads + Outbox + Notifications + Schedules + Corrections> Ledger for T {}
+impl<
+    T: EngineStore + Reads + Outbox + Notifications + Schedules + Corrections + Forecasts + Webhooks,
+> Ledger for T
+{
+}

@@ -37,7 +37,7 @@ impl Notifications for Store {
             },
         )?;
         db.map(
-            "SELECT project, charged, adopted, granted, emails FROM projects
+            "SELECT project, charged, adopted, granted, emails, ends_at FROM projects
              WHERE granted IS NOT NULL",
             &[],
             |row| {

@@ -86,15 +86,17 @@ impl Outbox for Store {
         &self,
         project: &str,
         granted: Option<Decimal>,
+        ends_at: Option<i64>,
         emails: &[String],
     ) -> Result<(), LedgerError> {
         let emails = serde_json::to_string(emails)
             .map_err(|e| LedgerError::Corrupt(format!("mail addresses: {e}")))?;
         self.side().execute(
-            "INSERT INTO projects (project, granted, emails, updated_at) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO projects (project, granted, emails, updated_at, ends_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (project) DO UPDATE SET granted = excluded.granted,
-                 emails = excluded.emails",
-            params![project, granted, &emails, now_ns()],
+                 emails = excluded.emails, ends_at = excluded.ends_at",
+            params![project, granted, &emails, now_ns(), ends_at],
         )?;
         Ok(())
     }

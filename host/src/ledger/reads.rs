@@ -60,7 +60,7 @@ impl Reads for Store {
     fn project(&self, project: &str) -> Result<Option<ProjectRecord>, LedgerError> {
         let mut db = self.reader();
         let row = db.query_opt(
-            "SELECT charged, adopted, granted, emails FROM projects WHERE project = ?1",
+            "SELECT charged, adopted, granted, emails, ends_at FROM projects WHERE project = ?1",
             params![project],
         )?;
         if let Some(row) = row {

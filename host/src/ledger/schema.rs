@@ -293,6 +293,23 @@ pub const SHARED: &[&str] = &[
      );
      INSERT INTO rollup (id, charges_upto) VALUES (1, 0);
      CREATE INDEX IF NOT EXISTS charges_by_time ON charges (timestamp);",
+    // forecasts and alerts: when a project ends (from Perun); a project's
+    // latest charges found by time; the webhooks' outbox (each event once,
+    // under its id, until the receiver took it)
+    "ALTER TABLE projects ADD COLUMN ends_at {int};
+     CREATE INDEX charges_by_project_time ON charges (project, timestamp);
+     CREATE TABLE webhooks (
+         seq          {id},
+         id           TEXT NOT NULL UNIQUE,
+         kind         TEXT NOT NULL,
+         body         TEXT NOT NULL,
+         created_at   {int} NOT NULL,
+         attempts     {int} NOT NULL DEFAULT 0,
+         next_attempt {int} NOT NULL DEFAULT 0,
+         delivered_at {int},
+         last_error   TEXT
+     );
+     CREATE INDEX webhooks_pending ON webhooks (next_attempt) WHERE delivered_at IS NULL;",
 ];
 
 /// A shared migration in `dialect`: `{id}` an auto-increment key, `{name}`

@@ -234,6 +234,7 @@ pub(super) fn project_record(
         granted: row.opt_decimal(at + 2)?,
         emails: serde_json::from_str(&emails)
             .map_err(|e| LedgerError::Corrupt(format!("mail addresses of {project}: {e}")))?,
+        ends_at: row.opt_int(at + 4)?,
         project,
     })
 }
@@ -277,6 +278,7 @@ pub(super) fn unbilled(project: &str) -> ProjectRecord {
         adopted: Decimal::ZERO,
         granted: None,
         emails: Vec::new(),
+        ends_at: None,
     }
 }
 

@@ -1,6 +1,8 @@
-//! Threshold mails: when a project's credits used reach a share of its
-//! granted credits (50 % and 100 % by default), its maintainers get one
-//! mail per crossing.
+//! Alerts: when a project's credits used reach a share of its granted
+//! credits (50 % and 100 % by default), and when at its recent pace they
+//! run out soon or before the project ends ([`crate::forecast`]), its
+//! maintainers get one mail per crossing, and the webhook receiver one
+//! event ([`webhook`]).
 //!
 //! The notifier reads the ledger (credits used, granted and the
 //! maintainers' `toEmail`, both from Perun) and never the billing path: a
@@ -21,19 +23,43 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tracing::Instrument;
 
+pub mod webhook;
+
 use crate::credits::round;
-use crate::ledger::{Leadership, Notifications, ProjectRecord};
+use crate::forecast::Forecast;
+use crate::ledger::{Forecasts, Leadership, Notifications, ProjectRecord, WebhookEvent, Webhooks};
 
 /// How often the ledger is checked for crossings.
 const PASS: Duration = Duration::from_secs(1);
 /// Longest wait after the SMTP server failed.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How often (passes) the run-out forecasts of every project are checked.
+const RUNOUT_EVERY: u64 = 10;
+/// The "threshold" the ledger records a run-out warning under (a threshold
+/// of 0 % is refused in the settings).
+pub const RUNOUT: u32 = 0;
+/// The webhook event type of a threshold crossed.
+pub const THRESHOLD_EVENT: &str = "credits.threshold_crossed";
+/// The webhook event type of a run-out warning.
+pub const RUNOUT_EVENT: &str = "credits.runout_warning";
+
 /// The placeholders a template may use.
-pub const PLACEHOLDERS: [&str; 5] = ["project", "used", "granted", "left", "threshold"];
+pub const PLACEHOLDERS: [&str; 9] = [
+    "project",
+    "used",
+    "granted",
+    "left",
+    "threshold",
+    "rate_per_hour",
+    "runs_out_at",
+    "ends_at",
+    "window_hours",
+];
 
 /// Subject and body with `{project}`, `{used}`, `{granted}`, `{left}`,
-/// `{threshold}` placeholders.
+/// `{threshold}`, `{rate_per_hour}`, `{runs_out_at}`, `{ends_at}`,
+/// `{window_hours}` placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Templates {
     /// One line.
@@ -73,8 +99,17 @@ impl Default for Templates {
 }
 
 impl Templates {
-    /// The built-in templates, each replaced by its file when given.
-    pub fn load(
+    /// The built-in run-out warning.
+    pub fn runout() -> Self {
+        Templates {
+            subject: include_str!("runout_subject.txt").trim().to_owned(),
+            body: include_str!("runout_body.txt").to_owned(),
+        }
+    }
+
+    /// `self`, each part replaced by its file when given.
+    pub fn replaced(
+        mut self,
         subject: Option<&std::path::Path>,
         body: Option<&std::path::Path>,
     ) -> Result<Self, TemplateError> {
@@ -84,16 +119,23 @@ impl Templates {
                 source,
             })
         };
-        let mut templates = Templates::default();
         if let Some(path) = subject {
-            templates.subject = read(path)?.trim().to_owned();
+            self.subject = read(path)?.trim().to_owned();
         }
         if let Some(path) = body {
-            templates.body = read(path)?;
+            self.body = read(path)?;
         }
-        check("subject", &templates.subject)?;
-        check("body", &templates.body)?;
-        Ok(templates)
+        check("subject", &self.subject)?;
+        check("body", &self.body)?;
+        Ok(self)
+    }
+
+    /// The built-in templates, each replaced by its file when given.
+    pub fn load(
+        subject: Option<&std::path::Path>,
+        body: Option<&std::path::Path>,
+    ) -> Result<Self, TemplateError> {
+        Templates::default().replaced(subject, body)
     }
 
     /// Subject and body for `values` (placeholder name, text).
@@ -145,21 +187,43 @@ pub struct MailConfig {
     pub governance: Option<String>,
     /// Replaces every recipient (`NOTIFICATION_TO_OVERWRITE`).
     pub overwrite: Vec<String>,
-    /// Shares of granted credits, in percent, that trigger a mail.
-    pub thresholds: Vec<u32>,
-    /// Subject and body.
+    /// Subject and body of a threshold mail.
     pub templates: Templates,
+    /// Subject and body of a run-out warning.
+    pub runout_templates: Templates,
     /// Decimal places of the credits shown.
     pub precision: u32,
     /// Time limit of one SMTP conversation.
     pub timeout: Duration,
 }
 
+/// What raises alerts, and where they go.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    /// Shares of granted credits, in percent (none 0), that raise an alert.
+    pub thresholds: Vec<u32>,
+    /// Warn when the credits run out within this (ns) of the latest
+    /// measurement; `None`: only when they run out before the project ends.
+    pub runout_warning: Option<i64>,
+    /// The forecasts' window, in hours.
+    pub window_hours: u32,
+    /// Mails, when an SMTP server is set.
+    pub mail: Option<MailConfig>,
+    /// Whether alerts are queued for the webhook receiver.
+    pub webhooks: bool,
+}
+
 /// Mails sent and failed, for `/stats` and `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NotifyStatus {
-    /// Whether notifications are on.
+    /// Whether alerts are on (mails or webhooks).
     pub enabled: bool,
+    /// Whether mails are sent.
+    pub mails: bool,
+    /// Alerts raised (mailed or queued), threshold and run-out alike.
+    pub alerts: u64,
+    /// Run-out warnings among them.
+    pub runout_warnings: u64,
     /// Mails the server accepted.
     pub sent: u64,
     /// Attempts that failed.
@@ -170,17 +234,29 @@ pub struct NotifyStatus {
     pub passes: u64,
 }
 
-/// A mail that is due: a project past a threshold not yet mailed for its
-/// current granted credits.
+/// An alert that is due: a project past a threshold (or warned of its
+/// run-out) not yet alerted for its current granted credits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     /// The project and its figures.
     pub project: ProjectRecord,
-    /// The threshold crossed, in percent.
+    /// The threshold crossed, in percent; [`RUNOUT`] for a run-out warning.
     pub threshold: u32,
     /// How often the threshold was re-armed before (credits used fell
     /// below it again): 0 for the first crossing.
     pub round: u32,
+    /// The project's forecast, when read.
+    pub forecast: Option<Forecast>,
+}
+
+impl Due {
+    /// What the alert is about, as a name: `50` (percent) or `runout`.
+    pub fn what(&self) -> String {
+        match self.threshold {
+            RUNOUT => "runout".to_owned(),
+            t => t.to_string(),
+        }
+    }
 }
 
 /// The mails due for `project`, given the thresholds already mailed for
@@ -199,8 +275,33 @@ pub fn due(project: &ProjectRecord, thresholds: &[u32], mailed: &[(u32, Decimal)
             project: project.clone(),
             threshold: *t,
             round: 0,
+            forecast: None,
         })
         .collect()
+}
+
+/// The run-out warning due for `forecast`'s project (warned within
+/// `warning` ns, or before its end), unless warned for its current granted
+/// credits already; none once its credits are used up (the 100 % alert
+/// says so).
+pub fn runout_due(
+    project: &ProjectRecord,
+    forecast: &Forecast,
+    warning: Option<i64>,
+    mailed: &[(u32, Decimal)],
+) -> Option<Due> {
+    let granted = project.granted.filter(|g| *g > Decimal::ZERO)?;
+    let warns = match warning {
+        Some(warning) => forecast.warns(warning),
+        None => forecast.lasts_until_end == Some(false),
+    };
+    let done = mailed.iter().any(|(t, at)| *t == RUNOUT && *at >= granted);
+    (warns && !forecast.exhausted && !done).then(|| Due {
+        project: project.clone(),
+        threshold: RUNOUT,
+        round: 0,
+        forecast: Some(forecast.clone()),
+    })
 }
 
 /// The thresholds mailed for `project` that its credits used no longer
@@ -214,7 +315,9 @@ pub fn rearmable(project: &ProjectRecord, mailed: &[(u32, Decimal)]) -> Vec<u32>
     mailed
         .iter()
         .filter(|(t, at)| {
-            *at > Decimal::ZERO && used * Decimal::ONE_HUNDRED < granted * Decimal::from(*t)
+            *t != RUNOUT
+                && *at > Decimal::ZERO
+                && used * Decimal::ONE_HUNDRED < granted * Decimal::from(*t)
         })
         .map(|(t, _)| *t)
         .collect()
@@ -236,26 +339,323 @@ pub enum SetupError {
     },
 }
 
-/// Sends the threshold mails.
-pub struct Notifier {
-    ledger: Arc<dyn Notifications>,
-    leadership: Arc<dyn Leadership>,
+/// The SMTP side of the alerts.
+struct Mailer {
     config: MailConfig,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+/// The ledger roles the alerts read and write.
+#[derive(Clone)]
+pub struct AlertLedger {
+    /// Thresholds alerted, projects with granted credits.
+    pub notifications: Arc<dyn Notifications>,
+    /// The projects' paces.
+    pub forecasts: Arc<dyn Forecasts>,
+    /// The webhooks' outbox.
+    pub webhooks: Arc<dyn Webhooks>,
+}
+
+/// Raises the alerts: mails and webhook events.
+pub struct Notifier {
+    ledger: AlertLedger,
+    leadership: Arc<dyn Leadership>,
+    config: AlertConfig,
+    mailer: Option<Mailer>,
     status: Mutex<NotifyStatus>,
     /// No send before this instant (SMTP failed); and the failures in a row.
     backoff: Mutex<(Option<Instant>, u32)>,
 }
 
 impl Notifier {
-    /// A notifier writing through `config`'s server; it sends nothing
-    /// unless `leadership` says this process leads right then.
+    /// A notifier mailing through `config`'s server (when it has one) and
+    /// queueing webhook events (when on); it raises nothing unless
+    /// `leadership` says this process leads right then.
     pub fn new(
-        ledger: Arc<dyn Notifications>,
+        ledger: AlertLedger,
         leadership: Arc<dyn Leadership>,
-        config: MailConfig,
+        config: AlertConfig,
     ) -> Result<Self, SetupError> {
+        let mailer = config.mail.clone().map(Mailer::new).transpose()?;
+        Ok(Notifier {
+            ledger,
+            leadership,
+            status: Mutex::new(NotifyStatus {
+                enabled: true,
+                mails: mailer.is_some(),
+                ..NotifyStatus::default()
+            }),
+            mailer,
+            config,
+            backoff: Mutex::new((None, 0)),
+        })
+    }
+
+    /// Alerts raised, mails sent and failed.
+    pub fn status(&self) -> NotifyStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs forever: one pass a second.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PASS);
+        loop {
+            tick.tick().await;
+            self.pass().await;
+        }
+    }
+
+    /// Raises what is due now (unless the SMTP server failed recently, or
+    /// this process does not lead); run-out forecasts every
+    /// [`RUNOUT_EVERY`] passes.
+    pub async fn pass(&self) {
+        if !self.leadership.leading() {
+            return;
+        }
+        let pass = {
+            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            status.passes += 1;
+            status.passes
+        };
+        let waiting = self
+            .backoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_some_and(|until| Instant::now() < until);
+        if waiting {
+            return;
+        }
+        let ledger = self.ledger.clone();
+        let config = self.config.clone();
+        let forecasts = pass % RUNOUT_EVERY == 1;
+        let due = tokio::task::spawn_blocking(move || dues(&ledger, &config, forecasts)).await;
+        let due = match due {
+            Ok(Ok(due)) => due,
+            Ok(Err(e)) => return tracing::error!("alerts: cannot read the ledger: {e}"),
+            Err(e) => return tracing::error!("alerts: {e}"),
+        };
+        for due in due {
+            // Asked before every alert: a leader that was frozen or cut off
+            // and replaced raises nothing when it wakes.
+            if !self.leadership.leading() {
+                return;
+            }
+            let span =
+                tracing::info_span!("alert", project = %due.project.project, about = %due.what());
+            if !self.deliver(&due).instrument(span).await {
+                return;
+            }
+        }
+    }
+
+    /// Raises one due alert: queues its webhook event (when on), sends its
+    /// mail (when on), then records it; `false` when the ledger or the SMTP
+    /// server failed (the rest of the pass waits). A crash after either
+    /// effect and before the record repeats both under the same ids.
+    async fn deliver(&self, due: &Due) -> bool {
+        if self.config.webhooks {
+            let ledger = self.ledger.webhooks.clone();
+            let event = event_of(due);
+            let queued = tokio::task::spawn_blocking(move || ledger.queue_webhook(&event)).await;
+            if !matches!(queued, Ok(Ok(_))) {
+                tracing::error!("cannot queue the alert's webhook event; trying again");
+                return false;
+            }
+        }
+        if let Some(mailer) = &self.mailer {
+            let values = values(due, mailer.config.precision, self.config.window_hours);
+            match mailer.send(due, &values).await {
+                Ok(recipients) => {
+                    self.status
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .sent += 1;
+                    *self.backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, 0);
+                    tracing::info!(recipients, "alert mail sent");
+                }
+                Err(Failure::NoRecipients) => tracing::warn!(
+                    "no maintainers known (toEmail empty) and no CLOUD_GOVERNANCE_MAIL: alert mail not sent"
+                ),
+                Err(Failure::Message(e)) => tracing::error!("alert mail cannot be built: {e}"),
+                Err(Failure::Smtp(e)) => {
+                    let delay = {
+                        let mut backoff =
+                            self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                        backoff.1 = backoff.1.saturating_add(1);
+                        let delay = Duration::from_secs(1u64 << backoff.1.min(9)).min(MAX_BACKOFF);
+                        backoff.0 = Some(Instant::now() + delay);
+                        delay
+                    };
+                    {
+                        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                        status.failed += 1;
+                        status.last_error = Some(e.clone());
+                    }
+                    tracing::warn!("sending the alert mail failed, retrying in {delay:?}: {e}");
+                    return false;
+                }
+            }
+        }
+        {
+            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            status.alerts += 1;
+            if due.threshold == RUNOUT {
+                status.runout_warnings += 1;
+            }
+        }
+        self.record(due).await;
+        true
+    }
+
+    async fn record(&self, due: &Due) {
+        let ledger = self.ledger.notifications.clone();
+        let project = due.project.project.clone();
+        let threshold = due.threshold;
+        let granted = due.project.granted.unwrap_or_default();
+        let recorded = tokio::task::spawn_blocking(move || {
+            ledger.record_notification(&project, threshold, granted)
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!("cannot record the alert in the ledger; it may be raised again");
+        }
+    }
+}
+
+/// Every alert due now: thresholds (re-arming those used fell below), and
+/// with `forecasts`, run-out warnings; each with its project's forecast.
+fn dues(
+    ledger: &AlertLedger,
+    config: &AlertConfig,
+    forecasts: bool,
+) -> Result<Vec<Due>, crate::ledger::LedgerError> {
+    let window = crate::forecast::window_ns(config.window_hours);
+    let projects = ledger.notifications.notifiable()?;
+    let paces: std::collections::HashMap<String, Forecast> = if forecasts {
+        ledger
+            .forecasts
+            .paces(window)?
+            .iter()
+            .map(|pace| {
+                let forecast = Forecast::of(pace, config.window_hours);
+                (forecast.project.clone(), forecast)
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
+    let mut all = Vec::new();
+    for n in &projects {
+        let name = &n.project.project;
+        for threshold in rearmable(&n.project, &n.mailed) {
+            ledger.notifications.rearm(name, threshold)?;
+            tracing::info!(project = %name, threshold, "credits used fell below a threshold alerted before: re-armed");
+        }
+        for mut d in due(&n.project, &config.thresholds, &n.mailed) {
+            d.round = n
+                .rearmed
+                .iter()
+                .find(|(t, _)| *t == d.threshold)
+                .map_or(0, |(_, times)| *times);
+            d.forecast = match paces.get(name) {
+                Some(forecast) => Some(forecast.clone()),
+                None => ledger
+                    .forecasts
+                    .pace(name, window)?
+                    .map(|pace| Forecast::of(&pace, config.window_hours)),
+            };
+            all.push(d);
+        }
+        if let Some(forecast) = paces.get(name) {
+            all.extend(runout_due(
+                &n.project,
+                forecast,
+                config.runout_warning,
+                &n.mailed,
+            ));
+        }
+    }
+    Ok(all)
+}
+
+/// The placeholders' values for `due`'s mail.
+fn values(due: &Due, precision: u32, window_hours: u32) -> Vec<(&'static str, String)> {
+    let project = &due.project;
+    let granted = project.granted.unwrap_or_default();
+    let used = project.used();
+    let shown = |value: Decimal| round(value, precision).to_string();
+    let date = |ns: Option<i64>, none: &str| {
+        ns.map_or_else(
+            || none.to_owned(),
+            |ns| {
+                chrono::DateTime::from_timestamp_nanos(ns)
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string()
+            },
+        )
+    };
+    let forecast = due.forecast.as_ref();
+    vec![
+        ("project", project.project.clone()),
+        ("used", shown(used)),
+        ("granted", shown(granted)),
+        ("left", shown(granted - used)),
+        ("threshold", due.threshold.to_string()),
+        (
+            "rate_per_hour",
+            shown(forecast.map_or(Decimal::ZERO, |f| f.rate_per_hour)),
+        ),
+        (
+            "runs_out_at",
+            date(forecast.and_then(|f| f.runs_out_at), "not at this pace"),
+        ),
+        ("ends_at", date(project.ends_at, "not known")),
+        ("window_hours", window_hours.to_string()),
+    ]
+}
+
+/// The webhook event of `due`: its id derived from what it is about (as
+/// the mail's Message-ID), so that it is the same whenever it is queued.
+pub fn event_of(due: &Due) -> WebhookEvent {
+    use sha2::{Digest, Sha256};
+    let key = format!(
+        "{}\n{}\n{}\n{}",
+        due.project.project,
+        due.what(),
+        due.project.granted.unwrap_or_default().normalize(),
+        due.round
+    );
+    let id = format!("msg_{}", hex::encode(&Sha256::digest(key.as_bytes())[..16]));
+    let project = &due.project;
+    let exact = |d: Decimal| d.normalize().to_string();
+    let mut data = serde_json::json!({
+        "project": project.project,
+        "used": exact(project.used()),
+        "granted": project.granted.map(exact),
+        "left": project.granted.map(|g| exact(g - project.used())),
+    });
+    if due.threshold != RUNOUT {
+        data["threshold"] = due.threshold.into();
+    }
+    if let Some(forecast) = &due.forecast {
+        data["forecast"] = serde_json::to_value(forecast.answer()).unwrap_or_default();
+    }
+    let kind = if due.threshold == RUNOUT {
+        RUNOUT_EVENT
+    } else {
+        THRESHOLD_EVENT
+    };
+    let at = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    WebhookEvent::new(id, kind, at, data)
+}
+
+impl Mailer {
+    fn new(config: MailConfig) -> Result<Self, SetupError> {
         let from = config
             .from
             .trim()
@@ -273,170 +673,22 @@ impl Notifier {
         if let Some((user, password)) = &config.credentials {
             builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
         }
-        Ok(Notifier {
-            ledger,
-            leadership,
+        Ok(Mailer {
             from,
             transport: builder.build(),
-            status: Mutex::new(NotifyStatus {
-                enabled: true,
-                ..NotifyStatus::default()
-            }),
             config,
-            backoff: Mutex::new((None, 0)),
         })
-    }
-
-    /// Mails sent and failed.
-    pub fn status(&self) -> NotifyStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Runs forever: one pass a second.
-    pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(PASS);
-        loop {
-            tick.tick().await;
-            self.pass().await;
-        }
-    }
-
-    /// Sends what is due now (unless the server failed recently, or this
-    /// process does not lead).
-    pub async fn pass(&self) {
-        if !self.leadership.leading() {
-            return;
-        }
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .passes += 1;
-        let waiting = self
-            .backoff
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .is_some_and(|until| Instant::now() < until);
-        if waiting {
-            return;
-        }
-        let ledger = self.ledger.clone();
-        let thresholds = self.config.thresholds.clone();
-        let due = tokio::task::spawn_blocking(move || -> Result<Vec<Due>, String> {
-            let projects = ledger.notifiable().map_err(|e| e.to_string())?;
-            let mut all = Vec::new();
-            for n in &projects {
-                for threshold in rearmable(&n.project, &n.mailed) {
-                    ledger
-                        .rearm(&n.project.project, threshold)
-                        .map_err(|e| e.to_string())?;
-                    tracing::info!(project = %n.project.project, threshold, "credits used fell below a threshold mailed before: re-armed");
-                }
-                all.extend(due(&n.project, &thresholds, &n.mailed).into_iter().map(|mut d| {
-                    d.round = n
-                        .rearmed
-                        .iter()
-                        .find(|(t, _)| *t == d.threshold)
-                        .map_or(0, |(_, times)| *times);
-                    d
-                }));
-            }
-            Ok(all)
-        })
-        .await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(e)) => return tracing::error!("notifications: cannot read the ledger: {e}"),
-            Err(e) => return tracing::error!("notifications: {e}"),
-        };
-        for due in due {
-            // Asked before every mail: a leader that was frozen or cut off
-            // and replaced sends nothing when it wakes.
-            if !self.leadership.leading() {
-                return;
-            }
-            let span = tracing::info_span!("notify", project = %due.project.project, threshold = due.threshold);
-            if !self.deliver(&due).instrument(span).await {
-                return;
-            }
-        }
-    }
-
-    /// Sends one due mail and records it; `false` when the server failed
-    /// (the rest of the pass waits for the backoff).
-    async fn deliver(&self, due: &Due) -> bool {
-        match self.send(due).await {
-            Ok(recipients) => {
-                self.status
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .sent += 1;
-                *self.backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, 0);
-                tracing::info!(recipients, "threshold mail sent");
-                self.record(due).await;
-            }
-            Err(Failure::NoRecipients) => {
-                tracing::warn!(
-                    "no maintainers known (toEmail empty) and no CLOUD_GOVERNANCE_MAIL: threshold mail not sent"
-                );
-                self.record(due).await;
-            }
-            Err(Failure::Message(e)) => {
-                tracing::error!("threshold mail cannot be built: {e}");
-                self.record(due).await;
-            }
-            Err(Failure::Smtp(e)) => {
-                let delay = {
-                    let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
-                    backoff.1 = backoff.1.saturating_add(1);
-                    let delay = Duration::from_secs(1u64 << backoff.1.min(9)).min(MAX_BACKOFF);
-                    backoff.0 = Some(Instant::now() + delay);
-                    delay
-                };
-                {
-                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-                    status.failed += 1;
-                    status.last_error = Some(e.clone());
-                }
-                tracing::warn!("sending the threshold mail failed, retrying in {delay:?}: {e}");
-                return false;
-            }
-        }
-        true
-    }
-
-    async fn record(&self, due: &Due) {
-        let ledger = self.ledger.clone();
-        let project = due.project.project.clone();
-        let threshold = due.threshold;
-        let granted = due.project.granted.unwrap_or_default();
-        let recorded = tokio::task::spawn_blocking(move || {
-            ledger.record_notification(&project, threshold, granted)
-        })
-        .await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!("cannot record the threshold mail in the ledger; it may be sent again");
-        }
     }
 
     /// Sends the mail for `due`; returns how many recipients it had.
-    async fn send(&self, due: &Due) -> Result<usize, Failure> {
-        let project = &due.project;
-        let granted = project.granted.unwrap_or_default();
-        let used = project.used();
-        let shown = |value: Decimal| round(value, self.config.precision).to_string();
-        let values = [
-            ("project", project.project.clone()),
-            ("used", shown(used)),
-            ("granted", shown(granted)),
-            ("left", shown(granted - used)),
-            ("threshold", due.threshold.to_string()),
-        ];
-        let (subject, body) = self.config.templates.render(&values);
-        let maintainers = mailboxes(&project.emails);
+    async fn send(&self, due: &Due, values: &[(&str, String)]) -> Result<usize, Failure> {
+        let templates = if due.threshold == RUNOUT {
+            &self.config.runout_templates
+        } else {
+            &self.config.templates
+        };
+        let (subject, body) = templates.render(values);
+        let maintainers = mailboxes(&due.project.emails);
         let governance = mailboxes(self.config.governance.as_slice());
         let (to, cc) = if !self.config.overwrite.is_empty() {
             (mailboxes(&self.config.overwrite), Vec::new())
@@ -485,7 +737,7 @@ pub fn message_id(due: &Due, from: &Mailbox) -> String {
     };
     format!(
         "<credits.{project}.{}.{granted}{round}@{}>",
-        due.threshold,
+        due.what(),
         from.email.domain()
     )
 }
@@ -521,6 +773,7 @@ mod tests {
             adopted: Decimal::ZERO,
             granted: granted.map(|g| g.parse().unwrap()),
             emails: vec![],
+            ends_at: None,
         }
     }
 
@@ -533,6 +786,7 @@ mod tests {
         let from: Mailbox = "credits@cloud.example".parse().unwrap();
         let due = |granted: &str, threshold| Due {
             round: 0,
+            forecast: None,
             project: project("100", Some(granted)),
             threshold,
         };
@@ -551,6 +805,70 @@ mod tests {
             ..due("200", 50)
         };
         assert_ne!(message_id(&again, &from), id);
+    }
+
+    fn forecast(runs_out_at: Option<i64>, exhausted: bool, lasts: Option<bool>) -> Forecast {
+        Forecast {
+            project: "p".into(),
+            used: Decimal::from(100),
+            granted: Some(Decimal::from(200)),
+            window_hours: 24,
+            rate_per_hour: Decimal::ONE,
+            latest_measurement: Some(0),
+            runs_out_at,
+            exhausted,
+            ends_at: None,
+            lasts_until_end: lasts,
+        }
+    }
+
+    #[test]
+    fn a_run_out_warning_is_due_once_per_granted_amount_and_never_re_armed_by_use() {
+        let day = crate::period::DAY;
+        let project = project("100", Some("200"));
+        let soon = forecast(Some(3 * day), false, None);
+        let warned = runout_due(&project, &soon, Some(14 * day), &[]).unwrap();
+        assert_eq!(
+            (warned.threshold, warned.what()),
+            (RUNOUT, "runout".to_owned())
+        );
+        assert!(runout_due(&project, &soon, Some(2 * day), &[]).is_none());
+        // 0 days: only an end before the run-out warns.
+        assert!(runout_due(&project, &soon, None, &[]).is_none());
+        let short = forecast(Some(3 * day), false, Some(false));
+        assert!(runout_due(&project, &short, None, &[]).is_some());
+        // Warned at these granted credits: not again; granted rose: again.
+        let mailed = [(RUNOUT, Decimal::from(200))];
+        assert!(runout_due(&project, &soon, Some(14 * day), &mailed).is_none());
+        let more = self::project("100", Some("400"));
+        assert!(runout_due(&more, &soon, Some(14 * day), &mailed).is_some());
+        // Used up: the 100 % alert says so, no warning.
+        let spent = forecast(Some(-day), true, None);
+        assert!(runout_due(&project, &spent, Some(14 * day), &[]).is_none());
+        // Never re-armed by credits used falling (only by granted rising).
+        assert!(rearmable(&self::project("1", Some("200")), &mailed).is_empty());
+    }
+
+    #[test]
+    fn a_webhook_event_keeps_its_id_whenever_it_is_queued() {
+        let due = |granted: &str, threshold, round| Due {
+            project: project("150", Some(granted)),
+            threshold,
+            round,
+            forecast: None,
+        };
+        let first = event_of(&due("200", 50, 0));
+        assert!(first.id.starts_with("msg_"), "{}", first.id);
+        assert_eq!(event_of(&due("200.0", 50, 0)).id, first.id);
+        assert_ne!(event_of(&due("200", 75, 0)).id, first.id);
+        assert_ne!(event_of(&due("400", 50, 0)).id, first.id);
+        assert_ne!(event_of(&due("200", 50, 1)).id, first.id);
+        assert_eq!(first.kind, THRESHOLD_EVENT);
+        let body: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+        assert_eq!(body["type"], THRESHOLD_EVENT);
+        assert_eq!(body["data"]["threshold"], 50);
+        assert_eq!(body["data"]["left"], "50");
+        assert_eq!(event_of(&due("200", RUNOUT, 0)).kind, RUNOUT_EVENT);
     }
 
     #[test]
@@ -629,10 +947,25 @@ mod tests {
             ("granted", "200.00".into()),
             ("left", "100.00".into()),
             ("threshold", "50".into()),
+            ("rate_per_hour", "2.00".into()),
+            ("runs_out_at", "2026-12-06 00:52 UTC".into()),
+            ("ends_at", "not known".into()),
+            ("window_hours", "24".into()),
         ]);
         assert_eq!(subject, "50% of the credits of project p used");
         assert!(body.contains("used 100.00 of its 200.00"));
+        assert!(body.contains("(2.00 credits per hour) they run out: 2026-12-06 00:52 UTC"));
         assert!(!body.contains('{'));
+        let (subject, body) = Templates::runout().render(&[
+            ("project", "p".into()),
+            ("runs_out_at", "2026-12-06 00:52 UTC".into()),
+            ("rate_per_hour", "2.00".into()),
+        ]);
+        assert_eq!(
+            subject,
+            "The credits of project p run out on 2026-12-06 00:52 UTC"
+        );
+        assert!(body.contains("(2.00 credits per\nhour)"), "{body}");
         assert!(check("body", "{project} {whatever}").is_err());
         assert!(check("body", "{project} uses {{json}} {").is_ok());
     }

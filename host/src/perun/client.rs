@@ -152,16 +152,6 @@ struct Resource {
     id: i64,
 }
 
-/// An HTTP client with rustls on ring (reqwest is built without a default
-/// TLS provider), the service's user agent and `timeout` per request.
-pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("os-credits/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 /// The client. Counts its calls (for `/stats` and the measurements).
 pub struct PerunClient {
     http: reqwest::Client,
@@ -179,7 +169,7 @@ impl PerunClient {
         password: &str,
         timeout: Duration,
     ) -> Result<Self, PerunError> {
-        let http = http_client(timeout).map_err(|e| PerunError::Protocol {
+        let http = crate::http::client(timeout).map_err(|e| PerunError::Protocol {
             call: "client".into(),
             reason: e.to_string(),
         })?;

@@ -48,6 +48,8 @@ pub struct SyncConfig {
     pub timestamps: AttributeDef,
     /// `toEmail` (read only).
     pub emails: AttributeDef,
+    /// When a project ends (read only; `OS_CREDITS_PERUN_END_ATTRIBUTE`).
+    pub ends: Option<AttributeDef>,
 }
 
 /// The sync's state for `/stats`.
@@ -308,17 +310,13 @@ impl Publisher {
     async fn reconcile(&self, project: &str, group: i64) -> Result<(), PerunError> {
         self.adopt_floors(project, group).await?;
         let config = &self.config;
-        let attributes = self
-            .client
-            .group_attributes(
-                group,
-                &[
-                    &config.credits_current,
-                    &config.credits_granted,
-                    &config.emails,
-                ],
-            )
-            .await?;
+        let mut wanted = vec![
+            &config.credits_current,
+            &config.credits_granted,
+            &config.emails,
+        ];
+        wanted.extend(config.ends.as_ref());
+        let attributes = self.client.group_attributes(group, &wanted).await?;
         let find = |def: &AttributeDef| attributes.iter().find(|a| def.is(a));
         let current = find(&config.credits_current);
         let reading = Reading::of(current.map(|a| &a.value));
@@ -343,11 +341,23 @@ impl Publisher {
                     .collect()
             })
             .unwrap_or_default();
+        let ends_at = config.ends.as_ref().and_then(|def| {
+            let value = find(def).map(|a| &a.value);
+            let read = end_of(value);
+            if let Err(text) = &read {
+                tracing::warn!(
+                    project,
+                    "ignoring an unreadable {} (a date, YYYY-MM-DD, DD.MM.YYYY or RFC 3339, is expected): {text}",
+                    def.friendly_name
+                );
+            }
+            read.ok().flatten()
+        });
         let modified_at = current.and_then(|a| a.value_modified_at.clone());
         let owned = project.to_owned();
         let record = self
             .on_ledger(move |ledger| {
-                ledger.set_contacts(&owned, granted, &emails)?;
+                ledger.set_contacts(&owned, granted, ends_at, &emails)?;
                 ledger.perun_record(&owned)
             })
             .await?;
@@ -532,5 +542,58 @@ impl Publisher {
             );
         }
         Ok(())
+    }
+}
+/// When a project ends, from its end attribute's value: a date
+/// (`YYYY-MM-DD` or `DD.MM.YYYY`, the project running through that day,
+/// UTC: its end is the next midnight) or an RFC 3339 instant; `Ok(None)`
+/// when unset, `Err` (the value) when unreadable.
+pub fn end_of(value: Option<&Value>) -> Result<Option<i64>, String> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
+        Some(Value::String(text)) => text.trim(),
+        Some(other) => return Err(other.to_string()),
+    };
+    if let Ok(instant) = chrono::DateTime::parse_from_rfc3339(text) {
+        return instant
+            .timestamp_nanos_opt()
+            .map(Some)
+            .ok_or_else(|| text.to_owned());
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .or_else(|_| chrono::NaiveDate::parse_from_str(text, "%d.%m.%Y"))
+        .map_err(|_| text.to_owned())?;
+    date.succ_opt()
+        .and_then(|next| next.and_hms_opt(0, 0, 0))
+        .and_then(|midnight| midnight.and_utc().timestamp_nanos_opt())
+        .map(Some)
+        .ok_or_else(|| text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_end_is_a_date_or_an_instant() {
+        let read = |v: Value| end_of(Some(&v));
+        let day = 86_400_000_000_000_i64;
+        // 2027-03-31 runs through that day: its end is 2027-04-01T00:00Z.
+        let april = chrono::NaiveDate::from_ymd_opt(2027, 4, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .unwrap();
+        assert_eq!(read(Value::from("2027-03-31")), Ok(Some(april)));
+        assert_eq!(read(Value::from(" 31.03.2027 ")), Ok(Some(april)));
+        assert_eq!(
+            read(Value::from("2027-03-31T00:00:00+00:00")),
+            Ok(Some(april - day))
+        );
+        assert_eq!(read(Value::from("")), Ok(None));
+        assert_eq!(end_of(None), Ok(None));
+        assert_eq!(read(Value::Null), Ok(None));
+        assert_eq!(read(Value::from("soon")), Err("soon".to_owned()));
+        assert!(read(Value::from(5)).is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod netns;
 pub mod postgres;
 pub mod sample;
 pub mod smtp;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
