@@ -30,12 +30,14 @@ pub struct Forecast {
     pub granted: Option<Decimal>,
     /// The window, in hours.
     pub window_hours: u32,
-    /// Credits per hour in the window's measured part (0 without one).
+    /// Credits per hour in the window's measured part (0 without one):
+    /// its credits x 1 h / its length.
     pub rate_per_hour: Decimal,
     /// The latest billed measurement.
     pub latest_measurement: Option<i64>,
-    /// When used reaches granted at this rate: `None` when granted is
-    /// unknown or the rate is zero.
+    /// When used reaches granted at this rate (the latest measurement +
+    /// (granted - used) x the measured length / its credits, in whole
+    /// seconds): `None` when granted is unknown or the rate is zero.
     pub runs_out_at: Option<i64>,
     /// Used reached granted.
     pub exhausted: bool,
@@ -51,27 +53,33 @@ impl Forecast {
     pub fn of(pace: &Pace, window_hours: u32) -> Forecast {
         let project = &pace.project;
         let used = project.used();
-        let rate_per_hour = match pace.latest {
-            Some(latest) if latest > pace.measured_from => {
-                let hours = Decimal::from(latest - pace.measured_from) / Decimal::from(HOUR);
-                pace.credits.checked_div(hours).unwrap_or_default()
-            }
-            _ => Decimal::ZERO,
+        // Measured time in ns, and what it cost: the rate and the run-out
+        // are taken from them directly (multiplying first), not through a
+        // rounded rate.
+        let measured = pace
+            .latest
+            .map_or(0, |latest| latest.saturating_sub(pace.measured_from).max(0));
+        let per = |amount: Decimal, numerator: i64, denominator: Decimal| {
+            amount
+                .checked_mul(Decimal::from(numerator))
+                .and_then(|product| product.checked_div(denominator))
+                .unwrap_or_default()
+        };
+        let rate_per_hour = if measured > 0 {
+            per(pace.credits, HOUR, Decimal::from(measured))
+        } else {
+            Decimal::ZERO
         };
         let runs_out_at = match (project.granted, pace.latest) {
             (Some(granted), Some(latest)) if rate_per_hour > Decimal::ZERO => {
-                let hours = (granted - used).checked_div(rate_per_hour);
-                hours
-                    .and_then(|h| h.checked_mul(Decimal::from(HOUR)))
-                    .map(|ns| {
-                        let ns = i64::try_from(ns.floor()).unwrap_or(if ns.is_sign_negative() {
-                            i64::MIN
-                        } else {
-                            i64::MAX
-                        });
-                        // Whole seconds, as shown.
-                        latest.saturating_add(ns).div_euclid(1_000_000_000) * 1_000_000_000
-                    })
+                let ns = per(granted - used, measured, pace.credits).floor();
+                let ns = i64::try_from(ns).unwrap_or(if ns.is_sign_negative() {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                });
+                // Whole seconds, as shown.
+                Some(latest.saturating_add(ns).div_euclid(1_000_000_000) * 1_000_000_000)
             }
             _ => None,
         };

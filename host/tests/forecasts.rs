@@ -73,7 +73,7 @@ fn independent(
     }
     let measured = latest - first.max(start);
     let rate = credits * Decimal::from(HOUR) / Decimal::from(measured);
-    let runs_out = granted.filter(|_| !rate.is_zero()).map(|granted| {
+    let runs_out = granted.filter(|_| !credits.is_zero()).map(|granted| {
         let ns = (granted - used) * Decimal::from(measured) / credits;
         let ns: i64 = ns.floor().try_into().unwrap();
         (latest + ns).div_euclid(1_000_000_000)
@@ -126,34 +126,26 @@ fn the_forecast_of_every_project_of_the_stack_sample_equals_an_independent_calcu
         url.set_query(Some(query).filter(|q| !q.is_empty()));
         url
     };
+    let forecast = |project: &str, query: &str| -> Value {
+        http()
+            .get(url(project, query))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
     await_until("granted credits of every group", || {
-        groups.iter().all(|(name, _, _)| {
-            !http()
-                .get(url(name, ""))
-                .send()
-                .unwrap()
-                .json::<Value>()
-                .unwrap()["granted"]
-                .is_null()
-        })
+        groups
+            .iter()
+            .all(|(name, _, _)| !forecast(name, "")["granted"].is_null())
     });
     let used = common::sample::expected(None);
     let steps = steps();
-    let metrics = http()
-        .get(service.at("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = service.get("/metrics").1;
     let mut with_forecast = 0;
     for hours in [24u32, 1, 2160] {
         for name in &names {
-            let forecast: Value = http()
-                .get(url(name, &format!("window_hours={hours}")))
-                .send()
-                .unwrap()
-                .json()
-                .unwrap();
+            let forecast: Value = forecast(name, &format!("window_hours={hours}"));
             let granted: Option<Decimal> = groups
                 .iter()
                 .find(|g| g.0 == name)
@@ -177,20 +169,15 @@ fn the_forecast_of_every_project_of_the_stack_sample_equals_an_independent_calcu
                 granted
             );
             let got: Decimal = forecast["rate_per_hour"].as_str().unwrap().parse().unwrap();
-            // Both divide with 28 significant digits, in another order.
-            assert!(
-                (got - rate).abs() < Decimal::new(1, 18),
-                "{name}: rate {got} against {rate}"
-            );
+            assert_eq!(got, rate, "{name}: rate");
             assert_eq!(
                 seconds(&forecast["latest_measurement"]),
                 latest.div_euclid(1_000_000_000)
             );
             match runs_out {
                 Some(at) => {
-                    // The same instant, to the second (both floor it).
                     let got = seconds(&forecast["runs_out_at"]);
-                    assert!((got - at).abs() <= 1, "{name}: runs out {got} against {at}");
+                    assert_eq!(got, at, "{name}: runs out");
                     if hours == 24 {
                         with_forecast += 1;
                         let line = format!(
@@ -223,27 +210,12 @@ fn the_forecast_of_every_project_of_the_stack_sample_equals_an_independent_calcu
     );
     // Both date forms name the day after the date: the project runs
     // through it (2024-05-02 and 02.05.2024 end 2024-05-03T00:00Z).
-    let cryo: Value = http()
-        .get(url("Cryoem Structural Lab 1", ""))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let cryo: Value = forecast("Cryoem Structural Lab 1", "");
     assert_eq!(cryo["ends_at"], "2024-05-03T00:00:00Z");
-    let next: Value = http()
-        .get(url("nextflow_structural.3", ""))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let next: Value = forecast("nextflow_structural.3", "");
     assert_eq!(next["ends_at"], "2024-05-03T00:00:00Z");
     // Used up: exhausted, running out in the past.
-    let spent: Value = http()
-        .get(url("denbi-annotation-005", ""))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let spent: Value = forecast("denbi-annotation-005", "");
     assert_eq!(spent["exhausted"], true);
     // Unknown projects and bad windows are refused, saying why.
     assert_eq!(
@@ -481,12 +453,7 @@ fn alerts_are_raised_once_each_by_mail_and_webhook_through_kills_and_a_failing_r
     assert_eq!(stats["enabled"], true);
     // Counted since this process started: the correction's event at least.
     assert!(stats["delivered"].as_u64().unwrap() >= 1, "{stats}");
-    let metrics = http()
-        .get(service.at("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = service.get("/metrics").1;
     assert!(
         metrics.contains("os_credits_webhooks_queued 0"),
         "{metrics}"
