@@ -294,9 +294,12 @@ pub const SHARED: &[&str] = &[
      INSERT INTO rollup (id, charges_upto) VALUES (1, 0);
      CREATE INDEX IF NOT EXISTS charges_by_time ON charges (timestamp);",
     // forecasts and alerts: when a project ends (from Perun); a project's
-    // latest charges found by time; the webhooks' outbox (each event once,
-    // under its id, until the receiver took it)
+    // charges found by time (instead of by id: still one index to keep up
+    // per charge, and reading a project's charges in billing order sorts
+    // them); the webhooks' outbox (each event once, under its id, until
+    // the receiver took it)
     "ALTER TABLE projects ADD COLUMN ends_at {int};
+     DROP INDEX charges_by_project;
      CREATE INDEX charges_by_project_time ON charges (project, timestamp);
      CREATE TABLE webhooks (
          seq          {id},
