@@ -824,7 +824,7 @@ mod tests {
 
     #[test]
     fn a_run_out_warning_is_due_once_per_granted_amount_and_never_re_armed_by_use() {
-        let day = crate::period::DAY;
+        let day: i64 = 86_400_000_000_000;
         let project = project("100", Some("200"));
         let soon = forecast(Some(3 * day), false, None);
         let warned = runout_due(&project, &soon, Some(14 * day), &[]).unwrap();
