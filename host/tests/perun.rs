@@ -692,6 +692,8 @@ fn crash_during_ingest(kills: usize) {
         ("MAIL_NOT_STARTTLS", "true"),
         ("MAIL_FROM", "credits@cloud.example"),
         ("NOTIFICATION_TO_OVERWRITE", "ops@cloud.example"),
+        // Threshold mails only (run-out warnings: forecasts.rs).
+        ("OS_CREDITS_RUNOUT_WARNING_DAYS", "0"),
     ];
     let start = |data: &std::path::Path, policies: &std::path::Path| {
         let mut env = perun.env();

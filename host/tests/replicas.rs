@@ -90,6 +90,8 @@ impl Cluster<'_> {
             ("MAIL_NOT_STARTTLS", "true".into()),
             ("MAIL_FROM", "credits@cloud.example".into()),
             ("NOTIFICATION_TO_OVERWRITE", "ops@cloud.example".into()),
+            // Threshold mails only (run-out warnings: forecasts.rs).
+            ("OS_CREDITS_RUNOUT_WARNING_DAYS", "0".into()),
         ]);
         let command = match (inside, self.netns) {
             (true, Some(netns)) => {
