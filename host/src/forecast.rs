@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::ledger::Pace;
+use crate::schedule::show_time as rfc3339;
 
 /// One hour, in ns.
 const HOUR: i64 = 3_600_000_000_000;
@@ -152,12 +153,6 @@ pub struct ForecastAnswer {
     pub ends_at: Option<String>,
     /// Whether the credits last until then.
     pub lasts_until_end: Option<bool>,
-}
-
-/// `ns` as RFC 3339 UTC (`2026-03-14T12:00:00Z`; sub-second digits when
-/// there are any).
-pub fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 #[cfg(test)]

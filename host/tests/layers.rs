@@ -41,7 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The HTTP client of the service's own requests: a leaf.
     ("http", &[]),
     // Forecasts are computed from what the ledger reads.
-    ("forecast", &["ledger"]),
+    ("forecast", &["ledger", "schedule"]),
     // Perun and the alerts read the ledger and show totals.
     ("perun", &["ledger", "credits", "http"]),
     ("notify", &["ledger", "credits", "forecast", "http"]),

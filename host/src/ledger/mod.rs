@@ -750,8 +750,7 @@ impl WebhookEvent {
     /// An event of type `kind` that happened at `at` (ns), its payload in
     /// the Standard Webhooks shape: `{"type", "timestamp", "data"}`.
     pub fn new(id: String, kind: &str, at: i64, data: serde_json::Value) -> WebhookEvent {
-        let timestamp = chrono::DateTime::from_timestamp_nanos(at)
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let timestamp = crate::schedule::show_time(at);
         let body = serde_json::json!({"type": kind, "timestamp": timestamp, "data": data});
         WebhookEvent {
             id,
