@@ -22,13 +22,17 @@
 # the end-to-end tests a second time with the ledger on PostgreSQL.
 
 CARGO ?= cargo
+# Where cargo builds (CARGO_TARGET_DIR when set).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 WASM_TARGET := wasm32-wasip2
-POLICIES := denbi tariff
-# Policies written in Python (policies/<name>/<name with _>.py), built with
-# componentize-py from a virtual environment the Makefile makes
-# (scripts/python-tools.sh, pinned in scripts/python-requirements.txt).
-PYTHON_POLICIES := denbi-python
-# ... and the Python fixtures the tests load (never shipped).
+# Every policy is found, none is listed: a Rust policy is a crate
+# policies/<name> (package <name>-policy, a workspace member by the glob in
+# Cargo.toml), a Python policy a folder policies/python/<name> with a
+# pyproject.toml and <name with _>.py, built with componentize-py from a
+# virtual environment the Makefile makes (scripts/python-tools.sh, pinned
+# in scripts/python-requirements.txt). `os-credits policy new` makes either.
+POLICIES := $(sort $(patsubst policies/%/Cargo.toml,%,$(wildcard policies/*/Cargo.toml)))
+PYTHON_POLICIES := $(sort $(patsubst policies/python/%/pyproject.toml,%,$(wildcard policies/python/*/pyproject.toml)))
 PYTHON_FIXTURES := tests/policies/hostile-python
 PYTHON_ENV := target/python
 PYTHON_WASM := target/python-wasm
@@ -36,7 +40,7 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: print-rust-policies all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
+.PHONY: print-rust-policies policy-examples all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
 
 all: policies host
 
@@ -61,7 +65,7 @@ rust-policies: toolchain
 	$(CARGO) build --profile policy --target $(WASM_TARGET) $(POLICY_PACKAGES)
 	mkdir -p $(DIST)
 	for p in $(POLICIES); do \
-		cp target/$(WASM_TARGET)/policy/$${p}_policy.wasm $(DIST)/$$p.wasm.tmp && \
+		cp $(TARGET_DIR)/$(WASM_TARGET)/policy/$$(echo $$p | tr - _)_policy.wasm $(DIST)/$$p.wasm.tmp && \
 		mv $(DIST)/$$p.wasm.tmp $(DIST)/$$p.wasm; \
 	done
 	test -e $(DIST)/policies.toml || cp policies/policies.toml $(DIST)/policies.toml
@@ -70,7 +74,7 @@ rust-policies: toolchain
 # into $(PYTHON_WASM); the policies are then copied to $(DIST).
 python-policies: python-tools
 	mkdir -p $(DIST) $(PYTHON_WASM)
-	for d in $(addprefix policies/,$(PYTHON_POLICIES)) $(PYTHON_FIXTURES); do \
+	for d in $(addprefix policies/python/,$(PYTHON_POLICIES)) $(PYTHON_FIXTURES); do \
 		p=$$(basename $$d); out=$(PYTHON_WASM)/$$p.wasm; \
 		if [ -e $$out ] && [ -z "$$(find $$d pricing-sdk/python pricing-sdk/wit -newer $$out \( -name '*.py' -o -name '*.wit' \) 2>/dev/null)" ]; then continue; fi; \
 		$(PYTHON_ENV)/bin/componentize-py -d pricing-sdk/wit -w pricing componentize \
@@ -82,8 +86,24 @@ python-policies: python-tools
 		{ cp $(PYTHON_WASM)/$$p.wasm $(DIST)/$$p.wasm.tmp && mv $(DIST)/$$p.wasm.tmp $(DIST)/$$p.wasm; }; \
 	done
 
+# Each policy's golden test: its examples/measurements.lp billed through
+# the service's intake must give exactly examples/expected.json (with the
+# binary `make test` built, or OS_CREDITS=path/to/os-credits).
+OS_CREDITS ?= $(TARGET_DIR)/release/os-credits
+$(OS_CREDITS):
+	$(CARGO) build --release -p os-credits
+
+policy-examples: policies $(OS_CREDITS)
+	@for d in $(addprefix policies/,$(POLICIES)) $(addprefix policies/python/,$(PYTHON_POLICIES)); do \
+		p=$$(basename $$d); \
+		[ -e $$d/examples/expected.json ] || continue; \
+		echo "policy test $$p"; \
+		$(OS_CREDITS) policy test $(DIST)/$$p.wasm $$d/examples/measurements.lp \
+			--expect $$d/examples/expected.json --cache-dir $(TARGET_DIR)/policy-cache || exit 1; \
+	done
+
 run: all
-	target/release/os-credits serve
+	$(TARGET_DIR)/release/os-credits serve
 
 # The end-to-end tests that run a second time with the ledger on PostgreSQL.
 E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule write_auth corrections forecasts
@@ -91,9 +111,10 @@ E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule wri
 test: toolchain test-programs python-policies
 	cd pricing-sdk/python && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider
 	for p in $(PYTHON_POLICIES); do \
-		(cd policies/$$p && ../../$(PYTHON_ENV)/bin/python -m pytest -q -p no:cacheprovider) || exit 1; \
+		(cd policies/python/$$p && $(abspath $(PYTHON_ENV))/bin/python -m pytest -q -p no:cacheprovider) || exit 1; \
 	done
 	$(CARGO) test --release --workspace
+	$(MAKE) --no-print-directory policy-examples
 	OS_CREDITS_TEST_STORE=postgres $(CARGO) test --release --workspace $(foreach t,$(E2E_TESTS),--test $(t))
 
 lint: toolchain

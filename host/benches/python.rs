@@ -4,6 +4,8 @@
 //! both (batches of 256 steps, as the engine sends them).
 //!
 //! `cargo bench -p os-credits --bench python` (or `make bench`).
+//! `BENCH_PYTHON_MODULE=path.wasm` measures that module in place of the
+//! Python de.NBI policy (another SDK's build of it, to compare).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -90,7 +92,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let python = std::fs::read(common::python_wasm("denbi-python")).expect("module");
+    let python = match std::env::var_os("BENCH_PYTHON_MODULE") {
+        Some(path) => std::fs::read(path).expect("BENCH_PYTHON_MODULE is readable"),
+        None => std::fs::read(common::python_wasm("denbi-python")).expect("module"),
+    };
     let rust = std::fs::read(common::wasm("denbi-policy")).expect("module");
     let python = activation("denbi-python", &python);
     let rust = activation("denbi (Rust)", &rust);

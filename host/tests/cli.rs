@@ -180,7 +180,7 @@ fn policy_check_describes_a_good_module_and_explains_a_bad_one() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("site.toml");
-    std::fs::write(&config, "ram_unit = \"TiB\"\n").unwrap();
+    std::fs::write(&config, "ram_price = \"TiB\"\n").unwrap();
     let refused = os_credits(&["policy", "check", path(&denbi), "--config", path(&config)]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -7,11 +7,13 @@
 //! or restarting the service.
 //!
 //! This crate is all a policy author imports:
+//! - the attribute [`policy`]: an `impl` block whose methods price one
+//!   metric each becomes a complete policy and its component export;
 //! - the types: [`Usage`], [`Measurement`], [`PolicyInfo`], [`MetricInfo`],
 //!   [`Example`], [`Error`], and [`Decimal`] (re-exported from `rust_decimal`);
 //! - the [`Policy`] trait and the [`export_policy!`] macro that turns an
 //!   implementation into a component exporting the `os-credits:pricing` world
-//!   (`wit/pricing.wit`);
+//!   (`wit/pricing.wit`), for what the attribute does not say;
 //! - [`parse_config`] for site parameters (TOML or JSON), [`parse_decimal`]
 //!   and [`decimal_text`] (exact, and fast for plain decimals);
 //! - [`testing`]: helpers to unit-test a policy natively with `cargo test`.
@@ -19,6 +21,30 @@
 //! Money never crosses the boundary as a float: decimals travel as text.
 //! The host sends steps in batches; the generated glue unpacks them and
 //! calls [`Policy::bill`] once per step.
+//!
+//! With the attribute (`Deserialize` and `Default` make `configure`):
+//!
+//! ```
+//! use pricing_sdk::{Decimal, Policy};
+//!
+//! #[derive(serde::Deserialize, Default)]
+//! struct Flat {}
+//!
+//! #[pricing_sdk::policy(name = "flat", about = "one credit per vCPU-hour")]
+//! impl Flat {
+//!     /// Amount of vCPUs.
+//!     #[metric("project_vcpu_usage", "cpu", unit = "vCPU-hours")]
+//!     fn cpu(&self, vcpu_hours: Decimal) -> Decimal {
+//!         vcpu_hours
+//!     }
+//! }
+//!
+//! let step = pricing_sdk::testing::step("project_vcpu_usage", "10", "15");
+//! assert_eq!(Flat {}.bill(&step).unwrap(), Decimal::from(5));
+//! assert_eq!(Flat {}.describe().metrics[0].friendly_name, "cpu");
+//! ```
+//!
+//! The same with the trait:
 //!
 //! ```
 //! use pricing_sdk::{Decimal, Error, MetricInfo, Policy, PolicyInfo, Usage};
@@ -52,6 +78,7 @@ mod types;
 
 pub mod testing;
 
+pub use pricing_sdk_macros::policy;
 pub use rust_decimal::Decimal;
 pub use types::{
     Error, Example, HOUR_NS, Measurement, MetricInfo, PolicyInfo, Timestamp, Usage, decimal_text,
@@ -146,6 +173,27 @@ macro_rules! export_policy {
             $crate::__private::export!(OsCreditsPolicyExports with_types_in $crate::__private::bindings);
         };
     };
+}
+
+/// Helpers of the code [`policy`] generates; not a public API.
+#[doc(hidden)]
+pub mod __macro {
+    /// The policy's name from its package name: `denbi-policy` -> `denbi`.
+    pub fn policy_name(package: &'static str) -> &'static str {
+        package
+            .strip_suffix("-policy")
+            .or_else(|| package.strip_suffix("_policy"))
+            .filter(|name| !name.is_empty())
+            .unwrap_or(package)
+    }
+
+    /// The policy's description: the package's, or its name without one.
+    pub fn policy_about(description: &'static str, package: &'static str) -> &'static str {
+        match description.trim() {
+            "" => policy_name(package),
+            text => text,
+        }
+    }
 }
 
 /// Glue between the generated bindings and [`Policy`]; not a public API.

@@ -2,6 +2,7 @@
 
 mod ledger;
 mod policy;
+mod scaffold;
 mod serve;
 mod service;
 
@@ -122,6 +123,20 @@ impl LedgerLocation {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
+    /// Start a policy: a Rust crate `policies/NAME` (or with `--python` a
+    /// package `policies/python/NAME`) with unit tests, example
+    /// measurements and the credits they must give; `make` builds it and
+    /// `make test` runs its tests, with no other file to edit.
+    New {
+        /// Lowercase letters, digits and dashes, e.g. `my-site`.
+        name: String,
+        /// A Python policy (componentize-py) instead of a Rust one.
+        #[arg(long)]
+        python: bool,
+        /// The `policies` folder of the os-credits workspace.
+        #[arg(long, default_value = "policies")]
+        dir: PathBuf,
+    },
     /// Load a module, validate it (contract, configuration, self-test) and print its info.
     Check {
         /// The policy module (`.wasm` component).
@@ -316,6 +331,15 @@ pub fn run(cli: Cli, log_filter: os_credits::api::LogFilter) -> anyhow::Result<E
             options,
             format,
         }) => policy::check(&module, &options, format),
+        Command::Policy(PolicyCommand::New { name, python, dir }) => {
+            let folder = scaffold::new(&name, python, &dir)?;
+            let kind = if python { "Python" } else { "Rust" };
+            println!("created the {kind} policy {name} in {}", folder.display());
+            println!(
+                "next: `make test` runs its tests and examples, `make policies` builds policies/dist/{name}.wasm"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy(PolicyCommand::Keygen { out, comment }) => policy::keygen(&out, &comment),
         Command::Policy(PolicyCommand::Sign { module, key }) => policy::sign(&module, &key),
         Command::Policy(PolicyCommand::Verify {

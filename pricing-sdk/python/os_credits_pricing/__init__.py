@@ -75,8 +75,9 @@ def parse_decimal(text: str) -> Decimal:
     """A decimal from its text (``"10"``, ``"0.3"``, ``"1e3"``, ``"1_000"``),
     exactly; NaN and infinities are refused."""
     try:
-        value = Decimal(text.strip())
-    except (decimal.InvalidOperation, ValueError) as e:
+        # Decimal() itself ignores surrounding whitespace.
+        value = Decimal(text)
+    except (decimal.InvalidOperation, ValueError, TypeError) as e:
         raise PricingError(f"not a decimal number: {text!r}") from e
     if not value.is_finite():
         raise PricingError(f"not a finite number: {text!r}")
@@ -91,6 +92,11 @@ def decimal_text(value: Decimal) -> str:
         raise PricingError(f"a charge must be a Decimal, not {type(value).__name__}")
     if not value.is_finite():
         raise PricingError(f"a charge must be finite, not {value}")
+    text = format(value, "f")
+    # The common case, without taking the number apart: at most 28
+    # characters hold at most 28 digits and 27 places; no sign, so no -0.
+    if len(text) <= _MAX_DIGITS and text[0] != "-" and value:
+        return text
     sign, digits, exponent = value.as_tuple()
     if -exponent > _MAX_SCALE or len(digits) > _MAX_DIGITS:
         if -exponent > _MAX_SCALE:
@@ -175,7 +181,10 @@ class Metric:
         return cls(name, friendly_name, unit, description, "decimal")
 
 
-@dataclass(frozen=True)
+# Measurement and Usage are made for every step the host sends: slotted
+# classes with plain assignment (a frozen dataclass sets each field through
+# object.__setattr__, several times slower). Treat them as read-only.
+@dataclass(slots=True)
 class Measurement:
     """One measurement of a cumulative counter."""
 
@@ -185,7 +194,7 @@ class Measurement:
     value: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Usage:
     """A step of one counter to price: from ``previous`` to ``current``
     (newer, and higher)."""

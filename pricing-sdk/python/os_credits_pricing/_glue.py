@@ -8,6 +8,7 @@ only inside the component."""
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import accumulate
 from typing import Callable, Optional, Sequence
 
 from os_credits_pricing import (
@@ -30,17 +31,28 @@ def unpack(text: str, ends: Sequence[int], timestamps: Sequence[int], tag_counts
     steps = len(tag_counts)
     if len(timestamps) != 2 * steps:
         raise ValueError(f"{len(timestamps)} timestamps for {steps} steps")
-    if len(ends) != sum(_FIXED + 2 * count for count in tag_counts):
+    if len(ends) != _FIXED * steps + 2 * sum(tag_counts):
         raise ValueError(f"{len(ends)} strings do not fit the steps' tag counts")
-    if ends and (ends[-1] > len(text.encode("utf-8")) or any(b < a for a, b in zip(ends, ends[1:]))):
+    ascii = text.isascii()
+    if ends and (ends[-1] > (len(text) if ascii else len(text.encode("utf-8"))) or sorted(ends) != list(ends)):
         raise ValueError("string offsets out of order or past the text")
     starts = [0, *ends[:-1]]
-    if text.isascii():
+    if ascii:
         # Byte offsets are character offsets: slice the text itself.
         strings = [text[a:b] for a, b in zip(starts, ends)]
     else:
         data = text.encode("utf-8")
         strings = [data[a:b].decode("utf-8") for a, b in zip(starts, ends)]
+    if not any(tag_counts):
+        # The common case (a policy that reads no tags): five strings a step.
+        it = iter(strings)
+        times = iter(timestamps)
+        return [
+            Usage(metric, project, location_id, Measurement(t0, previous), Measurement(t1, current), {})
+            for (metric, project, location_id, previous, current), t0, t1 in zip(
+                zip(it, it, it, it, it), times, times
+            )
+        ]
     usages = []
     at = 0
     for index, count in enumerate(tag_counts):
@@ -83,18 +95,15 @@ def charge_text(bill: Callable[[Usage], Decimal], usage: Usage) -> tuple[str, bo
 def pack(texts: Sequence[tuple[str, bool]]) -> tuple[str, list[int], list[int]]:
     """Charges in columns: the texts back to back, their byte ends, the
     indices of the failed ones."""
-    parts = []
-    ends = []
-    failed = []
-    end = 0
-    for index, (text, is_error) in enumerate(texts):
-        encoded = text.encode("utf-8")
-        parts.append(text)
-        end += len(encoded)
-        ends.append(end)
-        if is_error:
-            failed.append(index)
-    return "".join(parts), ends, failed
+    parts = [text for text, _ in texts]
+    joined = "".join(parts)
+    if joined.isascii():
+        # Charges are ASCII: a text's length is its length in bytes.
+        ends = list(accumulate(map(len, parts)))
+    else:
+        ends = list(accumulate(len(text.encode("utf-8")) for text in parts))
+    failed = [index for index, (_, is_error) in enumerate(texts) if is_error]
+    return joined, ends, failed
 
 
 def bill_columns(

@@ -69,6 +69,19 @@ def test_unpack_gives_every_step_with_its_tags_and_times():
     assert second.delta() == Decimal("9.5")
 
 
+def test_steps_without_tags_unpack_as_steps_with_tags_do():
+    steps = [("m", f"p{i}", "1", str(i), str(2 * i + 1), i, i + 5, {}) for i in range(4)]
+    fast = unpack(*columns(steps))
+    text, ends, timestamps, counts = columns(steps + [("m", "q", "2", "0", "1", 0, 1, {"flavor": "big"})])
+    general = unpack(text, ends, timestamps, counts)[:4]
+    assert fast == general
+    assert [u.project for u in fast] == ["p0", "p1", "p2", "p3"]
+    assert [(u.previous.timestamp_ns, u.current.timestamp_ns) for u in fast] == [(i, i + 5) for i in range(4)]
+    assert [u.delta() for u in fast] == [Decimal(i + 1) for i in range(4)]
+    # Columns as tuples (what a caller may pass) unpack the same.
+    assert unpack(text, tuple(ends), tuple(timestamps), tuple(counts))[:4] == fast
+
+
 def test_a_batch_gives_one_charge_or_failure_per_step():
     steps = [
         ("m", "p", "1", "0", "4", 0, HOUR_NS, {"flavor": "big"}),
@@ -97,6 +110,10 @@ def test_a_malformed_batch_fails_every_step_with_the_reason():
     bad[2] = 10_000
     _, _, failed = bill_columns(PerUnit({}).bill, text, bad, timestamps, counts)
     assert failed == [0, 1]
+    backwards = list(ends)
+    backwards[1], backwards[2] = backwards[2], backwards[1]
+    out, _, failed = bill_columns(PerUnit({}).bill, text, backwards, timestamps, counts)
+    assert failed == [0, 1] and "out of order" in out
 
 
 def test_charges_pack_with_byte_offsets():
@@ -110,6 +127,12 @@ def test_decimal_text_is_plain_and_fits_the_host():
     assert decimal_text(Decimal("1E+3")) == "1000"
     assert decimal_text(Decimal("0E-9")) == "0"
     assert decimal_text(Decimal("2.50")) == "2.50"
+    assert decimal_text(Decimal("-0")) == "0"
+    assert decimal_text(Decimal("0.000")) == "0"
+    assert decimal_text(Decimal("9" * 28)) == "9" * 28
+    assert decimal_text(Decimal("9" * 29)) == "1" + "0" * 29
+    assert decimal_text(Decimal("0." + "0" * 25 + "12")) == "0." + "0" * 25 + "12"
+    assert decimal_text(Decimal("0." + "0" * 27 + "15")) == "0." + "0" * 27 + "2"
     assert decimal_text(Decimal(1) / Decimal(3)) == "0." + "3" * 28
     assert decimal_text(Decimal("12345678901234567890.123456789012345")) == "12345678901234567890.12345679"
     with pytest.raises(PricingError):
