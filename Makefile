@@ -106,6 +106,8 @@ run: all
 	$(TARGET_DIR)/release/os-credits serve
 
 # The end-to-end tests that run a second time with the ledger on PostgreSQL.
+# Every test binary runs even when one fails (--no-fail-fast), so that a
+# run names all the failures at once; make still fails.
 E2E_TESTS := service perun notify remote_write ops hot_reload pages schedule write_auth corrections forecasts
 
 test: toolchain test-programs python-policies
@@ -113,9 +115,9 @@ test: toolchain test-programs python-policies
 	for p in $(PYTHON_POLICIES); do \
 		(cd policies/python/$$p && $(abspath $(PYTHON_ENV))/bin/python -m pytest -q -p no:cacheprovider) || exit 1; \
 	done
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 	$(MAKE) --no-print-directory policy-examples
-	OS_CREDITS_TEST_STORE=postgres $(CARGO) test --release --workspace $(foreach t,$(E2E_TESTS),--test $(t))
+	OS_CREDITS_TEST_STORE=postgres $(CARGO) test --release --workspace --no-fail-fast $(foreach t,$(E2E_TESTS),--test $(t))
 
 lint: toolchain
 	$(CARGO) fmt --all --check
