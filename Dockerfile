@@ -3,15 +3,22 @@
 #   docker build -t os-credits .
 #   docker run -p 8000:80 -v credits-data:/var/lib/os-credits os-credits
 #
-# The build stage runs docker/build.sh. host/tests/image.rs runs this
-# file's steps as written, without a Docker engine: the build stage's RUN,
-# then the runtime stage's ENV, VOLUMEs, EXPOSE, ENTRYPOINT/CMD and
-# HEALTHCHECK on what it staged.
+# or with podman, where no registry is reachable too: `make image`
+# (scripts/image.sh; podman also needs
+# `--sysctl net.ipv4.ip_unprivileged_port_start=0` to let the service's
+# user bind port 80, which docker allows by itself).
+#
+# The build stage runs docker/build.sh. host/tests/image.rs builds this
+# file with podman and runs the image (`make test`).
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN sh docker/build.sh /out
+# The crates and the build output persist between builds (cache mounts):
+# a rebuild compiles only what changed.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    sh docker/build.sh /out
 
 FROM debian:bookworm-slim
 # ca-certificates: Perun and SMTP over TLS.

@@ -40,7 +40,7 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: print-rust-policies policy-examples all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
+.PHONY: print-rust-policies policy-examples image all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
 
 all: policies host
 
@@ -101,6 +101,13 @@ policy-examples: policies $(OS_CREDITS)
 		$(OS_CREDITS) policy test $(DIST)/$$p.wasm $$d/examples/measurements.lp \
 			--expect $$d/examples/expected.json --cache-dir $(TARGET_DIR)/policy-cache || exit 1; \
 	done
+
+# The container image (scripts/image.sh): podman, or docker where podman
+# is not installed; the bases are made from Debian's packages where no
+# registry gives them.
+IMAGE ?= os-credits:latest
+image:
+	sh scripts/image.sh $(IMAGE)
 
 run: all
 	$(TARGET_DIR)/release/os-credits serve

@@ -19,6 +19,11 @@ out=${1:-/out}
 cd "$(dirname "$0")/.."
 
 rustup toolchain install >/dev/null 2>&1 || true
+# A CA bundle lent by scripts/image.sh (a machine behind a TLS-inspecting
+# proxy): cargo trusts it for crates.io.
+if [ -f /run/os-credits-build/ca.crt ]; then
+    export CARGO_HTTP_CAINFO=/run/os-credits-build/ca.crt
+fi
 # The Rust policies (a Python policy is dropped into the policy volume
 # like any other module; the image needs no Python).
 make rust-policies host

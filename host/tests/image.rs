@@ -1,171 +1,332 @@
-//! The Dockerfile, exercised without a Docker engine: its build stage's
-//! `RUN` steps run as written (with `/out` in a temporary folder), then the
-//! runtime stage's settings are applied to what they staged: the `ENV`, the
-//! `VOLUME`s and `EXPOSE`, the `ENTRYPOINT` and `CMD` started, and the
-//! `HEALTHCHECK` command must see the service alive. A container path `P`
-//! is the staged `OUT/P` (`COPY --from=build /out/ /`); the exposed port is
-//! mapped to a free one, as `docker run -p` would.
+//! The image, built by `make image` and run by a container engine
+//! (podman, as root with the runc runtime and the limits of
+//! `target/containers.conf` that scripts/image.sh writes):
+//! - it runs as its non-root user and its HEALTHCHECK turns healthy;
+//! - the stack sample posted to it is billed exactly;
+//! - its data survives `podman restart` and a new container on the volume;
+//! - a module dropped into the mounted policy folder goes live;
+//! - `podman stop` (SIGTERM) while a client keeps posting: every write
+//!   answered 204 is in the ledger after a restart, and the container exits
+//!   within 10 s with status 0.
 //!
-//! This is the image build CI runs (inside `make test`).
+//! It prints the image's size and the time from `podman run` to healthy.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-/// One instruction: keyword and its argument text (continuations joined).
-fn instructions(dockerfile: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in dockerfile.lines() {
-        let line = line.trim();
-        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(head) => {
-                current.push_str(head);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(line);
-                let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
-                out.push((keyword.to_uppercase(), rest.trim().to_owned()));
-                current.clear();
-            }
-        }
+use common::sample;
+use rust_decimal::Decimal;
+
+const IMAGE: &str = "os-credits:test";
+
+/// Builds the image once per test process (`make image`, whose layers and
+/// cache mounts make a rebuild compile only what changed).
+fn image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let started = Instant::now();
+        let status = common::outside_cargo_test(&mut Command::new("make"))
+            .current_dir(common::root())
+            .args(["-s", "image", &format!("IMAGE={IMAGE}")])
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .status()
+            .expect("make runs");
+        assert!(status.success(), "make image failed");
+        println!("make image took {:.0?}", started.elapsed());
+    });
+    IMAGE
+}
+
+/// `podman ARGS` with this machine's settings.
+fn podman(args: &[&str]) -> Output {
+    Command::new("podman")
+        .env(
+            "CONTAINERS_CONF",
+            common::root().join("target/containers.conf"),
+        )
+        .args(args)
+        .output()
+        .expect("podman runs")
+}
+
+fn ok(what: &str, output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A name no other test run uses.
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("os-credits-test-{what}-{}-{nanos}", std::process::id())
+}
+
+/// A podman volume, removed when dropped.
+struct Volume(String);
+
+impl Volume {
+    fn new() -> Volume {
+        let name = unique("data");
+        ok("podman volume create", podman(&["volume", "create", &name]));
+        Volume(name)
     }
-    out
 }
 
-/// A JSON array argument (`["a", "b"]`).
-fn json_list(text: &str) -> Vec<String> {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not a JSON list: {text}: {e}"))
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = podman(&["volume", "rm", "-f", &self.0]);
+    }
 }
 
-/// `ENV A=1 B=2` pairs.
-fn env_pairs(text: &str) -> Vec<(String, String)> {
-    text.split_whitespace()
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').expect("KEY=value");
-            (key.to_owned(), value.trim_matches('"').to_owned())
-        })
-        .collect()
+/// A running container of the image, removed when dropped.
+struct Container {
+    name: String,
+    url: String,
+}
+
+impl Container {
+    /// `podman run` with the ledger on `volume` and the policy folder
+    /// `policies` mounted; returns once it is healthy, with the time that took.
+    fn run(volume: &Volume, policies: &Path) -> (Container, Duration) {
+        let name = unique("service");
+        let data = format!("{}:/var/lib/os-credits", volume.0);
+        let folder = format!("{}:/etc/os-credits/policies", policies.display());
+        let started = Instant::now();
+        ok(
+            "podman run",
+            podman(&[
+                "run",
+                "--detach",
+                "--name",
+                &name,
+                // Docker lets an unprivileged process bind port 80 by this
+                // sysctl; podman needs it asked for (README, Deploy).
+                "--sysctl",
+                "net.ipv4.ip_unprivileged_port_start=0",
+                "--publish",
+                "127.0.0.1::80",
+                "--volume",
+                &data,
+                "--volume",
+                &folder,
+                image(),
+            ]),
+        );
+        let port = ok("podman port", podman(&["port", &name, "80"]));
+        let url = format!("http://{}", port.lines().next().unwrap_or_default());
+        let container = Container { name, url };
+        let healthy = container.await_healthy(started);
+        (container, healthy)
+    }
+
+    /// Waits (60 s at most) until `podman healthcheck run` passes.
+    fn await_healthy(&self, started: Instant) -> Duration {
+        common::await_until("the container's HEALTHCHECK", || {
+            podman(&["healthcheck", "run", &self.name]).status.success()
+        });
+        started.elapsed()
+    }
+
+    fn exec(&self, command: &[&str]) -> String {
+        let mut args = vec!["exec", &self.name];
+        args.extend_from_slice(command);
+        ok("podman exec", podman(&args))
+    }
+
+    fn write(&self, body: &str) -> reqwest::StatusCode {
+        common::http()
+            .post(format!("{}/write?db=portal&precision=ns", self.url))
+            .body(body.to_owned())
+            .send()
+            .map(|r| r.status())
+            .unwrap_or(reqwest::StatusCode::BAD_GATEWAY)
+    }
+
+    fn credits(&self, project: &str) -> Decimal {
+        let mut url = reqwest::Url::parse(&format!("{}/api/current_credits/", self.url)).unwrap();
+        url.path_segments_mut().unwrap().pop().push(project);
+        let answer = common::get_json(url.as_str());
+        answer["current_credits_exact"]
+            .as_str()
+            .map(|t| t.parse().unwrap())
+            .unwrap_or_default()
+    }
+
+    fn credits_of(&self, projects: &[String]) -> BTreeMap<String, Decimal> {
+        projects
+            .iter()
+            .map(|p| {
+                let name = p.replace("\\ ", " ");
+                let credits = self.credits(&name);
+                (name, credits)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "--force", "--time", "2", &self.name]);
+    }
+}
+
+/// The policy folder as shipped: the de.NBI module and the mapping.
+fn policy_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::wasm("denbi-policy"), dir.path().join("denbi.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("policies.toml"),
+        "[default]\nmodule = \"denbi.wasm\"\n",
+    )
+    .unwrap();
+    // The container's user reads it (a temporary folder is 0700).
+    let mut permissions = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(dir.path(), permissions).unwrap();
+    dir
+}
+
+/// Writes `bytes` to `dir/name` as an operator deploys: a temporary name,
+/// then a rename.
+fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temporary, bytes).unwrap();
+    std::fs::rename(&temporary, dir.join(name)).unwrap();
 }
 
 #[test]
-fn the_dockerfile_builds_and_runs_as_written() {
-    let dockerfile = std::fs::read_to_string(common::repo_file("Dockerfile")).unwrap();
-    let all = instructions(&dockerfile);
-    let stages: Vec<usize> = all
-        .iter()
-        .enumerate()
-        .filter(|(_, (k, _))| k == "FROM")
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
-    let (build, runtime) = (&all[stages[0]..stages[1]], &all[stages[1]..]);
-    assert!(build[0].1.ends_with(" AS build"), "{:?}", build[0]);
-
-    // The build stage: WORKDIR is the repository (COPY . .), RUN as written.
-    let out = tempfile::tempdir().unwrap();
-    let out_dir = out.path().to_str().unwrap().to_owned();
-    let mut ran = 0;
-    for (keyword, argument) in build {
-        if keyword == "RUN" {
-            let command = argument.replace("/out", &out_dir);
-            let status = common::outside_cargo_test(&mut Command::new("sh"))
-                .args(["-c", &command])
-                .current_dir(common::root())
-                .env("SMOKE_PORT", free_port().to_string())
-                .status()
-                .unwrap();
-            assert!(status.success(), "build stage: RUN {command} failed");
-            ran += 1;
-        }
-    }
-    assert!(ran > 0, "the build stage runs nothing");
-
-    // The runtime stage, applied to the staged tree.
-    let copies: Vec<&String> = runtime
-        .iter()
-        .filter(|(k, _)| k == "COPY")
-        .map(|(_, a)| a)
-        .collect();
-    assert_eq!(copies, [&"--from=build /out/ /".to_owned()]);
-    let staged = |container_path: &str| out.path().join(container_path.trim_start_matches('/'));
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    let (mut volumes, mut exposed, mut healthcheck, mut entrypoint, mut cmd) =
-        (Vec::new(), None, None, Vec::new(), Vec::new());
-    for (keyword, argument) in runtime {
-        match keyword.as_str() {
-            "ENV" => env.extend(env_pairs(argument)),
-            "VOLUME" => volumes.extend(json_list(argument)),
-            "EXPOSE" => exposed = Some(argument.clone()),
-            "HEALTHCHECK" => {
-                let at = argument.find("CMD ").expect("HEALTHCHECK CMD");
-                healthcheck = Some(json_list(&argument[at + 4..]));
-            }
-            "ENTRYPOINT" => entrypoint = json_list(argument),
-            "CMD" => cmd = json_list(argument),
-            _ => {}
-        }
-    }
-    assert_eq!(
-        exposed.as_deref(),
-        env.get("CREDITS_PORT").map(String::as_str)
+fn the_image_runs_bills_keeps_its_data_reloads_and_stops_cleanly() {
+    let image = image();
+    let size = ok(
+        "podman image inspect",
+        podman(&["image", "inspect", image, "--format", "{{.Size}}"]),
     );
-    for volume in &volumes {
-        assert!(staged(volume).is_dir(), "VOLUME {volume} is not staged");
-    }
-    for setting in ["OS_CREDITS_DATA_DIR", "OS_CREDITS_POLICY_DIR"] {
-        let path = &env[setting];
-        assert!(volumes.contains(path), "{setting}={path} is not a volume");
-    }
-    let port = free_port().to_string();
-    let container_env: Vec<(String, String)> = env
-        .iter()
-        .map(|(key, value)| match key.as_str() {
-            "CREDITS_PORT" => (key.clone(), port.clone()),
-            _ if value.starts_with('/') => (key.clone(), staged(value).display().to_string()),
-            _ => (key.clone(), value.clone()),
-        })
-        .collect();
-    let program = |argv: &[String]| {
-        let mut command = Command::new(staged(&argv[0]));
-        command
-            .args(&argv[1..])
-            .env_clear()
-            .envs(container_env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        command
-    };
-    let argv: Vec<String> = entrypoint.iter().chain(&cmd).cloned().collect();
-    let mut service = program(&argv).spawn().expect("ENTRYPOINT + CMD start");
-    let healthcheck = healthcheck.expect("a HEALTHCHECK");
-    let mut healthy = false;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline && service.try_wait().unwrap().is_none() {
-        if program(&healthcheck).status().unwrap().success() {
-            healthy = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let _ = service.kill();
-    let _ = service.wait();
-    assert!(healthy, "the HEALTHCHECK never saw the service alive");
-    // The ledger went to the data volume.
+    println!(
+        "image size: {:.0} MB",
+        size.parse::<f64>().unwrap_or_default() / 1e6
+    );
+    let volume = Volume::new();
+    let policies = policy_folder();
+    let (first, healthy) = Container::run(&volume, policies.path());
+    println!("podman run to healthy: {healthy:.1?}");
+
+    // Its own user, not root, in the container and as the service's process.
+    assert_eq!(first.exec(&["id", "-u"]), "10001");
+    let status = first.exec(&["cat", "/proc/1/status"]);
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
     assert!(
-        Path::new(&staged(&env["OS_CREDITS_DATA_DIR"]))
-            .join("ledger.sqlite3")
-            .is_file()
+        uid.split_whitespace().skip(1).all(|id| id == "10001"),
+        "{uid}"
     );
-}
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    // The stack sample, billed exactly.
+    let text = std::fs::read_to_string(common::repo_file(sample::SAMPLE)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for chunk in lines.chunks(500) {
+        let status = first.write(&(chunk.join("\n") + "\n"));
+        assert_eq!(status.as_u16(), 204);
+    }
+    let projects = sample::projects(&lines);
+    let expected = sample::expected(None);
+    assert_eq!(first.credits_of(&projects), expected);
+
+    // Its data survives a restart and a new container on the volume.
+    ok("podman restart", podman(&["restart", &first.name]));
+    first.await_healthy(Instant::now());
+    assert_eq!(first.credits_of(&projects), expected, "after a restart");
+    drop(first);
+    let (second, _) = Container::run(&volume, policies.path());
+    assert_eq!(second.credits_of(&projects), expected, "in a new container");
+
+    // A module dropped into the mounted folder goes live.
+    let tariff = std::fs::read(common::wasm("tariff-policy")).unwrap();
+    deploy(policies.path(), "tariff.wasm", &tariff);
+    deploy(
+        policies.path(),
+        "policies.toml",
+        b"[default]\nmodule = \"tariff.wasm\"\n",
+    );
+    common::await_until("the dropped tariff module to go live", || {
+        let answer = common::get_json(&format!("{}/api/policies", second.url));
+        answer["active"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|p| p["name"] == "tariff"))
+    });
+
+    // SIGTERM while a client keeps posting: every 204 is kept.
+    let stop = AtomicBool::new(false);
+    let (accepted, refused, stopped_after, exit) = std::thread::scope(|scope| {
+        let poster = scope.spawn(|| {
+            let (mut accepted, mut refused) = (Vec::new(), 0usize);
+            let base: i64 = 1_767_225_600_000_000_000;
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) && refused > 0 {
+                    break;
+                }
+                let body = format!(
+                    "project_vcpu_usage,location_id=1,project_name=load-{i} value=0 {base}\n\
+                     project_vcpu_usage,location_id=1,project_name=load-{i} value=1 {}\n",
+                    base + 3_600_000_000_000
+                );
+                match second.write(&body).as_u16() {
+                    204 => accepted.push(i),
+                    _ => refused += 1,
+                }
+                if refused > 50 {
+                    break;
+                }
+            }
+            (accepted, refused)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let started = Instant::now();
+        let output = podman(&["stop", "--time", "10", &second.name]);
+        let stopped_after = started.elapsed();
+        ok("podman stop", output);
+        stop.store(true, Ordering::SeqCst);
+        let (accepted, refused) = poster.join().unwrap();
+        let exit = ok(
+            "podman inspect",
+            podman(&["inspect", &second.name, "--format", "{{.State.ExitCode}}"]),
+        );
+        (accepted, refused, stopped_after, exit)
+    });
+    println!(
+        "podman stop under load: {} writes answered 204, {refused} refused; stopped in {stopped_after:.1?}, exit status {exit}",
+        accepted.len()
+    );
+    assert!(!accepted.is_empty(), "the client posted before the stop");
+    assert!(refused > 0, "the stop landed while the client was posting");
+    assert!(stopped_after < Duration::from_secs(10), "{stopped_after:?}");
+    assert_eq!(exit, "0", "SIGTERM ends the service with status 0");
+    let logs = podman(&["logs", &second.name]);
+    let log =
+        String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(log.contains("stopped cleanly"), "{log}");
+    drop(second);
+
+    let (third, _) = Container::run(&volume, policies.path());
+    for i in &accepted {
+        assert_eq!(
+            third.credits(&format!("load-{i}")),
+            Decimal::ONE,
+            "write {i} was answered 204 before the stop"
+        );
+    }
+    assert_eq!(third.credits_of(&projects), expected);
 }
