@@ -48,9 +48,10 @@ fn image() -> &'static str {
 /// `podman ARGS` with this machine's settings.
 fn podman(args: &[&str]) -> Output {
     Command::new("podman")
+        // Where scripts/image.sh wrote it: the cargo target folder.
         .env(
             "CONTAINERS_CONF",
-            common::root().join("target/containers.conf"),
+            common::target_dir().join("containers.conf"),
         )
         .args(args)
         .output()
@@ -158,24 +159,11 @@ impl Container {
     }
 
     fn credits(&self, project: &str) -> Decimal {
-        let mut url = reqwest::Url::parse(&format!("{}/api/current_credits/", self.url)).unwrap();
-        url.path_segments_mut().unwrap().pop().push(project);
-        let answer = common::get_json(url.as_str());
-        answer["current_credits_exact"]
-            .as_str()
-            .map(|t| t.parse().unwrap())
-            .unwrap_or_default()
+        sample::credits_of(&self.url, project)
     }
 
     fn credits_of(&self, projects: &[String]) -> BTreeMap<String, Decimal> {
-        projects
-            .iter()
-            .map(|p| {
-                let name = p.replace("\\ ", " ");
-                let credits = self.credits(&name);
-                (name, credits)
-            })
-            .collect()
+        sample::credits_at(&self.url, projects)
     }
 }
 

@@ -45,20 +45,32 @@ pub fn timestamp_of(line: &str) -> i64 {
 
 /// Exact credits per project, from the service.
 pub fn credits(service: &Service, projects: &[String]) -> BTreeMap<String, Decimal> {
+    credits_at(&service.url, projects)
+}
+
+/// Exact credits per project (escaped as in the lines), from the service
+/// at `base` (`http://HOST:PORT`).
+pub fn credits_at(base: &str, projects: &[String]) -> BTreeMap<String, Decimal> {
     projects
         .iter()
         .map(|project| {
             let name = project.replace("\\ ", " ");
-            let mut url = reqwest::Url::parse(&service.at("/api/current_credits/")).unwrap();
-            url.path_segments_mut().unwrap().pop().push(&name);
-            let answer = super::get_json(url.as_str());
-            let exact = answer["current_credits_exact"]
-                .as_str()
-                .map(|t| t.parse().unwrap())
-                .unwrap_or_default();
+            let exact = credits_of(base, &name);
             (name, exact)
         })
         .collect()
+}
+
+/// Exact credits of one project (its plain name), from the service at
+/// `base`; zero for a project without charges.
+pub fn credits_of(base: &str, project: &str) -> Decimal {
+    let mut url = reqwest::Url::parse(&format!("{base}/api/current_credits/")).unwrap();
+    url.path_segments_mut().unwrap().pop().push(project);
+    let answer = super::get_json(url.as_str());
+    answer["current_credits_exact"]
+        .as_str()
+        .map(|t| t.parse().unwrap())
+        .unwrap_or_default()
 }
 
 /// The independent calculation (scripts/expected-credits.py).
