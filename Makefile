@@ -40,7 +40,7 @@ DIST := policies/dist
 POLICY_PACKAGES := $(foreach p,$(POLICIES),-p $(p)-policy)
 FIXTURE_PACKAGES := -p hostile-policy -p contract-v1-policy
 
-.PHONY: print-rust-policies policy-examples image all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
+.PHONY: print-rust-policies policy-examples image stack-images all toolchain test-programs python-tools host policies rust-policies python-policies run test lint deny bench fuzz clean
 
 all: policies host
 
@@ -108,6 +108,14 @@ policy-examples: policies $(OS_CREDITS)
 IMAGE ?= os-credits:latest
 image:
 	sh scripts/image.sh $(IMAGE)
+
+# Local images of the stack's InfluxDB, Prometheus, PostgreSQL and nginx
+# from Debian's packages (scripts/stack-images.sh), for the compose files in
+# examples/project_usage where no registry gives the official ones. Prints
+# the variables that point the compose files at them:
+#   export $(make -s stack-images)
+stack-images:
+	@sh scripts/stack-images.sh
 
 run: all
 	$(TARGET_DIR)/release/os-credits serve

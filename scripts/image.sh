@@ -12,10 +12,7 @@
 # downloaded but Debian packages and, during the build, crates.
 #
 # Settings this machine needs are written to target/containers.conf, which
-# the tests use too (CONTAINERS_CONF): the runc runtime when installed
-# (crun refuses cgroups in hybrid mode), and resource limits at or below
-# the machine's own (podman raises RLIMIT_NPROC and RLIMIT_NOFILE by
-# default, which an unprivileged sandbox refuses).
+# the tests use too (CONTAINERS_CONF; scripts/engine.sh says which).
 #
 # Where the machine reaches crates.io through a TLS-inspecting proxy, the
 # CA bundle of SSL_CERT_FILE (or Debian's) is lent to the build stage
@@ -28,74 +25,7 @@ tag=${1:-os-credits:latest}
 target=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target"
 
-if command -v podman >/dev/null 2>&1; then
-    engine=podman
-elif command -v docker >/dev/null 2>&1; then
-    engine=docker
-else
-    echo "make image needs podman or docker (Debian: apt-get install podman runc)" >&2
-    exit 1
-fi
-
-if [ "$engine" = podman ]; then
-    conf="$target/containers.conf"
-    {
-        echo "# Written by scripts/image.sh for this machine."
-        echo "[containers]"
-        echo "default_ulimits = [\"nproc=1024:1024\", \"nofile=$(ulimit -Sn):$(ulimit -Hn)\"]"
-        if command -v runc >/dev/null 2>&1; then
-            echo "[engine]"
-            echo "runtime = \"runc\""
-        fi
-    } >"$conf"
-    CONTAINERS_CONF=$(cd "$(dirname "$conf")" && pwd)/$(basename "$conf")
-    export CONTAINERS_CONF
-fi
-
-has_image() {
-    $engine image inspect "$1" >/dev/null 2>&1
-}
-
-# A pull that cannot reach a registry fails within the minute.
-pulled() {
-    [ "${OS_CREDITS_IMAGE_PULL:-yes}" = yes ] || return 1
-    if command -v timeout >/dev/null 2>&1; then
-        timeout 60 $engine pull -q "$1" >/dev/null 2>&1
-    else
-        $engine pull -q "$1" >/dev/null 2>&1
-    fi
-}
-
-need_mmdebstrap() {
-    command -v mmdebstrap >/dev/null 2>&1 && return 0
-    echo "no registry gives $1 and mmdebstrap is not installed (Debian: apt-get install mmdebstrap)" >&2
-    exit 1
-}
-
-# debian:bookworm-slim from Debian's packages: minbase, without
-# documentation, manuals, locales or package lists, and with the official
-# slim image's apt settings (no package caches, no translations), so that
-# an `apt-get install` in a Dockerfile adds only its packages.
-slim=debian:bookworm-slim
-if ! has_image "$slim" && ! pulled "$slim"; then
-    need_mmdebstrap "$slim"
-    echo "making $slim from Debian's packages (mmdebstrap)"
-    rootfs="$target/image-bases/bookworm-slim.tar"
-    mkdir -p "$(dirname "$rootfs")"
-    mmdebstrap --quiet --variant=minbase \
-        --dpkgopt='path-exclude=/usr/share/doc/*' \
-        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-        --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/locale/*' \
-        --dpkgopt='path-exclude=/usr/share/info/*' \
-        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
-        --customize-hook='printf "%s\n" "Dir::Cache::pkgcache \"\";" "Dir::Cache::srcpkgcache \"\";" \
-            >"$1"/etc/apt/apt.conf.d/docker-clean' \
-        --customize-hook='echo "Acquire::Languages \"none\";" >"$1"/etc/apt/apt.conf.d/docker-no-languages' \
-        bookworm "$rootfs"
-    $engine import --change 'CMD ["bash"]' "$rootfs" "$slim" >/dev/null
-    rm -f "$rootfs"
-fi
+. scripts/engine.sh
 
 # rust:1.95-bookworm: the slim base, a C toolchain, and this machine's
 # toolchain of rust-toolchain.toml (with its wasm32-wasip2 target), at the

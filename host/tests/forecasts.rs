@@ -464,19 +464,7 @@ fn alerts_are_raised_once_each_by_mail_and_webhook_through_kills_and_a_failing_r
 #[test]
 fn bad_alert_settings_stop_the_start_with_a_clear_error() {
     let (data, folder) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
-    let serve = |env: &[(&str, &str)]| -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_os-credits"))
-            .arg("serve")
-            .env("CREDITS_HOST", "127.0.0.1")
-            .env("CREDITS_PORT", "0")
-            .env("OS_CREDITS_DATA_DIR", data.path())
-            .env("OS_CREDITS_POLICY_DIR", folder.path())
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
+    let serve = |env: &[(&str, &str)]| common::serve_stops(data.path(), folder.path(), env);
     let hook = ("OS_CREDITS_WEBHOOK_URL", "http://127.0.0.1:9/hooks");
     let secret = ("OS_CREDITS_WEBHOOK_SECRET", common::webhook::SECRET);
     let stderr = serve(&[hook, secret, ("OS_CREDITS_MAIL_THRESHOLDS", "0,50")]);

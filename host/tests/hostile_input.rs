@@ -216,15 +216,7 @@ fn a_100_mb_module_is_refused_unread_and_the_last_good_policy_stays() {
 fn a_mapping_pointing_outside_the_folder_is_refused() {
     let folder = policy_dir(&[("policies.toml", "[default]\nmodule = \"../denbi.wasm\"\n")]);
     let data = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .arg("serve")
-        .env("CREDITS_PORT", "0")
-        .env("OS_CREDITS_DATA_DIR", data.path())
-        .env("OS_CREDITS_POLICY_DIR", folder.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_stops(data.path(), folder.path(), &[]);
     assert!(
         stderr.contains("module \"../denbi.wasm\" is not inside the policy folder"),
         "{stderr}"

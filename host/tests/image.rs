@@ -7,7 +7,9 @@
 //! - a module dropped into the mounted policy folder goes live;
 //! - `podman stop` (SIGTERM) while a client keeps posting: every write
 //!   answered 204 is in the ledger after a restart, and the container exits
-//!   within 10 s with status 0.
+//!   within 10 s with status 0;
+//! - without `--sysctl net.ipv4.ip_unprivileged_port_start=0` it stops at
+//!   start and names that setting.
 //!
 //! It prints the image's size and the time from `podman run` to healthy.
 
@@ -15,67 +17,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::podman::{image, ok, podman, unique};
 use common::sample;
 use rust_decimal::Decimal;
-
-const IMAGE: &str = "os-credits:test";
-
-/// Builds the image once per test process (`make image`, whose layers and
-/// cache mounts make a rebuild compile only what changed).
-fn image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let started = Instant::now();
-        let status = common::outside_cargo_test(&mut Command::new("make"))
-            .current_dir(common::root())
-            .args(["-s", "image", &format!("IMAGE={IMAGE}")])
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL")
-            .status()
-            .expect("make runs");
-        assert!(status.success(), "make image failed");
-        println!("make image took {:.0?}", started.elapsed());
-    });
-    IMAGE
-}
-
-/// `podman ARGS` with this machine's settings.
-fn podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        // Where scripts/image.sh wrote it: the cargo target folder.
-        .env(
-            "CONTAINERS_CONF",
-            common::target_dir().join("containers.conf"),
-        )
-        .args(args)
-        .output()
-        .expect("podman runs")
-}
-
-fn ok(what: &str, output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A name no other test run uses.
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("os-credits-test-{what}-{}-{nanos}", std::process::id())
-}
 
 /// A podman volume, removed when dropped.
 struct Volume(String);
@@ -302,9 +249,7 @@ fn the_image_runs_bills_keeps_its_data_reloads_and_stops_cleanly() {
     assert!(refused > 0, "the stop landed while the client was posting");
     assert!(stopped_after < Duration::from_secs(10), "{stopped_after:?}");
     assert_eq!(exit, "0", "SIGTERM ends the service with status 0");
-    let logs = podman(&["logs", &second.name]);
-    let log =
-        String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    let log = common::podman::logs(&second.name);
     assert!(log.contains("stopped cleanly"), "{log}");
     drop(second);
 
@@ -317,4 +262,21 @@ fn the_image_runs_bills_keeps_its_data_reloads_and_stops_cleanly() {
         );
     }
     assert_eq!(third.credits_of(&projects), expected);
+}
+
+#[test]
+fn without_the_port_sysctl_podman_says_what_to_set() {
+    // Podman, unlike docker, keeps unprivileged ports at 1024 and up: the
+    // service stops at start and names the setting.
+    let name = unique("no-sysctl");
+    let output = podman(&["run", "--name", &name, image()]);
+    let log = common::podman::logs(&name);
+    let _ = podman(&["rm", "--force", &name]);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains("cannot listen on 0.0.0.0:80")
+            && log.contains("--sysctl net.ipv4.ip_unprivileged_port_start=0")
+            && log.contains("Permission denied"),
+        "{log}"
+    );
 }

@@ -249,17 +249,9 @@ fn bad_mail_settings_stop_the_start_with_a_clear_error() {
     let data = tempfile::tempdir().unwrap();
     let policies = policy_dir(&[]);
     let serve = |env: &[(&str, &str)]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
-            .arg("serve")
-            .env("CREDITS_PORT", "0")
-            .env("OS_CREDITS_DATA_DIR", data.path())
-            .env("OS_CREDITS_POLICY_DIR", policies.path())
-            .env("MAIL_SMTP_SERVER", "127.0.0.1")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        let mut env = env.to_vec();
+        env.push(("MAIL_SMTP_SERVER", "127.0.0.1"));
+        common::serve_stops(data.path(), policies.path(), &env)
     };
     let stderr = serve(&[("MAIL_FROM", "credits at cloud")]);
     assert!(

@@ -375,3 +375,65 @@ fn a_leader_cut_off_the_network_is_replaced_and_does_nothing_when_it_returns() {
     let netns = Netns::new();
     survive("network cut", &[Fault::Cut], Some(&netns));
 }
+
+#[test]
+fn a_replica_started_before_its_database_waits_for_it() {
+    let postgres = Postgres::start();
+    let url = postgres.database("waits");
+    postgres.stop();
+    let data = tempfile::tempdir().unwrap();
+    let policies = policy_dir(&[]);
+    let env = [
+        ("OS_CREDITS_DATABASE_URL", url.as_str()),
+        ("OS_CREDITS_LEADER_CHECK_SECONDS", "0.3"),
+    ];
+    let away = Duration::from_secs(3);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(away);
+            postgres.start_again();
+        });
+        let service = Service::start_with(
+            Command::new(env!("CARGO_BIN_EXE_os-credits")),
+            data.path(),
+            policies.path(),
+            &env,
+        );
+        // It listened only once the database was back, having said why it
+        // waited, and leads.
+        assert!(started.elapsed() >= away, "{:?}", started.elapsed());
+        let log = service.log();
+        assert!(log.contains("waiting for PostgreSQL"), "{log}");
+        assert!(log.contains("Connection refused"), "{log}");
+        await_until("the replica to lead", || {
+            role(&service).as_deref() == Some("leader")
+        });
+        assert!(post(
+            &service,
+            "project_vcpu_usage,location_id=1,project_name=waited value=1 1767225600000000000\n"
+        ));
+    });
+}
+
+#[test]
+fn a_replica_refused_by_its_database_says_why_at_once() {
+    let postgres = Postgres::start();
+    let url = postgres
+        .database("refuses")
+        .replace("/refuses", "/no_such_database");
+    let data = tempfile::tempdir().unwrap();
+    let policies = policy_dir(&[]);
+    let started = Instant::now();
+    let stderr = common::serve_stops(
+        data.path(),
+        policies.path(),
+        &[("OS_CREDITS_DATABASE_URL", &url)],
+    );
+    assert!(
+        stderr.contains("cannot open the PostgreSQL ledger") && stderr.contains("no_such_database"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("waiting for PostgreSQL"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

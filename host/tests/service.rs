@@ -462,15 +462,7 @@ fn sigterm_drains_commits_and_exits_within_ten_seconds() {
 #[test]
 fn a_missing_policy_folder_stops_the_start_with_a_clear_error() {
     let data = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .arg("serve")
-        .env("CREDITS_PORT", "0")
-        .env("OS_CREDITS_DATA_DIR", data.path())
-        .env("OS_CREDITS_POLICY_DIR", data.path().join("nowhere"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_stops(data.path(), &data.path().join("nowhere"), &[]);
     assert!(
         stderr.contains("cannot read policy folder") && stderr.contains("nowhere"),
         "{stderr}"

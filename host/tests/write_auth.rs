@@ -492,17 +492,12 @@ fn a_credential_file_that_does_not_read_stops_the_start() {
     );
     let users = secrets.path().join("users");
     std::fs::write(&users, "exporter:$apr1$abc$def\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .arg("serve")
-        .env("CREDITS_HOST", "127.0.0.1")
-        .env("CREDITS_PORT", "0")
-        .env("OS_CREDITS_DATA_DIR", data.path())
-        .env("OS_CREDITS_POLICY_DIR", policies.path())
-        .env("OS_CREDITS_WRITE_USERS_FILE", &users)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let users = users.display().to_string();
+    let stderr = common::serve_stops(
+        data.path(),
+        policies.path(),
+        &[("OS_CREDITS_WRITE_USERS_FILE", &users)],
+    );
     assert!(
         stderr.contains("users:1") && stderr.contains("bcrypt"),
         "{stderr}"

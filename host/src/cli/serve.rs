@@ -24,6 +24,26 @@ use os_credits::policy::signature::TrustedKeys;
 use os_credits::replica::{Replica, Timing};
 use os_credits::writers::Writers;
 
+/// An error with its causes, each once ("...: error connecting to server:
+/// Connection refused").
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// How long a replica waits at start for a PostgreSQL ledger it cannot
+/// reach yet before it gives up with the error.
+const DATABASE_WAIT: Duration = Duration::from_secs(60);
+
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -97,8 +117,22 @@ async fn run(
             let session = session_name();
             let store = tokio::task::spawn_blocking(move || {
                 let keepalive = Keepalive::default();
-                let store = Arc::new(Store::postgres(&url, keepalive, &session)?);
-                Replication::open(store, &url, keepalive, &session)
+                let deadline = Instant::now() + DATABASE_WAIT;
+                loop {
+                    let opened = Store::postgres(&url, keepalive, &session).and_then(|store| {
+                        Replication::open(Arc::new(store), &url, keepalive, &session)
+                    });
+                    match opened {
+                        // Started beside its database (a compose stack, a
+                        // host booting): wait for it, not a restart loop.
+                        Err(error) if error.is_unreachable() && Instant::now() < deadline => {
+                            let error = causes(&error);
+                            tracing::warn!(%error, "waiting for PostgreSQL");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                        other => break other,
+                    }
+                }
             })
             .await?
             .context("cannot open the PostgreSQL ledger")?;
@@ -351,9 +385,23 @@ async fn run(
         writers,
     };
     let app = router(state, config.max_body_bytes());
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let hint =
+                if error.kind() == std::io::ErrorKind::PermissionDenied && address.port() < 1024 {
+                    " (a port below 1024 needs root, or net.ipv4.ip_unprivileged_port_start \
+                 at or below it: docker sets it to 0 in containers, podman with \
+                 `--sysctl net.ipv4.ip_unprivileged_port_start=0`; or set CREDITS_PORT \
+                 to 1024 or above)"
+                } else {
+                    ""
+                };
+            return Err(
+                anyhow::Error::new(error).context(format!("cannot listen on {address}{hint}"))
+            );
+        }
+    };
     tracing::info!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

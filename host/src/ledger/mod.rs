@@ -78,6 +78,21 @@ pub enum LedgerError {
     },
 }
 
+impl LedgerError {
+    /// Whether the database could not be reached at all (no connection, or
+    /// a server still starting up), as opposed to one that answered with a
+    /// refusal (a wrong password, a missing database): worth waiting for
+    /// when a service starts beside its database.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            LedgerError::Postgres(error) => error
+                .as_db_error()
+                .is_none_or(|db| *db.code() == ::postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            _ => false,
+        }
+    }
+}
+
 /// Which policy priced a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyStamp {

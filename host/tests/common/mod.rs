@@ -4,6 +4,7 @@
 
 pub mod fake_perun;
 pub mod netns;
+pub mod podman;
 pub mod postgres;
 pub mod sample;
 pub mod smtp;
@@ -236,6 +237,24 @@ pub fn python_wasm(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"));
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Runs `os-credits serve` on `data_dir` and `policy_dir` with extra
+/// environment `env`, expecting it to stop at start (a setting it refuses,
+/// a database it cannot use); returns what it wrote to standard error.
+pub fn serve_stops(data_dir: &Path, policy_dir: &Path, env: &[(&str, &str)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .arg("serve")
+        .env("CREDITS_HOST", "127.0.0.1")
+        .env("CREDITS_PORT", "0")
+        .env("OS_CREDITS_DATA_DIR", data_dir)
+        .env("OS_CREDITS_POLICY_DIR", policy_dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("os-credits serve runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "serve did not stop: {stderr}");
+    stderr
 }
 
 /// The real `os-credits serve`, on a free port of 127.0.0.1.

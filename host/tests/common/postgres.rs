@@ -12,6 +12,8 @@ pub struct Postgres {
     bin: PathBuf,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
+    /// Its `pg_ctl -o` options (port, socket folder, addresses, settings).
+    options: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -93,10 +95,11 @@ impl Postgres {
             .local_addr()
             .unwrap()
             .port();
-        let server = Postgres {
+        let mut server = Postgres {
             bin: bin_dir(),
             port,
             dir,
+            options: String::new(),
         };
         let data = server.data();
         server.run(
@@ -121,24 +124,11 @@ impl Postgres {
             }
             None => "127.0.0.1".to_owned(),
         };
-        let options = format!(
+        server.options = format!(
             "-p {port} -k {} -c listen_addresses={listen} -c max_connections=200 {settings}",
             server.dir.path().display()
         );
-        let log = server.dir.path().join("server.log");
-        server.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data,
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
+        server.start_again();
         server.reap_with_this_process();
         server
     }
@@ -174,6 +164,30 @@ impl Postgres {
             .status()
             .expect("the server's reaper starts");
         assert!(status.success(), "the server's reaper did not start");
+    }
+
+    /// Stops the server (fast: open sessions are ended), keeping its data.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the server on its data, port and settings (again, after
+    /// [`Postgres::stop`]).
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &self.options,
+                "-l",
+                &log.display().to_string(),
+                "-w",
+                "start",
+            ],
+        );
     }
 
     fn data(&self) -> String {
