@@ -116,7 +116,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = podman(&["rm", "--force", "--time", "2", &self.name]);
+        let _ = podman(&["rm", "--force", "--volumes", "--time", "2", &self.name]);
     }
 }
 
@@ -271,7 +271,7 @@ fn without_the_port_sysctl_podman_says_what_to_set() {
     let name = unique("no-sysctl");
     let output = podman(&["run", "--name", &name, image()]);
     let log = common::podman::logs(&name);
-    let _ = podman(&["rm", "--force", &name]);
+    let _ = podman(&["rm", "--force", "--volumes", &name]);
     assert!(!output.status.success(), "{log}");
     assert!(
         log.contains("cannot listen on 0.0.0.0:80")
