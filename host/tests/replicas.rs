@@ -436,4 +436,20 @@ fn a_replica_refused_by_its_database_says_why_at_once() {
     );
     assert!(!stderr.contains("waiting for PostgreSQL"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30));
+
+    // A URL that does not parse is no reason to wait either.
+    let started = Instant::now();
+    let broken = format!("postgres://postgres@127.0.0.1:{}x/refuses", postgres.port);
+    let stderr = common::serve_stops(
+        data.path(),
+        policies.path(),
+        &[("OS_CREDITS_DATABASE_URL", &broken)],
+    );
+    assert!(
+        stderr.contains("cannot open the PostgreSQL ledger")
+            && stderr.contains("invalid value for option `port`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("waiting for PostgreSQL"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
 }

@@ -40,6 +40,19 @@ fn causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// What to change when binding the service's port is refused: a port below
+/// 1024 for a user that is not root (the image's user, under podman).
+fn bind_hint(error: &std::io::Error, port: u16) -> &'static str {
+    if error.kind() == std::io::ErrorKind::PermissionDenied && port < 1024 {
+        " (a port below 1024 needs root, or net.ipv4.ip_unprivileged_port_start at or \
+         below it: docker sets it to 0 in containers, podman with \
+         `--sysctl net.ipv4.ip_unprivileged_port_start=0`; or set CREDITS_PORT to 1024 \
+         or above)"
+    } else {
+        ""
+    }
+}
+
 /// How long a replica waits at start for a PostgreSQL ledger it cannot
 /// reach yet before it gives up with the error.
 const DATABASE_WAIT: Duration = Duration::from_secs(60);
@@ -385,23 +398,12 @@ async fn run(
         writers,
     };
     let app = router(state, config.max_body_bytes());
-    let listener = match tokio::net::TcpListener::bind(address).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            let hint =
-                if error.kind() == std::io::ErrorKind::PermissionDenied && address.port() < 1024 {
-                    " (a port below 1024 needs root, or net.ipv4.ip_unprivileged_port_start \
-                 at or below it: docker sets it to 0 in containers, podman with \
-                 `--sysctl net.ipv4.ip_unprivileged_port_start=0`; or set CREDITS_PORT \
-                 to 1024 or above)"
-                } else {
-                    ""
-                };
-            return Err(
-                anyhow::Error::new(error).context(format!("cannot listen on {address}{hint}"))
-            );
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| {
+            let hint = bind_hint(&error, address.port());
+            anyhow::Error::new(error).context(format!("cannot listen on {address}{hint}"))
+        })?;
     tracing::info!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -79,17 +79,20 @@ pub enum LedgerError {
 }
 
 impl LedgerError {
-    /// Whether the database could not be reached at all (no connection, or
-    /// a server still starting up), as opposed to one that answered with a
-    /// refusal (a wrong password, a missing database): worth waiting for
-    /// when a service starts beside its database.
+    /// Whether the database could not be reached at all (the connection
+    /// failed: refused, a name not resolved yet, a timeout; or a server
+    /// still starting up), as opposed to one that answered with a refusal
+    /// (a wrong password, a missing database) or a URL that does not parse:
+    /// worth waiting for when a service starts beside its database.
     pub fn is_unreachable(&self) -> bool {
-        match self {
-            LedgerError::Postgres(error) => error
-                .as_db_error()
-                .is_none_or(|db| *db.code() == ::postgres::error::SqlState::CANNOT_CONNECT_NOW),
-            _ => false,
+        let LedgerError::Postgres(error) = self else {
+            return false;
+        };
+        if let Some(db) = error.as_db_error() {
+            return *db.code() == ::postgres::error::SqlState::CANNOT_CONNECT_NOW;
         }
+        // A failed connection carries the socket's error as its cause.
+        std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>())
     }
 }
 
