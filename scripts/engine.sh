@@ -15,14 +15,14 @@ if command -v podman >/dev/null 2>&1; then
 elif command -v docker >/dev/null 2>&1; then
     engine=docker
 else
-    echo "make image needs podman or docker (Debian: apt-get install podman runc)" >&2
+    echo "building images needs podman or docker (Debian: apt-get install podman runc)" >&2
     exit 1
 fi
 
 if [ "$engine" = podman ]; then
     conf="$target/containers.conf"
     {
-        echo "# Written by scripts/image.sh for this machine."
+        echo "# Written by scripts/engine.sh (make image, make stack-images) for this machine."
         echo "[containers]"
         echo "default_ulimits = [\"nproc=1024:1024\", \"nofile=$(ulimit -Sn):$(ulimit -Hn)\"]"
         if command -v runc >/dev/null 2>&1; then
@@ -66,10 +66,10 @@ if ! has_image "$slim" && ! pulled "$slim"; then
     mkdir -p "$(dirname "$rootfs")"
     # merged /usr by usr-is-merged, as the official image: without the
     # hook apt picks usrmerge, which pulls in perl (46 MB).
-    set --
+    merged_usr=
     hooks=/usr/share/mmdebstrap/hooks/merged-usr
-    [ -d "$hooks" ] && set -- --hook-dir="$hooks"
-    mmdebstrap --quiet --variant=minbase "$@" \
+    [ -d "$hooks" ] && merged_usr=--hook-dir=$hooks
+    mmdebstrap --quiet --variant=minbase ${merged_usr:+"$merged_usr"} \
         --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         --dpkgopt='path-exclude=/usr/share/man/*' \

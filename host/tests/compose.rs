@@ -19,11 +19,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::podman::{address, containers_conf, logs, ok, podman, stack_images, unique};
+use common::podman::{
+    address, containers_conf, logs, make_readable, ok, podman, stack_images, unique,
+};
 use common::sample;
 use rust_decimal::Decimal;
 
@@ -44,7 +46,11 @@ impl Stack {
     /// module, readable by the containers' users.
     fn new(what: &str) -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        copy_tree(&common::repo_file("examples/project_usage"), dir.path());
+        common::copy_tree(
+            &common::repo_file("examples/project_usage"),
+            dir.path(),
+            &[],
+        );
         std::fs::copy(
             common::repo_file(".default.env"),
             dir.path().join("credits.env"),
@@ -108,6 +114,27 @@ impl Stack {
         format!("http://{}:{port}", address(&self.container(service)))
     }
 
+    /// podman's filter for what podman-compose made for this project.
+    fn label(&self) -> String {
+        format!("label=io.podman.compose.project={}", self.project)
+    }
+
+    /// The names of the project's containers, running or not.
+    fn containers(&self) -> Vec<String> {
+        let listed = podman(&[
+            "ps",
+            "-a",
+            "--filter",
+            &self.label(),
+            "--format",
+            "{{.Names}}",
+        ]);
+        String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Waits until the image's HEALTHCHECK passes in `service`'s container
     /// and returns its URL.
     fn healthy(&self, service: &str) -> String {
@@ -123,27 +150,17 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        let containers = self.containers();
         if std::thread::panicking() {
-            for line in podman(&["ps", "-a", "--filter", &self.label()])
-                .stdout
-                .split(|b| *b == b'\n')
-            {
-                let line = String::from_utf8_lossy(line);
-                if let Some(name) = line
-                    .split_whitespace()
-                    .last()
-                    .filter(|n| n.starts_with(&self.project))
-                {
-                    eprintln!("--- {name}:\n{}", logs(name));
-                }
+            for name in &containers {
+                eprintln!("--- {name}:\n{}", logs(name));
             }
         }
         // The containers first, with their anonymous volumes (the image's
         // VOLUMEs), which `podman-compose down` leaves behind; then `down`
         // for the named volumes, then what is left of them and the network.
-        let containers = podman(&["ps", "-a", "-q", "--filter", &self.label()]);
-        for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
-            let _ = podman(&["rm", "--force", "--volumes", "--time", "2", id]);
+        for name in &containers {
+            let _ = podman(&["rm", "--force", "--volumes", "--time", "2", name]);
         }
         let _ = self.compose(&["down", "-v"]);
         let volumes = podman(&["volume", "ls", "-q", "--filter", &self.label()]);
@@ -157,47 +174,6 @@ impl Drop for Stack {
             &format!("{}_default", self.project),
         ]);
     }
-}
-
-impl Stack {
-    fn label(&self) -> String {
-        format!("label=io.podman.compose.project={}", self.project)
-    }
-}
-
-/// Copies the folder `from` into `to`, recursively.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// Folders 0755 and files 0644 (a temporary folder is 0700; the services
-/// run as other users).
-fn make_readable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let directory = path.is_dir();
-    let mode = if directory { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    if directory {
-        for entry in std::fs::read_dir(path).unwrap() {
-            make_readable(&entry.unwrap().path());
-        }
-    }
-}
-
-/// Replaces `from` by `to` in the file `path`, which must hold it.
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{} holds {from:?}", path.display());
-    std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
 /// POSTs `body` to `url`, with HTTP Basic `user:password` when given.
@@ -218,7 +194,7 @@ fn influxdb_subscription_delivers_every_point_to_portal_credits() {
     let mut stack = Stack::new("influx");
     // The subscription's credential, as the compose file's comments say.
     let password = unique("password");
-    edit(
+    common::edit(
         &stack.path("influxdb-init/subscription.iql"),
         "CHANGE-ME",
         &password,
@@ -288,7 +264,7 @@ fn prometheus_remote_writes_the_exporters_counters_into_portal_credits() {
         &[("prometheus", &password, Some("8676"))],
     );
     // Scraped every second rather than 15 s, to keep the test short.
-    edit(
+    common::edit(
         &stack.path("prometheus/prometheus.yml"),
         "scrape_interval: 15s",
         "scrape_interval: 1s",

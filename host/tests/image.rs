@@ -129,10 +129,8 @@ fn policy_folder() -> tempfile::TempDir {
         "[default]\nmodule = \"denbi.wasm\"\n",
     )
     .unwrap();
-    // The container's user reads it (a temporary folder is 0700).
-    let mut permissions = std::fs::metadata(dir.path()).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(dir.path(), permissions).unwrap();
+    // The container's user reads it.
+    common::podman::make_readable(dir.path());
     dir
 }
 

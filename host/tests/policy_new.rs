@@ -34,31 +34,12 @@ const COPIED: &[&str] = &[
 /// Folders never copied.
 const SKIPPED: &[&str] = &["target", "__pycache__", ".pytest_cache"];
 
-fn copy(from: &Path, to: &Path) {
-    let meta = std::fs::symlink_metadata(from).unwrap();
-    if meta.is_dir() {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name();
-            if SKIPPED.iter().any(|s| name == *s) {
-                continue;
-            }
-            copy(&entry.path(), &to.join(name));
-        }
-    } else {
-        // Symlinks (the de.NBI examples) become the files they point to.
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
-    }
-}
-
 /// A copy of the workspace in a temporary folder.
 fn workspace() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("os-credits");
     for path in COPIED {
-        copy(&common::root().join(path), &root.join(path));
+        common::copy_tree(&common::root().join(path), &root.join(path), SKIPPED);
     }
     std::fs::create_dir_all(root.join("policies/python")).unwrap();
     (dir, root)
@@ -142,13 +123,6 @@ fn policy_test(root: &Path, name: &str, folder: &str, extra: &[&str]) -> Output 
     ];
     args.extend_from_slice(extra);
     os_credits(root, &args)
-}
-
-/// Replaces `from` by `to` in a file of the copy, exactly once.
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert_eq!(text.matches(from).count(), 1, "{from:?} in {text}");
-    std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
 /// The exit status of a failed `policy test` run, and its table (stdout).
@@ -252,7 +226,7 @@ fn a_new_rust_policy_builds_passes_its_examples_and_fails_them_when_a_price_chan
     assert!(examples.contains("policy test denbi"), "{examples}");
 
     // A price changes: 1.1 credits per vCPU-hour instead of 1.
-    edit(
+    common::edit(
         &lib,
         "cpu_price: Decimal::ONE,",
         "cpu_price: Decimal::new(11, 1),",
@@ -330,7 +304,7 @@ fn a_new_python_policy_builds_passes_its_examples_and_fails_them_when_a_price_ch
     );
 
     // A price changes: 0.5 credits per GiB-hour instead of 0.3.
-    edit(
+    common::edit(
         &folder.join("lab_gpu.py"),
         "config.decimal(\"ram_price\", \"0.3\")",
         "config.decimal(\"ram_price\", \"0.5\")",

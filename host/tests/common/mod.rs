@@ -239,6 +239,39 @@ pub fn python_wasm(name: &str) -> PathBuf {
     path
 }
 
+/// Replaces `from` by `to` in the file `path`, which holds it exactly
+/// once.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read the file to edit");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} in {}:\n{text}",
+        path.display()
+    );
+    std::fs::write(path, text.replace(from, to)).expect("write the edited file");
+}
+
+/// Copies `from` (a file or a folder, recursively) to `to`, leaving out
+/// folders named in `skipped`; symlinks become the files they point to.
+pub fn copy_tree(from: &Path, to: &Path, skipped: &[&str]) {
+    let meta = std::fs::symlink_metadata(from).expect("the source exists");
+    if meta.is_dir() {
+        std::fs::create_dir_all(to).expect("create the copy's folder");
+        for entry in std::fs::read_dir(from).expect("read the source folder") {
+            let entry = entry.expect("a folder entry");
+            let name = entry.file_name();
+            if skipped.iter().any(|s| name == *s) {
+                continue;
+            }
+            copy_tree(&entry.path(), &to.join(name), skipped);
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("create the parent");
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
+}
+
 /// Runs `os-credits serve` on `data_dir` and `policy_dir` with extra
 /// environment `env`, expecting it to stop at start (a setting it refuses,
 /// a database it cannot use); returns what it wrote to standard error.

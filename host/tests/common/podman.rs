@@ -105,6 +105,21 @@ pub fn address(container: &str) -> String {
     )
 }
 
+/// Makes `path` readable by the containers' users (which are not this
+/// test's): folders 0755 and files 0644, recursively. A temporary folder
+/// is 0700.
+pub fn make_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let directory = path.is_dir();
+    let mode = if directory { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("set permissions");
+    if directory {
+        for entry in std::fs::read_dir(path).expect("read the folder") {
+            make_readable(&entry.expect("a folder entry").path());
+        }
+    }
+}
+
 /// A container's log (its standard output and error).
 pub fn logs(container: &str) -> String {
     let output = podman(&["logs", container]);
