@@ -5,18 +5,20 @@
 # ledger's conformance suite, the replicas and the second run of the
 # end-to-end suite, and iproute2's `ip` for the replica whose network a test
 # cuts (a network namespace: that test needs root), and podman (with runc,
-# its netavark network stack, mmdebstrap for base images made from
+# its netavark network stack and the iptables it sets up container
+# networks with, mmdebstrap for base images made from
 # Debian's packages, and podman-compose) for the image and compose tests:
 # Debian's packages `chromium`, `prometheus`, `influxdb`, `postgresql`,
-# `iproute2`, `podman`, `runc`, `netavark`, `aardvark-dns`, `mmdebstrap`
+# `iproute2`, `podman`, `runc`, `netavark`, `iptables`, `aardvark-dns`, `mmdebstrap`
 # and `podman-compose`. Finds them, or installs the missing ones when
 # this user may (root, or sudo without a password; their services are not
 # started), or stops at once naming the one command to run.
+# With package names as arguments, only those are found or installed.
 # CHROMIUM=/path, PROMETHEUS=/path, INFLUXD=/path and PG_BIN=/folder override the search.
 set -eu
 
 # package:binary:override-variable
-wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS influxdb:/usr/bin/influxd:INFLUXD postgresql:/usr/lib/postgresql/*/bin/pg_ctl:PG_BIN iproute2:/usr/sbin/ip:IP podman:/usr/bin/podman:PODMAN runc:/usr/sbin/runc:RUNC netavark:/usr/lib/podman/netavark:NETAVARK aardvark-dns:/usr/lib/podman/aardvark-dns:AARDVARK mmdebstrap:/usr/bin/mmdebstrap:MMDEBSTRAP podman-compose:/usr/bin/podman-compose:PODMAN_COMPOSE"
+wanted="chromium:/usr/bin/chromium:CHROMIUM prometheus:/usr/bin/prometheus:PROMETHEUS influxdb:/usr/bin/influxd:INFLUXD postgresql:/usr/lib/postgresql/*/bin/pg_ctl:PG_BIN iproute2:/usr/sbin/ip:IP podman:/usr/bin/podman:PODMAN runc:/usr/sbin/runc:RUNC netavark:/usr/lib/podman/netavark:NETAVARK iptables:/usr/sbin/iptables:IPTABLES aardvark-dns:/usr/lib/podman/aardvark-dns:AARDVARK mmdebstrap:/usr/bin/mmdebstrap:MMDEBSTRAP podman-compose:/usr/bin/podman-compose:PODMAN_COMPOSE"
 
 present() {
     pattern=$1 override=$2
@@ -35,6 +37,11 @@ present() {
 missing=""
 for entry in $wanted; do
     package=${entry%%:*} rest=${entry#*:}
+    # Packages named as arguments: only those (`make image` needs podman
+    # and mmdebstrap, not a browser).
+    if [ "$#" -gt 0 ]; then
+        case " $* " in *" $package "*) ;; *) continue ;; esac
+    fi
     binary=${rest%%:*} override=${rest#*:}
     present "$binary" "$override" || missing="$missing $package"
 done

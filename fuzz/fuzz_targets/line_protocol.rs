@@ -3,9 +3,7 @@
 //! samples decoded from a body are one item per non-blank line.
 #![no_main]
 
-#[path = "../../host/src/ingest/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod ingest;
+use os_credits_ingest as ingest;
 
 use libfuzzer_sys::fuzz_target;
 

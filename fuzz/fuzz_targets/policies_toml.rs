@@ -2,11 +2,8 @@
 //! default and names only files inside the policy folder.
 #![no_main]
 
-#[path = "../../host/src/policy/mapping.rs"]
-mod mapping;
-
 use libfuzzer_sys::fuzz_target;
-use mapping::{ConfigSource, DEFAULT_SITE, inside_folder, parse};
+use os_credits_policy::mapping::{ConfigSource, DEFAULT_SITE, inside_folder, parse};
 
 fuzz_target!(|text: &str| {
     let Ok(mapped) = parse(text) else { return };

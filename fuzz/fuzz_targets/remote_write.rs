@@ -3,9 +3,7 @@
 //! histogram, and encodes to a body that decodes to the same request.
 #![no_main]
 
-#[path = "../../host/src/ingest/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod ingest;
+use os_credits_ingest as ingest;
 
 use ingest::remote_write::{Labels, decode, encode, samples};
 use libfuzzer_sys::fuzz_target;

@@ -34,13 +34,37 @@ pub struct LedgerArgs {
     pub database_url: Option<String>,
 }
 
+/// Where the ledger is: the one reading of [`LedgerArgs`], for `serve` and
+/// every tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerPlace<'a> {
+    /// SQLite, in this data directory.
+    Sqlite(&'a std::path::Path),
+    /// PostgreSQL, at this URL.
+    Postgres(&'a str),
+}
+
 impl LedgerArgs {
-    /// The PostgreSQL URL, if one is set (blank counts as unset).
-    pub fn postgres_url(&self) -> Option<&str> {
-        self.database_url
+    /// Where the ledger is: PostgreSQL when `OS_CREDITS_DATABASE_URL` is a
+    /// `postgres://` (or `postgresql://`) URL, SQLite in the data directory
+    /// when it is unset or blank; anything else is refused, naming the
+    /// setting (and not its password).
+    pub fn place(&self) -> anyhow::Result<LedgerPlace<'_>> {
+        let url = self
+            .database_url
             .as_deref()
             .map(str::trim)
-            .filter(|url| !url.is_empty())
+            .filter(|url| !url.is_empty());
+        match url {
+            None => Ok(LedgerPlace::Sqlite(&self.data_dir.path)),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(LedgerPlace::Postgres(url))
+            }
+            Some(other) => anyhow::bail!(
+                "OS_CREDITS_DATABASE_URL {:?} is not a postgres:// URL (leave it unset for SQLite in the data folder)",
+                other.split('@').next_back().unwrap_or_default()
+            ),
+        }
     }
 }
 

@@ -30,8 +30,9 @@
 //!
 //! With the SQLite ledger there is one process: it leads from the start.
 
+use crate::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -81,15 +82,14 @@ struct LeaseClock {
 
 impl LeaseClock {
     fn renewed_at(&self, at: Option<Instant>) {
-        *self.renewed.lock().unwrap_or_else(PoisonError::into_inner) = at;
+        *self.renewed.locked() = at;
     }
 }
 
 impl Leadership for LeaseClock {
     fn leading(&self) -> bool {
         self.renewed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .is_some_and(|at| at.elapsed() < self.valid_for)
     }
 }
@@ -368,10 +368,7 @@ impl Replica {
             .unwrap_or_default(),
             None => (None, None),
         };
-        let last_check = *self
-            .last_check
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let last_check = *self.last_check.locked();
         ReplicaStatus {
             role: if self.is_leader() {
                 "leader"
@@ -386,10 +383,7 @@ impl Replica {
     }
 
     fn checked(&self) {
-        *self
-            .last_check
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *self.last_check.locked() = Some(Instant::now());
     }
 
     /// Runs forever on a replicated ledger: follows until the lock is

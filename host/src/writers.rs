@@ -20,9 +20,10 @@
 //! no longer reads keeps the last good credentials in force and says why
 //! in `/stats` and the log.
 
+use crate::sync::Locked;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -215,13 +216,13 @@ impl Writers {
             Ok(table) => {
                 let (users, tokens) = (table.users.len(), table.tokens.len());
                 self.table.store(Arc::new(table));
-                *lock(&self.error) = None;
+                *self.error.locked() = None;
                 tracing::info!(users, tokens, "write credentials read");
                 Ok(())
             }
             Err(e) => {
                 tracing::error!("write credentials not changed: {e}");
-                *lock(&self.error) = Some(e.to_string());
+                *self.error.locked() = Some(e.to_string());
                 Err(e)
             }
         }
@@ -247,7 +248,9 @@ impl Writers {
                     Some((hash, writer)) => (hash.as_str(), Some(writer)),
                     None => (STAND_IN.get()?.as_str(), None),
                 };
-                let verified = lock(&self.remembered)
+                let verified = self
+                    .remembered
+                    .locked()
                     .verified
                     .get(&credential.key(hash))
                     .copied()?;
@@ -266,7 +269,7 @@ impl Writers {
                         Secret::Plain(plain) => bool::from(plain.ct_eq(token.as_bytes())),
                         Secret::Sha256(sha) => bool::from(sha.ct_eq(&digest)),
                         Secret::Bcrypt(hash) => {
-                            match lock(&self.remembered).verified.get(&credential.key(hash)) {
+                            match self.remembered.locked().verified.get(&credential.key(hash)) {
                                 Some(true) => true,
                                 Some(false) => false,
                                 None => {
@@ -332,11 +335,11 @@ impl Writers {
     /// hash, then remembered.
     fn remember(&self, credential: &Credential, hash: &str, secret: &str) -> bool {
         let key = credential.key(hash);
-        if let Some(verified) = lock(&self.remembered).verified.get(&key).copied() {
+        if let Some(verified) = self.remembered.locked().verified.get(&key).copied() {
             return verified;
         }
         let verified = bcrypt::verify(secret, hash).unwrap_or(false);
-        let mut memory = lock(&self.remembered);
+        let mut memory = self.remembered.locked();
         if memory.verified.len() >= REMEMBERED {
             memory.verified.clear();
         }
@@ -346,13 +349,15 @@ impl Writers {
 
     /// Counts a refused request.
     pub fn count_denied(&self, endpoint: &'static str, why: Denied) {
-        *lock(&self.denied).entry((endpoint, why)).or_default() += 1;
+        *self.denied.locked().entry((endpoint, why)).or_default() += 1;
     }
 
     /// Counts points refused from `writer`.
     pub fn count_refused(&self, writer: &str, reason: &'static str, points: usize) {
         if points > 0 {
-            *lock(&self.refused)
+            *self
+                .refused
+                .locked()
                 .entry((writer.to_owned(), reason))
                 .or_default() += points as u64;
         }
@@ -360,7 +365,8 @@ impl Writers {
 
     /// Requests refused, per endpoint and reason.
     pub fn denied(&self) -> Vec<(&'static str, Denied, u64)> {
-        lock(&self.denied)
+        self.denied
+            .locked()
             .iter()
             .map(|((endpoint, why), n)| (*endpoint, *why, *n))
             .collect()
@@ -368,7 +374,8 @@ impl Writers {
 
     /// Points refused, per writer and reason.
     pub fn refused(&self) -> Vec<(String, &'static str, u64)> {
-        lock(&self.refused)
+        self.refused
+            .locked()
             .iter()
             .map(|((writer, reason), n)| (writer.clone(), *reason, *n))
             .collect()
@@ -395,7 +402,7 @@ impl Writers {
             required: self.required(),
             users: table.users.len(),
             tokens: table.tokens.len(),
-            error: lock(&self.error).clone(),
+            error: self.error.locked().clone(),
             denied,
             refused_points,
         }
@@ -457,10 +464,6 @@ fn open_writer() -> Arc<Writer> {
         name: "anonymous".into(),
         scope: None,
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Both files into one table.

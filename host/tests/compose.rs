@@ -190,6 +190,10 @@ fn stats(url: &str) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "programs"),
+    ignore = "needs podman and podman-compose: make test"
+)]
 fn influxdb_subscription_delivers_every_point_to_portal_credits() {
     let mut stack = Stack::new("influx");
     // The subscription's credential, as the compose file's comments say.
@@ -252,6 +256,10 @@ fn influxdb_subscription_delivers_every_point_to_portal_credits() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "programs"),
+    ignore = "needs podman and podman-compose: make test"
+)]
 fn prometheus_remote_writes_the_exporters_counters_into_portal_credits() {
     let mut stack = Stack::new("remote-write");
     // The credential, as the compose file's comments say: Prometheus'
@@ -344,6 +352,10 @@ fn prometheus_remote_writes_the_exporters_counters_into_portal_credits() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "programs"),
+    ignore = "needs podman and podman-compose: make test"
+)]
 fn ha_the_other_replica_leads_when_the_leaders_container_stops() {
     let mut stack = Stack::new("ha");
     let password = unique("password");

@@ -437,6 +437,12 @@ fn bad_corrections_are_refused_with_what_is_wrong() {
             400,
             "unknown field",
         ),
+        // The name of policies.toml's default entry is not a location.
+        (
+            serde_json::json!({"reason": "x", "from": BEGINNING, "to": END, "module": "denbi.wasm", "site": "default"}),
+            400,
+            "names the default entry of policies.toml, not a location",
+        ),
     ];
     for (body, status, message) in cases {
         let (got, answer) = correct(&service, &body);

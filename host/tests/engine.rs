@@ -101,6 +101,7 @@ fn a_failed_commit_answers_500_rebuilds_the_book_and_loses_nothing() {
         writers: Arc::new(os_credits::writers::Writers::open_to_all()),
         corrections: store.clone(),
         applying: Default::default(),
+        roll_up: Default::default(),
         webhooks: None,
         forecasts: store.clone(),
         forecast_window_hours: 24,

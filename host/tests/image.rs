@@ -143,6 +143,7 @@ fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs podman: make test")]
 fn the_image_runs_bills_keeps_its_data_reloads_and_stops_cleanly() {
     let image = image();
     let size = ok(
@@ -263,6 +264,7 @@ fn the_image_runs_bills_keeps_its_data_reloads_and_stops_cleanly() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs podman: make test")]
 fn without_the_port_sysctl_podman_says_what_to_set() {
     // Podman, unlike docker, keeps unprivileged ports at 1024 and up: the
     // service stops at start and names the setting.

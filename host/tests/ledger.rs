@@ -34,13 +34,26 @@ fn database() -> String {
     server().database(&format!("conformance_{}_{n}", std::process::id()))
 }
 
-/// Runs `check` on a fresh SQLite store, then on a fresh PostgreSQL one.
+/// Runs `check` on a fresh SQLite store, then (with the feature
+/// `programs`, as `make test` runs) on a fresh PostgreSQL one; a failure
+/// names the store it failed on.
 fn on_both(check: impl Fn(&Store)) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::sqlite(dir.path(), Durability::Normal).unwrap();
-    check(&sqlite);
-    let postgres = Store::postgres(&database(), Keepalive::default(), "conformance").unwrap();
-    check(&postgres);
+    on("SQLite", &sqlite, &check);
+    if cfg!(feature = "programs") {
+        let postgres = Store::postgres(&database(), Keepalive::default(), "conformance").unwrap();
+        on("PostgreSQL", &postgres, &check);
+    }
+}
+
+/// Runs `check` on `store`, saying which store failed if it panics.
+fn on(name: &str, store: &Store, check: &impl Fn(&Store)) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(store)));
+    if let Err(panic) = outcome {
+        eprintln!("the conformance check failed on {name}");
+        std::panic::resume_unwind(panic);
+    }
 }
 
 fn d(text: &str) -> Decimal {
@@ -680,6 +693,7 @@ fn statements_read_the_days_rolled_up_as_the_charges_and_corrections_are_booked_
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn a_newer_schema_is_refused_by_both() {
     let dir = tempfile::tempdir().unwrap();
     drop(Store::sqlite(dir.path(), Durability::Full).unwrap());
@@ -746,6 +760,7 @@ fn replication(url: &str, session: &str) -> Replication {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
     let url = database();
     let first = replication(&url, "conformance first");
@@ -800,6 +815,7 @@ fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn a_leader_whose_epoch_was_taken_commits_nothing() {
     let url = database();
     let leader = replication(&url, "conformance fenced");
@@ -822,6 +838,7 @@ fn a_leader_whose_epoch_was_taken_commits_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn the_inbox_keeps_arrival_order_and_settles_what_was_billed() {
     let url = database();
     let replica = replication(&url, "conformance inbox");

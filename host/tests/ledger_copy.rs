@@ -40,6 +40,7 @@ fn charges(location: &[&str]) -> Value {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn a_sqlite_ledger_copied_to_postgresql_answers_the_same() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let data_dir = data.path().to_str().unwrap();

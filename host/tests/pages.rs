@@ -53,6 +53,7 @@ fn write(service: &Service, body: &str) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs Chromium: make test")]
 fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = Service::start(data.path(), policies.path(), &[("API_KEY", "k")]);
@@ -141,6 +142,7 @@ fn the_history_page_charts_every_change_of_the_credits_in_a_browser() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs Chromium: make test")]
 fn the_docs_page_lists_every_operation_of_the_openapi_document() {
     let (data, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = Service::start(data.path(), policies.path(), &[]);
@@ -159,6 +161,7 @@ fn the_docs_page_lists_every_operation_of_the_openapi_document() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs Chromium: make test")]
 fn the_history_page_draws_when_the_credits_run_out_in_a_browser() {
     let perun = common::fake_perun::FakePerun::start();
     perun.add_group(&serde_json::json!({

@@ -23,6 +23,7 @@ const COPIED: &[&str] = &[
     "Cargo.lock",
     "Makefile",
     "rust-toolchain.toml",
+    "crates",
     "host",
     "pricing-sdk",
     "policies/denbi",
@@ -154,6 +155,10 @@ fn policy_examples(root: &Path) -> Output {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "programs"),
+    ignore = "needs the Python tools (componentize-py): make test"
+)]
 fn a_new_rust_policy_builds_passes_its_examples_and_fails_them_when_a_price_changes() {
     let (_dir, root) = workspace();
     let created = succeeds(
@@ -259,6 +264,10 @@ fn a_new_rust_policy_builds_passes_its_examples_and_fails_them_when_a_price_chan
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "programs"),
+    ignore = "needs the Python tools (componentize-py): make test"
+)]
 fn a_new_python_policy_builds_passes_its_examples_and_fails_them_when_a_price_changes() {
     let python_env = python_env();
     let (_dir, root) = workspace();

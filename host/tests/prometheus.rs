@@ -252,6 +252,7 @@ fn free_port() -> u16 {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs Prometheus: make test")]
 fn a_real_prometheus_remote_writes_and_the_credits_equal_its_stored_samples() {
     prometheus_binary();
     let (data, policies) = (tempfile::tempdir().unwrap(), common::policy_dir(&[]));

@@ -184,22 +184,20 @@ fn a_folder_change_without_from_prices_only_later_usage_and_the_past_is_not_rewr
     });
     // Booked once: a restart (the entry's correction looked for again) changes nothing.
     let corrected = credits(&service, &projects);
-    assert_eq!(
-        service
-            .log()
-            .matches("back-dated schedule entry: its correction is booked")
-            .count(),
-        1
-    );
+    let statements = &service.stats()["statements"];
+    assert_eq!(statements["back_dated_booked"], 1, "{statements}");
+    assert_eq!(statements["back_dated_settled"], 1, "{statements}");
     drop(service);
     let service = Service::start(data.path(), folder.path(), &[]);
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The marker: the restarted service has looked for the entry's
+    // correction and settled it (found it booked).
+    await_until(
+        "the restarted service to settle the back-dated entry",
+        || service.stats()["statements"]["back_dated_settled"] == 1,
+    );
     assert_eq!(credits(&service, &projects), corrected);
     assert_eq!(
-        service
-            .log()
-            .matches("back-dated schedule entry: its correction is booked")
-            .count(),
+        service.stats()["statements"]["back_dated_booked"],
         0,
         "booked by the first run, not again"
     );
@@ -328,6 +326,7 @@ fn role(service: &Service) -> String {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn replicas_whose_folders_differ_price_alike_across_a_failover() {
     let postgres = common::postgres::Postgres::start();
     let url = postgres.database("differ");

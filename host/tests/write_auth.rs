@@ -251,6 +251,7 @@ impl Guarded {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs InfluxDB: make test")]
 fn a_real_influxdb_subscription_with_credentials_in_its_url_bills_the_sample_exactly() {
     influxd();
     let guarded = Guarded::start();
@@ -505,6 +506,7 @@ fn a_credential_file_that_does_not_read_stops_the_start() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn replicas_accept_the_same_credentials_and_scopes() {
     let postgres = common::postgres::Postgres::start();
     let database = postgres.database("auth");

@@ -40,6 +40,25 @@ pub fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode,
     }
 }
 
+/// A request that carried the admin key: the extractor of every admin
+/// route, so that no handler runs (nor reads a body) without the key. It
+/// answers as [`authorize`] says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = super::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &AppState,
+    ) -> Result<Admin, super::ApiError> {
+        authorize(app, &parts.headers)
+            .map(|()| Admin)
+            .map_err(|(status, message)| super::ApiError::new(status, message))
+    }
+}
+
 #[derive(Serialize)]
 struct ActiveView {
     site: String,
@@ -165,10 +184,7 @@ pub async fn policies(State(app): State<AppState>) -> Response {
 }
 
 /// `POST /api/policies/reload`: rescan the folder now.
-pub async fn reload(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((status, message)) = authorize(&app, &headers) {
-        return error(status, message);
-    }
+pub async fn reload(State(app): State<AppState>, _: Admin) -> Response {
     let registry = app.registry.clone();
     match blocking(move || registry.reload()).await {
         Ok(_) => Json(view(&app)).into_response(),
@@ -186,14 +202,7 @@ pub struct LogConfig {
 
 /// `POST /logconfig` `{"filter": "os_credits=debug"}`: changes the log
 /// filter at runtime; 204, or 400 for a bad body or filter.
-pub async fn logconfig(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err((status, message)) = authorize(&app, &headers) {
-        return error(status, message);
-    }
+pub async fn logconfig(State(app): State<AppState>, _: Admin, body: axum::body::Bytes) -> Response {
     let config: LogConfig = match super::json_body(&body, r#"{"filter": "<EnvFilter directives>"}"#)
     {
         Ok(config) => config,
@@ -237,11 +246,12 @@ struct Upload {
 /// `module` (the module's bytes) and, where signatures are required,
 /// `signature` (its `.sig`). The module is validated as a folder's would
 /// be; an entry whose `from` lies before billed usage is refused (409).
-pub async fn upload(State(app): State<AppState>, request: axum::extract::Request) -> Response {
+pub async fn upload(
+    State(app): State<AppState>,
     // The key first: nothing of the body is read without it.
-    if let Err((status, message)) = authorize(&app, request.headers()) {
-        return error(status, message);
-    }
+    _: Admin,
+    request: axum::extract::Request,
+) -> Response {
     let multipart = match Multipart::from_request(request, &()).await {
         Ok(multipart) => multipart,
         Err(rejection) => {

@@ -10,8 +10,9 @@
 //! serialised in the database and a correction computed against a ledger
 //! another changed meanwhile is computed again.
 
+use crate::sync::Locked;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -22,11 +23,12 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::admin::authorize;
+use super::admin::{Admin, authorize};
 use super::{AppState, blocking, error};
-use crate::billing::correction::{CorrectionError, Request, apply, statement};
+use crate::billing::correction::{CorrectionAnswer, CorrectionError, Request, apply, statement};
 use crate::ledger::{CorrectionScope, PolicyStamp};
 use crate::policy::Module;
+use crate::policy::mapping::DEFAULT_SITE;
 use crate::schedule::show_time;
 
 /// The corrections this process is applying: another overlapping one waits
@@ -55,7 +57,7 @@ struct Claim {
 
 impl Applying {
     fn claim(self: &Arc<Self>, id: &str, scope: &CorrectionScope) -> Result<Claim, String> {
-        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list = self.0.locked();
         if let Some((other, _)) = list.iter().find(|(_, s)| overlap(s, scope)) {
             return Err(format!(
                 "correction {other} is being applied to overlapping usage: send this one when it is done"
@@ -71,11 +73,7 @@ impl Applying {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let mut list = self
-            .applying
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut list = self.applying.0.locked();
         list.retain(|(id, _)| *id != self.id);
     }
 }
@@ -151,6 +149,15 @@ fn check(app: &AppState, body: CorrectionBody) -> Result<Checked, Refusal> {
         .site
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
+    // `default` is the name policies.toml and `[[changes]]` give the
+    // default entry, never a location: taken as one, it would match no
+    // usage and book nothing without a word.
+    if site.as_deref() == Some(DEFAULT_SITE) {
+        return Err(bad(format!(
+            "site {DEFAULT_SITE:?} names the default entry of policies.toml, not a location: \
+             leave \"site\" out to correct every site, or give a location_id (e.g. \"8676\")"
+        )));
+    }
     let projects = match body.projects {
         Some(list) if list.iter().any(|p| p.trim().is_empty()) => {
             return Err(bad("projects holds a blank name".into()));
@@ -284,14 +291,7 @@ fn folder_module(app: &AppState, file: &str) -> Result<Vec<u8>, Refusal> {
 
 /// `POST /api/corrections` (`X-API-KEY`): previews (`dry_run`, the
 /// default) or applies a correction; 200 with what it changes per project.
-pub async fn correct(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err((status, message)) = authorize(&app, &headers) {
-        return error(status, message);
-    }
+pub async fn correct(State(app): State<AppState>, _: Admin, body: axum::body::Bytes) -> Response {
     let body: CorrectionBody = match super::json_body(
         &body,
         r#"{"reason": "…", "from": "RFC 3339", "to": "RFC 3339", "module": "file.wasm" or "sha256": "…", "dry_run": true}"#,
@@ -332,7 +332,7 @@ fn run(
     ledger: &dyn crate::ledger::Corrections,
     checked: Checked,
     webhook: bool,
-) -> Result<serde_json::Value, Refusal> {
+) -> Result<CorrectionAnswer, Refusal> {
     let info = checked.module.info();
     let policy = PolicyStamp {
         name: info.name.clone(),
@@ -360,10 +360,7 @@ fn run(
 }
 
 /// `GET /api/corrections` (`X-API-KEY`): every correction booked, oldest first.
-pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((status, message)) = authorize(&app, &headers) {
-        return error(status, message);
-    }
+pub async fn list(State(app): State<AppState>, _: Admin) -> Response {
     let ledger = app.corrections.clone();
     match blocking(move || ledger.corrections()).await {
         Ok(Ok(all)) => {

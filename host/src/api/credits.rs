@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{AppState, blocking, error, number};
+use super::{AppState, Exact, blocking, error};
 use crate::credits::round;
 use crate::ledger::{HistoryCorrection, HistoryRow, ProjectRecord};
 use crate::policy::set::DEFAULT_SITE;
@@ -134,7 +134,7 @@ pub async fn costs_per_hour(
         requests.push((metric.name.clone(), amount));
     }
     let precision = app.precision;
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let now = crate::time::now_ns();
     let quoted = blocking(move || {
         let mut total = Decimal::ZERO;
         for (metric, amount) in requests {
@@ -144,7 +144,7 @@ pub async fn costs_per_hour(
     })
     .await;
     match quoted {
-        Ok(Ok(total)) => Json(number(total)).into_response(),
+        Ok(Ok(total)) => Json(Exact(total)).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(response) => response,
     }
@@ -172,18 +172,26 @@ fn parse_date(name: &str, text: &Option<String>) -> Result<Option<i64>, String> 
 /// correction is shown (its entries name it; a charge's are empty).
 #[derive(serde::Serialize)]
 struct History {
-    timestamps: Vec<Box<RawValue>>,
-    credits: Vec<Box<RawValue>>,
-    metrics: Vec<Box<RawValue>>,
+    timestamps: Vec<String>,
+    credits: Vec<Cell>,
+    metrics: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasons: Option<Vec<Box<RawValue>>>,
+    reasons: Option<Vec<String>>,
+}
+
+/// A cell of the history's credits: the list's name, then numbers.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Cell {
+    Name(&'static str),
+    Credits(Exact),
 }
 
 /// `/api/current_credits`' JSON.
 #[derive(serde::Serialize)]
 struct CurrentCredits {
-    current_credits: Box<RawValue>,
-    granted_credits: Option<Box<RawValue>>,
+    current_credits: Exact,
+    granted_credits: Option<Exact>,
     /// Exact credits used, as a decimal string.
     current_credits_exact: Decimal,
 }
@@ -310,10 +318,9 @@ pub async fn credits_history(
     if in_range.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    let text =
-        |s: &str| RawValue::from_string(serde_json::Value::from(s).to_string()).unwrap_or_default();
+    let text = |s: &str| s.to_owned();
     let mut timestamps = vec![text("timestamps")];
-    let mut credits = vec![text("credits")];
+    let mut credits = vec![Cell::Name("credits")];
     let mut metrics = vec![text("metrics")];
     let any_reason = in_range.iter().any(|e| e.reason.is_some());
     let mut reasons = vec![text("reasons")];
@@ -323,7 +330,7 @@ pub async fn credits_history(
             .format(DATE_FORMAT)
             .to_string();
         timestamps.push(text(&date));
-        credits.push(number(entry.credits));
+        credits.push(Cell::Credits(Exact(entry.credits)));
         let metric = friendly.get(&entry.metric).unwrap_or(&entry.metric);
         metrics.push(text(metric));
     }
@@ -358,8 +365,8 @@ pub async fn current_credits(State(app): State<AppState>, Path(project): Path<St
     };
     let precision = app.precision;
     Json(CurrentCredits {
-        current_credits: number(round(record.used(), precision)),
-        granted_credits: record.granted.map(|g| number(round(g, precision))),
+        current_credits: Exact(round(record.used(), precision)),
+        granted_credits: record.granted.map(|g| Exact(round(g, precision))),
         current_credits_exact: record.used(),
     })
     .into_response()

@@ -106,7 +106,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "policy_errors",
         "Steps a policy failed to price (billed with the key's next point)",
         seen.ignored
-            .get("policy error")
+            .get(crate::billing::book::POLICY_ERROR)
             .copied()
             .unwrap_or_default() as u64,
     );
@@ -240,7 +240,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         counts.outbox as i64,
     );
     let lag = counts.oldest_outbox.map_or(0, |since| {
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let now = crate::time::now_ns();
         now.saturating_sub(since) / 1_000_000_000
     });
     gauge(

@@ -16,6 +16,7 @@ mod pages;
 mod remote_write;
 mod write;
 
+pub(crate) use crate::time::now_ns;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -78,6 +79,8 @@ pub struct AppState {
     pub corrections: Arc<dyn crate::ledger::Corrections>,
     /// Corrections being applied by this process (an overlapping one is refused).
     pub applying: Arc<corrections::Applying>,
+    /// What the statements' roll-up thread has done (`/stats`).
+    pub roll_up: Arc<crate::service::RollUpStatus>,
 }
 
 /// How `/api/v1/write` reads Prometheus' samples.
@@ -143,13 +146,47 @@ routes! {
     "get" "/credits_history/{project}" => get(pages::history),
 }
 
+/// An answer that is not a success: its status and what went wrong,
+/// answered as `{"error": message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The status answered (4xx or 5xx).
+    pub status: StatusCode,
+    /// What went wrong, for the person who sent the request.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error answered with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                error: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
 /// A JSON error response: `{"error": message}`.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    ApiError::new(status, message).into_response()
 }
 
 /// An admin request's JSON body (after its key was checked), or what was
@@ -161,12 +198,18 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|e| format!("expected {expected}: {e}"))
 }
 
-/// A decimal as a JSON number, written exactly (no float in between).
-pub(crate) fn number(value: Decimal) -> Box<RawValue> {
-    RawValue::from_string(value.to_string()).unwrap_or_else(|_| {
-        // Decimal's text is always a valid JSON number; keep the type total.
-        RawValue::from_string("0".into()).unwrap_or_default()
-    })
+/// A decimal as a JSON number, written exactly (no float in between): its
+/// text as a raw JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exact(pub Decimal);
+
+impl serde::Serialize for Exact {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // A decimal's text is a JSON number; were it ever not, the answer
+        // fails (500) rather than showing another figure.
+        let raw = RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
 }
 
 /// The ledger's sizes, or the error response.
@@ -186,11 +229,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-/// Unix time now, in ns.
-pub(crate) fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
 /// The modules in force at `at` (Unix ns): the default's first, then each

@@ -119,6 +119,7 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
         "perun": app.perun.as_ref().map(|p| p.status()).unwrap_or_default(),
         "mail": app.notifier.as_ref().map(|n| n.status()).unwrap_or_default(),
         "webhooks": app.webhooks.as_ref().map(|w| w.status()).unwrap_or_default(),
+        "statements": app.roll_up.view(),
     });
     if query.verbose {
         stats["queue"] = serde_json::json!({

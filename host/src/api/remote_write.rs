@@ -105,7 +105,7 @@ pub async fn remote_write(
         raw,
         request: Box::new(request),
         labels: app.remote_write.labels.clone(),
-        received: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+        received: crate::time::now_ns(),
         scope: writer.scope.clone(),
     };
     match app.replica.accept(inbound).await {

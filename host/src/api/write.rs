@@ -46,7 +46,7 @@ pub async fn write(
             ),
         );
     };
-    let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let received = crate::time::now_ns();
     let bytes = body.len();
     let inbound = Body::Lines {
         text: body,

@@ -18,8 +18,9 @@
 //! As Perun, `attrNames` are full names (`namespace:friendlyName`): a
 //! friendly name alone matches nothing and is left out of the answer.
 
+use os_credits::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -107,10 +108,6 @@ struct Perun {
 }
 
 type Shared = Arc<Mutex<Perun>>;
-
-fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Perun> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn now() -> String {
     chrono::Utc::now()
@@ -218,7 +215,7 @@ async fn rpc(
     body: axum::body::Bytes,
 ) -> Response {
     let (faults, password) = {
-        let perun = lock(&state);
+        let perun = state.locked();
         (perun.faults.clone(), perun.password.clone())
     };
     if faults.delay_ms > 0 {
@@ -241,7 +238,7 @@ async fn rpc(
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default()
     );
-    let mut perun = lock(&state);
+    let mut perun = state.locked();
     perun.calls += 1;
     *perun.by_method.entry(call.clone()).or_default() += 1;
     if faults.error_every > 0 && perun.calls.is_multiple_of(faults.error_every) {
@@ -503,7 +500,7 @@ struct NewGroup {
 }
 
 async fn add_group(State(state): State<Shared>, Json(group): Json<NewGroup>) -> StatusCode {
-    let mut perun = lock(&state);
+    let mut perun = state.locked();
     perun.groups.insert(group.name, group.id);
     let stamp = now();
     let stored = |attributes: BTreeMap<String, Value>| -> BTreeMap<String, Stored> {
@@ -536,7 +533,7 @@ async fn add_group(State(state): State<Shared>, Json(group): Json<NewGroup>) -> 
 }
 
 async fn set_faults(State(state): State<Shared>, Json(faults): Json<Faults>) -> StatusCode {
-    let mut perun = lock(&state);
+    let mut perun = state.locked();
     if let Some(password) = &faults.password {
         perun.password = password.clone();
     }
@@ -545,7 +542,7 @@ async fn set_faults(State(state): State<Shared>, Json(faults): Json<Faults>) -> 
 }
 
 async fn dump(State(state): State<Shared>) -> Json<Value> {
-    let perun = lock(&state);
+    let perun = state.locked();
     let groups: BTreeMap<&String, Value> = perun
         .groups
         .iter()

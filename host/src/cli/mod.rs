@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use os_credits::config::{DataDir, LedgerArgs, PolicyLimitArgs};
+use os_credits::config::{DataDir, LedgerArgs, LedgerPlace, PolicyLimitArgs};
 use os_credits::policy::PolicyRuntime;
 
 /// Credits engine for OpenStack clouds, with pricing policies in WebAssembly.
@@ -100,23 +100,24 @@ pub struct LedgerLocation {
 impl LedgerLocation {
     /// The ledger, for reading (SQLite read-only; works while the service runs).
     fn open(&self) -> anyhow::Result<Box<dyn os_credits::ledger::Reads>> {
-        match self.ledger.postgres_url() {
-            Some(url) => Ok(Box::new(os_credits::ledger::Store::postgres(
+        match self.ledger.place()? {
+            LedgerPlace::Postgres(url) => Ok(Box::new(os_credits::ledger::Store::postgres(
                 url,
                 Default::default(),
                 "os-credits ledger reader",
             )?)),
-            None => Ok(Box::new(os_credits::ledger::Store::sqlite_read_only(
-                &self.ledger.data_dir.path,
-            )?)),
+            LedgerPlace::Sqlite(dir) => {
+                Ok(Box::new(os_credits::ledger::Store::sqlite_read_only(dir)?))
+            }
         }
     }
 
     /// Where it is, for messages.
     fn describe(&self) -> String {
-        match self.ledger.postgres_url() {
-            Some(_) => "the PostgreSQL ledger".into(),
-            None => self.ledger.data_dir.path.display().to_string(),
+        match self.ledger.place() {
+            Ok(LedgerPlace::Postgres(_)) => "the PostgreSQL ledger".into(),
+            Ok(LedgerPlace::Sqlite(dir)) => dir.display().to_string(),
+            Err(e) => e.to_string(),
         }
     }
 }

@@ -13,7 +13,8 @@
 //! sending and recording sends the mail again, with the same Message-ID
 //! ([`message_id`]): what it is about names it.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use crate::sync::Locked;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::message::{Mailbox, header::ContentType};
@@ -394,19 +395,12 @@ impl Notifier {
 
     /// Alerts raised, mails sent and failed.
     pub fn status(&self) -> NotifyStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.status.locked().clone()
     }
 
     /// Runs forever: one pass a second.
     pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(PASS);
-        loop {
-            tick.tick().await;
-            self.pass().await;
-        }
+        crate::leader::every(PASS, || self.pass()).await;
     }
 
     /// Raises what is due now (unless the SMTP server failed recently, or
@@ -417,14 +411,13 @@ impl Notifier {
             return;
         }
         let pass = {
-            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut status = self.status.locked();
             status.passes += 1;
             status.passes
         };
         let waiting = self
             .backoff
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .0
             .is_some_and(|until| Instant::now() < until);
         if waiting {
@@ -471,11 +464,8 @@ impl Notifier {
             let values = values(due, mailer.config.precision, self.config.window_hours);
             match mailer.send(due, &values).await {
                 Ok(recipients) => {
-                    self.status
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .sent += 1;
-                    *self.backoff.lock().unwrap_or_else(PoisonError::into_inner) = (None, 0);
+                    self.status.locked().sent += 1;
+                    *self.backoff.locked() = (None, 0);
                     tracing::info!(recipients, "alert mail sent");
                 }
                 Err(Failure::NoRecipients) => tracing::warn!(
@@ -484,15 +474,17 @@ impl Notifier {
                 Err(Failure::Message(e)) => tracing::error!("alert mail cannot be built: {e}"),
                 Err(Failure::Smtp(e)) => {
                     let delay = {
-                        let mut backoff =
-                            self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut backoff = self.backoff.locked();
                         backoff.1 = backoff.1.saturating_add(1);
-                        let delay = Duration::from_secs(1u64 << backoff.1.min(9)).min(MAX_BACKOFF);
+                        // 2 s after the first failure, as before: one more
+                        // than the failures so far.
+                        let delay =
+                            crate::leader::backoff(backoff.1.saturating_add(1), MAX_BACKOFF);
                         backoff.0 = Some(Instant::now() + delay);
                         delay
                     };
                     {
-                        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut status = self.status.locked();
                         status.failed += 1;
                         status.last_error = Some(e.clone());
                     }
@@ -502,7 +494,7 @@ impl Notifier {
             }
         }
         {
-            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut status = self.status.locked();
             status.alerts += 1;
             if due.threshold == RUNOUT {
                 status.runout_warnings += 1;
@@ -650,7 +642,7 @@ pub fn event_of(due: &Due) -> WebhookEvent {
     } else {
         THRESHOLD_EVENT
     };
-    let at = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let at = crate::time::now_ns();
     WebhookEvent::new(id, kind, at, data)
 }
 

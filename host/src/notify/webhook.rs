@@ -11,7 +11,9 @@
 //! delivery and before its record, leads to the same id again, never to
 //! another one; receivers drop ids they have seen.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use crate::sync::Locked;
+use crate::time::now_ns;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -107,19 +109,12 @@ impl Deliverer {
 
     /// Delivered, failed, queued.
     pub fn status(&self) -> WebhookStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.status.locked().clone()
     }
 
     /// Runs forever.
     pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(PASS);
-        loop {
-            tick.tick().await;
-            self.pass().await;
-        }
+        crate::leader::every(PASS, || self.pass()).await;
     }
 
     /// Sends what is due now, while this process leads.
@@ -139,7 +134,7 @@ impl Deliverer {
             Err(e) => return tracing::error!("webhooks: {e}"),
         };
         {
-            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut status = self.status.locked();
             status.queued = queued;
             status.retrying = retrying;
         }
@@ -194,10 +189,7 @@ impl Deliverer {
                         "cannot record a delivered webhook; it may be sent again (same id)"
                     );
                 }
-                self.status
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .delivered += 1;
+                self.status.locked().delivered += 1;
                 tracing::info!("webhook delivered");
                 true
             }
@@ -216,13 +208,13 @@ impl Deliverer {
     }
 
     async fn failed(&self, pending: &PendingWebhook, error: String) {
-        let delay = backoff(pending.attempts.saturating_add(1));
+        let delay = crate::leader::backoff(pending.attempts.saturating_add(1), MAX_BACKOFF);
         tracing::warn!(
             attempts = pending.attempts + 1,
             "webhook not delivered, retrying in {delay:?}: {error}"
         );
         {
-            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut status = self.status.locked();
             status.failed += 1;
             status.last_error = Some(error.clone());
         }
@@ -234,27 +226,5 @@ impl Deliverer {
         if !matches!(recorded, Ok(Ok(()))) {
             tracing::error!("cannot record a failed webhook delivery");
         }
-    }
-}
-
-/// The wait after the `attempts`-th failure: 1 s, 2 s, 4 s … at most 1 h.
-pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(12)).min(MAX_BACKOFF)
-}
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_failure_waits_twice_as_long_up_to_an_hour() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(40), MAX_BACKOFF);
     }
 }

@@ -1,8 +1,10 @@
 //! The sync loop: outbox -> Perun.
 
+use crate::sync::Locked;
+use crate::time::now_ns;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime};
@@ -98,10 +100,6 @@ pub struct Publisher {
     unset_warned: Mutex<std::collections::HashSet<String>>,
 }
 
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
-}
-
 fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -112,14 +110,6 @@ fn parse_timestamp(text: &str) -> Option<i64> {
         .ok()?
         .and_utc()
         .timestamp_nanos_opt()
-}
-
-/// Exponential backoff with jitter: about 2^attempts s, at most 5 min.
-fn backoff(attempts: i64) -> Duration {
-    let base = Duration::from_secs(1u64 << attempts.clamp(0, 9)).min(MAX_BACKOFF);
-    // jitter in [0.5, 1.5) from the clock's nanoseconds; no RNG needed
-    let jitter = 0.5 + f64::from(chrono::Utc::now().timestamp_subsec_nanos() % 1000) / 1000.0;
-    base.mul_f64(jitter)
 }
 
 impl Publisher {
@@ -152,11 +142,7 @@ impl Publisher {
 
     /// The state for `/stats`.
     pub fn status(&self) -> SyncStatus {
-        let mut status = self
-            .status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let mut status = self.status.locked().clone();
         status.calls = self.client.calls();
         status
     }
@@ -166,12 +152,7 @@ impl Publisher {
     /// speeds this up with it), at least every 5 ms.
     pub async fn run(self: Arc<Self>) {
         let every = (self.config.interval / 600).clamp(Duration::from_millis(5), PASS_MAX);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.pass().await;
-        }
+        crate::leader::every(every, || self.pass()).await;
     }
 
     /// One pass over what is due now (nothing while not leading).
@@ -197,12 +178,7 @@ impl Publisher {
     }
 
     async fn group(&self, project: &str) -> Result<i64, PerunError> {
-        let cached = self
-            .groups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(project)
-            .copied();
+        let cached = self.groups.locked().get(project).copied();
         if let Some((id, at)) = cached
             && at.elapsed() < GROUP_TTL
         {
@@ -210,8 +186,7 @@ impl Publisher {
         }
         let id = self.client.group_id(self.config.vo, project).await?;
         self.groups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .insert(project.to_owned(), (id, Instant::now()));
         Ok(id)
     }
@@ -370,11 +345,7 @@ impl Publisher {
                     .await?;
             }
             Verdict::Missing => {
-                let first = self
-                    .unset_warned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(project.to_owned());
+                let first = self.unset_warned.locked().insert(project.to_owned());
                 if first {
                     tracing::warn!(
                         project,
@@ -416,7 +387,7 @@ impl Publisher {
             Ok(()) => {
                 self.login_warned.store(false, Ordering::Relaxed);
                 {
-                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut status = self.status.locked();
                     status.last_success = Some(rfc3339_now());
                     status.published += 1;
                 }
@@ -425,11 +396,7 @@ impl Publisher {
             }
             Err(error) => {
                 let delay = if error.is_missing_group() {
-                    let first = self
-                        .missing_warned
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(project.clone());
+                    let first = self.missing_warned.locked().insert(project.clone());
                     if first {
                         tracing::warn!(
                             project,
@@ -447,10 +414,16 @@ impl Publisher {
                     } else {
                         tracing::warn!(project, "publishing to Perun failed: {error}");
                     }
-                    backoff(entry.attempts)
+                    // About 2^attempts s (attempts: the failures before
+                    // this one), at most 5 min.
+                    let failures = u32::try_from(entry.attempts.max(0)).unwrap_or(u32::MAX);
+                    crate::leader::jittered(crate::leader::backoff(
+                        failures.saturating_add(1),
+                        MAX_BACKOFF,
+                    ))
                 };
                 {
-                    let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut status = self.status.locked();
                     status.last_error = Some(error.to_string());
                     status.last_error_at = Some(rfc3339_now());
                     status.errors += 1;

@@ -191,6 +191,16 @@ pub fn outside_cargo_test(command: &mut Command) -> &mut Command {
 pub fn wasm(package: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // The wasm32-wasip2 target of rust-toolchain.toml, added to the
+        // toolchain running the tests (RUSTUP_TOOLCHAIN, set by rustup's
+        // cargo) where it is missing, so that `cargo test` needs nothing
+        // but rustup. Without rustup, the build below says what is missing.
+        let _ = Command::new("rustup")
+            .current_dir(root())
+            .args(["target", "add", "wasm32-wasip2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
         outside_cargo_test(&mut command);
