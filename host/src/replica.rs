@@ -30,7 +30,6 @@
 //!
 //! With the SQLite ledger there is one process: it leads from the start.
 
-use crate::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +45,7 @@ use crate::ingest::Precision;
 use crate::ingest::remote_write::{self, Labels};
 use crate::ledger::Leadership;
 use crate::ledger::replication::{InboxEntry, Lease, Replication};
+use crate::sync::Locked;
 
 /// Inbox entries drained at a time.
 const DRAIN: i64 = 512;

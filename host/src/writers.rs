@@ -20,7 +20,6 @@
 //! no longer reads keeps the last good credentials in force and says why
 //! in `/stats` and the log.
 
-use crate::sync::Locked;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +31,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::billing::scope::Scope;
+use crate::sync::Locked;
 
 /// Verified credentials remembered at most (then the memory starts over).
 const REMEMBERED: usize = 4096;

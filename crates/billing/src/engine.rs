@@ -16,7 +16,6 @@
 //! it applies to exactly the state they left. The Perun sync reaches it
 //! through its own port, wired up by the service.
 
-use os_credits_core::sync::Locked;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -36,6 +35,8 @@ use os_credits_ledger::{Batch, ChargeRecord, EngineStore, Floor, LedgerError, Po
 use os_credits_policy::ModuleInfo;
 use os_credits_policy::schedule::{Plan, Schedule, Wanted};
 use os_credits_policy::set::DEFAULT_SITE;
+
+use os_credits_core::sync::Locked;
 
 /// Writes applied in one transaction at most.
 const MAX_GROUP: usize = 512;

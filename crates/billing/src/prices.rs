@@ -3,12 +3,12 @@
 //! engine (see [`super::engine`]), in the same transaction as the writes
 //! around it.
 
-use os_credits_core::sync::Locked;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use os_credits_core::schedule::Entry;
+use os_credits_core::sync::Locked;
 use os_credits_ledger::{LedgerError, Schedules};
 use os_credits_policy::schedule::ModuleLoader;
 pub use os_credits_policy::schedule::{Plan, Schedule, Wanted};

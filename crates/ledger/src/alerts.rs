@@ -4,9 +4,10 @@
 use rust_decimal::Decimal;
 
 use super::sql::{Db, params};
-use super::store::{Store, now_ns, project_record};
+use super::store::{Store, project_record};
 use super::{Forecasts, LedgerError, Pace, PendingWebhook, ProjectRecord, WebhookEvent, Webhooks};
 use os_credits_core::period::share;
+use os_credits_core::time::now_ns;
 
 /// The columns [`project_record`] reads, after the project's name.
 const PROJECT_COLUMNS: &str = "project, charged, adopted, granted, emails, ends_at";

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::reads::{ADJUSTMENT_COLUMNS, CHARGE_COLUMNS, adjustment, charge};
 use super::sql::{Db, Dialect, Param, Row, params};
-use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, add_to_adopted, now_ns};
+use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, add_to_adopted};
 use super::{
     AdjustmentKind, BilledCharge, Booking, ChargeRecord, CorrectionBasis, CorrectionLine,
     CorrectionRecord, CorrectionScope, Corrections, DayTotal, LedgerError, PolicyStamp,
@@ -17,6 +17,7 @@ use super::{
 };
 use os_credits_core::account::Key;
 use os_credits_core::period::{DAY, day_of, days, share};
+use os_credits_core::time::now_ns;
 
 /// The advisory lock that serialises bookings on PostgreSQL (the schema's
 /// migrations take 7 401 001, the leader 7 401 002).

@@ -3,16 +3,17 @@
 //! table in as few multi-row statements as the parameter limits allow; the
 //! reversal of charges for adopted floors.
 
-use os_credits_core::sync::Locked;
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
 use super::sql::{Db, Param, params};
-use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store, now_ns};
+use super::store::{QUEUE_HEAD, QUEUE_TAIL, Store};
 use super::{Batch, EngineStore, Floor, LedgerError, replication};
 use os_credits_core::account::{Account, Key, State};
 use os_credits_core::schedule::Entry;
+use os_credits_core::sync::Locked;
+use os_credits_core::time::now_ns;
 
 /// Stores key states (insert or replace; a later entry for a key wins).
 fn upsert_keys(db: &mut Db, states: &[(Key, Account)]) -> Result<(), LedgerError> {

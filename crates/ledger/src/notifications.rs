@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use super::sql::params;
-use super::store::{Store, now_ns, project_record};
+use super::store::{Store, project_record};
 use super::{LedgerError, Notifiable, Notifications};
+use os_credits_core::time::now_ns;
 
 impl Notifications for Store {
     fn notifiable(&self) -> Result<Vec<Notifiable>, LedgerError> {

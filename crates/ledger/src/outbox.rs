@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use super::sql::params;
-use super::store::{Store, WAITING, add_to_adopted, now_ns};
+use super::store::{Store, WAITING, add_to_adopted};
 use super::{
     Adjustment, KnownValue, LedgerError, Outbox, OutboxEntry, PerunRecord, Publishable, Reads,
     ValueSource,
 };
+use os_credits_core::time::now_ns;
 
 impl Outbox for Store {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError> {

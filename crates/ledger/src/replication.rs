@@ -14,13 +14,14 @@
 //! When the old leader wakes, each of its sessions is gone: it commits
 //! nothing, records no intent (so writes nothing to Perun) and exits.
 
-use os_credits_core::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::LedgerError;
 use super::sql::{Db, Keepalive, params};
 use super::store::Store;
+
+use os_credits_core::sync::Locked;
 
 /// The session advisory lock the leader holds, on the engine's connection.
 const LEADER_LOCK: i64 = 7_401_002;

@@ -2,9 +2,10 @@
 //! `engine.rs`) and the modules' bytes they name, by SHA-256.
 
 use super::sql::{Param, Row, params};
-use super::store::{Store, now_ns};
+use super::store::Store;
 use super::{LedgerError, Schedules};
 use os_credits_core::schedule::{Entry, Kind};
+use os_credits_core::time::now_ns;
 
 fn limit(row: &Row, index: usize) -> Result<Option<u64>, LedgerError> {
     Ok(row.opt_int(index)?.and_then(|v| u64::try_from(v).ok()))

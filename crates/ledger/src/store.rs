@@ -8,8 +8,6 @@
 //! sync's and the mails' records (on SQLite those share the engine's: one
 //! writer per file).
 
-use os_credits_core::sync::Locked;
-pub(super) use os_credits_core::time::now_ns;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -17,6 +15,8 @@ use rust_decimal::Decimal;
 
 use super::sql::{Db, Dialect, Keepalive};
 use super::{LedgerError, ProjectRecord, schema};
+
+use os_credits_core::sync::Locked;
 
 /// The SQLite ledger's file name inside the data directory.
 pub const FILE_NAME: &str = "ledger.sqlite3";

@@ -1,7 +1,6 @@
 //! Instances of one compiled policy: the generated bindings, the per-store
 //! state (empty WASI, memory cap) and the pool of ready instances.
 
-use os_credits_core::sync::Locked;
 use std::sync::Mutex;
 
 use rust_decimal::Decimal;
@@ -13,6 +12,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::runtime::TICK;
 use crate::{CallError, Limits, LoadError, Metric, Tag};
+
+use os_credits_core::sync::Locked;
 
 mod bindings {
     wasmtime::component::bindgen!({

@@ -13,7 +13,6 @@
 //! that file loads. A removed module keeps its last good version in memory
 //! (reported as a failure) until the mapping stops naming it.
 
-use os_credits_core::sync::Locked;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +21,8 @@ use arc_swap::ArcSwap;
 
 use super::PolicyRuntime;
 use super::set::{Failure, MAPPING_FILE, PolicySet, SetError, assignments};
+
+use os_credits_core::sync::Locked;
 
 /// Quiet time after the last event before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(100);

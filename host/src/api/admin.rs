@@ -111,7 +111,7 @@ struct PoliciesView {
 }
 
 fn view(app: &AppState) -> PoliciesView {
-    let now = super::now_ns();
+    let now = crate::time::now_ns();
     let schedule = app.schedule.load_full();
     let now_in_force = schedule.at(now);
     let in_force: Vec<i64> = now_in_force.iter().map(|(_, v)| v.entry.id).collect();
@@ -421,7 +421,7 @@ fn vet_upload(
     prices
         .keep_module(&sha256, &module)
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let now = super::now_ns();
+    let now = crate::time::now_ns();
     Ok(Wanted {
         entry: Entry {
             id: 0,

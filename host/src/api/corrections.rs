@@ -10,7 +10,6 @@
 //! serialised in the database and a correction computed against a ledger
 //! another changed meanwhile is computed again.
 
-use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +29,7 @@ use crate::ledger::{CorrectionScope, PolicyStamp};
 use crate::policy::Module;
 use crate::policy::mapping::DEFAULT_SITE;
 use crate::schedule::show_time;
+use crate::sync::Locked;
 
 /// The corrections this process is applying: another overlapping one waits
 /// for no one, it is refused.

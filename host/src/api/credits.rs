@@ -25,7 +25,7 @@ const DATE_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 /// `GET /api/metrics`: every metric the active policies price, by friendly name.
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let mut metrics = BTreeMap::new();
-    for (_, module) in super::modules_at(&app, super::now_ns()) {
+    for (_, module) in super::modules_at(&app, crate::time::now_ns()) {
         for m in &module.info().metrics {
             metrics.entry(m.friendly_name.clone()).or_insert_with(|| {
                 serde_json::json!({
@@ -65,7 +65,7 @@ pub async fn costs_per_hour(
         }
     };
     let at = match &site.at {
-        None => super::now_ns(),
+        None => crate::time::now_ns(),
         Some(text) => match chrono::DateTime::parse_from_rfc3339(text)
             .ok()
             .and_then(|t| t.timestamp_nanos_opt())
@@ -345,7 +345,7 @@ pub async fn credits_history(
 
 /// Metric name -> friendly name, from the active policies.
 fn friendly_names(app: &AppState) -> BTreeMap<String, String> {
-    super::modules_at(app, super::now_ns())
+    super::modules_at(app, crate::time::now_ns())
         .into_iter()
         .flat_map(|(_, module)| module.info().metrics.clone())
         .map(|m| (m.name, m.friendly_name))

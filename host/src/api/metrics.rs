@@ -122,7 +122,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         app.registry.failures().len() as u64,
     );
     let schedule = app.schedule.load();
-    let now = super::now_ns();
+    let now = crate::time::now_ns();
     gauge(
         &mut registry,
         "policy_folder_differences",

@@ -16,7 +16,6 @@ mod pages;
 mod remote_write;
 mod write;
 
-pub(crate) use crate::time::now_ns;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -61,7 +61,7 @@ pub async fn stats(State(app): State<AppState>, Query(query): Query<StatsQuery>)
     let queue_size = app.replica.engine().map_or(0, |e| e.queue_size());
     let replica = app.replica.status().await;
     let uptime = app.started.elapsed().as_secs();
-    let now = super::now_ns();
+    let now = crate::time::now_ns();
     let active: Vec<_> = app
         .schedule
         .load()

@@ -18,7 +18,6 @@
 //! As Perun, `attrNames` are full names (`namespace:friendlyName`): a
 //! friendly name alone matches nothing and is left out of the answer.
 
-use os_credits::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use os_credits::sync::Locked;
 
 /// The de.NBI credit attribute definitions: friendly name, id, namespace, type, entity;
 /// and a project end date as a site may keep it (its name is the site's

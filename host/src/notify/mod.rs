@@ -13,7 +13,6 @@
 //! sending and recording sends the mail again, with the same Message-ID
 //! ([`message_id`]): what it is about names it.
 
-use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tracing::Instrument;
+
+use crate::sync::Locked;
 
 pub mod webhook;
 

@@ -11,8 +11,6 @@
 //! delivery and before its record, leads to the same id again, never to
 //! another one; receivers drop ids they have seen.
 
-use crate::sync::Locked;
-use crate::time::now_ns;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +18,8 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::ledger::{Leadership, PendingWebhook, Webhooks};
+use crate::sync::Locked;
+use crate::time::now_ns;
 
 /// How often the outbox is read.
 const PASS: Duration = Duration::from_millis(500);

@@ -1,7 +1,5 @@
 //! The sync loop: outbox -> Perun.
 
-use crate::sync::Locked;
-use crate::time::now_ns;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +13,8 @@ use super::client::{AttributeDef, PerunClient, PerunError};
 use super::reconcile::{Reading, Verdict, judge};
 use crate::credits::round;
 use crate::ledger::{AdjustmentKind, Floor, Leadership, LedgerError, Outbox, OutboxEntry};
+use crate::sync::Locked;
+use crate::time::now_ns;
 
 /// Perun's timestamp format for `denbiCreditTimestamps`.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
