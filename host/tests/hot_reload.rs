@@ -243,7 +243,7 @@ fn a_pinned_sha256_refuses_other_bytes_and_keeps_the_last_good_version() {
     deploy(folder.path(), "current.wasm", &denbi);
     let data = tempfile::tempdir().unwrap();
     let service = Service::start(data.path(), folder.path(), &[("API_KEY", KEY)]);
-    assert_eq!(active_sha(&policies(&service)), sha256(&denbi));
+    await_active(&service, &sha256(&denbi));
     // Other bytes, the pin unchanged: refused, the pinned module stays.
     let other = variant(&denbi, "not the one built");
     deploy(folder.path(), "current.wasm", &other);
@@ -297,6 +297,16 @@ fn policy_tool(args: &[&str]) -> (i32, String) {
 /// With trusted keys set, under load: a module signed by a trusted key
 /// goes live; unsigned, tampered (signed bytes changed) and wrongly keyed
 /// modules are refused with the reason, the last good version kept; no
+/// Waits (bounded) until the module `sha` is the default's in force: on
+/// PostgreSQL a replica reports itself leader before its first leadership
+/// has put the folder into the schedule (asynchronously).
+fn await_active(service: &Service, sha: &str) {
+    common::await_until("the folder's module in force", || {
+        active_sha(&policies(service)) == sha
+    });
+    assert_eq!(active_sha(&policies(service)), sha);
+}
+
 /// write fails meanwhile. `policy verify` agrees with the service.
 #[test]
 fn only_modules_signed_by_a_trusted_key_go_live() {
@@ -330,7 +340,7 @@ fn only_modules_signed_by_a_trusted_key_go_live() {
         folder.path(),
         &[("OS_CREDITS_POLICY_TRUSTED_KEYS", &path(&trusted))],
     );
-    assert_eq!(active_sha(&policies(&service)), sha256(&first));
+    await_active(&service, &sha256(&first));
     let poster = common::Poster::start(&service.url, "signed");
     poster.await_more(20);
 
