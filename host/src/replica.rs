@@ -35,17 +35,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
 
-use crate::billing::engine::{Body, Engine, WriteResult};
+use crate::billing::engine::{Engine, EngineError, Planned, ScheduleChange, Write, Written};
 use crate::billing::intake::FeedReport;
-use crate::billing::prices::Wanted;
-use crate::billing::scope::{Scope, Scoped};
-use crate::ingest::Precision;
+use crate::billing::prices::Plan;
+use crate::billing::scope::Scoped;
 use crate::ingest::remote_write::{self, Labels};
-use crate::ledger::Leadership;
-use crate::ledger::replication::{InboxEntry, Lease, Replication};
+use crate::ledger::replication::{InboxRow, Lease, Replication};
+use crate::ledger::{Leadership, LedgerError};
 use crate::sync::Locked;
+
+mod inbox;
+
+use inbox::Stored;
 
 /// Inbox entries drained at a time.
 const DRAIN: i64 = 512;
@@ -206,83 +208,72 @@ impl Replica {
         }
     }
 
-    /// Bills `inbound`. The leader (or a lone service) bills it at once and
+    /// Bills `write`. The leader (or a lone service) bills it at once and
     /// answers once it is committed; a follower stores it in the inbox and
-    /// answers once the insert is committed.
-    pub async fn accept(&self, inbound: Body) -> WriteResult {
-        if let Some(engine) = self.engine() {
-            // The engine commits on the connection that holds the lock: a
-            // leader that lost it cannot commit, and answers 5xx.
-            let answer = {
-                let mut handed = self.handed.lock().await;
-                if let Some(store) = &self.store {
-                    // What followers stored before this arrived goes first.
-                    if let Err(e) = self.hand_over(store, &engine, &mut handed).await {
-                        return WriteResult::Failed(format!("cannot read the inbox: {e}"));
-                    }
-                }
-                engine.submit(inbound)
-            };
-            return answer.await;
-        }
-        let Some(store) = self.store.clone() else {
-            return WriteResult::Failed("the billing engine is not running".into());
+    /// answers once the insert is committed, with what a scoped writer's
+    /// body would have refused (a body with no point it may bill is
+    /// answered 403 by a follower as by the leader, and not stored).
+    pub async fn write(&self, write: Write) -> Result<FeedReport, AcceptError> {
+        let store = match self.route().await? {
+            Route::Lead(engine, handed) => {
+                let answer = engine.submit(write);
+                drop(handed);
+                return Ok(answer.await?);
+            }
+            Route::Follow(store) => store,
         };
-        // A scoped writer's points are checked here too: a body with no
-        // point it may bill is answered 403 by a follower as by the leader.
-        let refused = match checked_scope(&inbound).await {
-            Ok(refused) => refused,
-            Err(e) => return WriteResult::Failed(e),
-        };
+        let refused = checked_scope(&write).await?;
         if let Some(report) = &refused
             && report.nothing_allowed()
         {
-            return WriteResult::Done(report.clone());
+            return Ok(report.clone());
         }
-        let (kind, body, precision, received, scope) = match &inbound {
-            Body::Lines {
-                text,
-                precision,
-                received,
-                scope,
-            } => (
-                "lines",
-                text.clone(),
-                precision.as_str(),
-                *received,
-                scope.clone(),
-            ),
-            Body::RemoteWrite {
-                raw,
-                received,
-                scope,
-                ..
-            } => ("remote_write", raw.clone(), "ms", *received, scope.clone()),
-            Body::Schedule { wanted, complete } => {
-                let request = ScheduleRequest {
-                    wanted: wanted.clone(),
-                    complete: *complete,
-                };
-                match serde_json::to_vec(&request) {
-                    Ok(json) => ("schedule", Bytes::from(json), "", 0, None),
-                    Err(e) => return WriteResult::Failed(e.to_string()),
-                }
+        self.store(store, inbox::write_row(&write)).await?;
+        Ok(refused.unwrap_or_default())
+    }
+
+    /// Changes the price schedule: the leader (or a lone service) plans and
+    /// commits it in order with the writes before; a follower stores it
+    /// for the leader.
+    pub async fn schedule(&self, change: ScheduleChange) -> Result<Scheduled, AcceptError> {
+        let store = match self.route().await? {
+            Route::Lead(engine, handed) => {
+                let answer = engine.schedule(change);
+                drop(handed);
+                return Ok(Scheduled::Planned(answer.await?));
             }
+            Route::Follow(store) => store,
         };
-        let name = self.name.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let writer = scope.as_ref().map(|s| (s.writer.as_str(), s.sites_text()));
-            let writer = writer.as_ref().map(|(w, sites)| (*w, sites.as_str()));
-            store.store_inbox(kind, &body, precision, received, &name, writer)
-        })
-        .await;
-        match stored {
-            Ok(Ok(_)) => WriteResult::Done(refused.unwrap_or_default()),
-            Ok(Err(e)) => {
-                WriteResult::Failed(format!("cannot store the write for the leader: {e}"))
+        let row = inbox::schedule_row(&change, crate::time::now_ns())
+            .map_err(|e| AcceptError::Task(e.to_string()))?;
+        self.store(store, row).await?;
+        Ok(Scheduled::Stored)
+    }
+
+    /// Where a job goes: to this replica's engine while it leads, after
+    /// what followers stored before it arrived; to the inbox otherwise.
+    async fn route(&self) -> Result<Route<'_>, AcceptError> {
+        if let Some(engine) = self.engine() {
+            let mut handed = self.handed.lock().await;
+            if let Some(store) = &self.store {
+                self.hand_over(store, &engine, &mut handed).await?;
             }
-            Err(e) => WriteResult::Failed(e.to_string()),
+            return Ok(Route::Lead(engine, handed));
         }
+        self.store
+            .clone()
+            .map(Route::Follow)
+            .ok_or(AcceptError::NotRunning)
+    }
+
+    /// Stores `row` in the inbox for the leader.
+    async fn store(&self, store: Arc<Replication>, row: InboxRow) -> Result<(), AcceptError> {
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || store.store_inbox(&row, &name))
+            .await
+            .map_err(|e| AcceptError::Task(e.to_string()))?
+            .map_err(AcceptError::Store)?;
+        Ok(())
     }
 
     /// Hands the inbox entries after `handed` to the engine, in id order
@@ -296,7 +287,7 @@ impl Replica {
         store: &Arc<Replication>,
         engine: &Engine,
         handed: &mut i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), AcceptError> {
         if self.rehand.swap(false, Ordering::SeqCst) {
             *handed = 0;
         }
@@ -305,20 +296,24 @@ impl Replica {
             let (reader, after) = (store.clone(), *handed);
             let entries = tokio::task::spawn_blocking(move || reader.inbox_entries(after, DRAIN))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| AcceptError::Task(e.to_string()))?
+                .map_err(AcceptError::Inbox)?;
             let full = entries.len() as i64 == DRAIN;
             for entry in entries {
                 *handed = entry.id;
                 let id = entry.id;
-                match body(entry, &self.labels, self.max_decompressed) {
-                    Ok(body) => answers.push((id, Some(engine.submit(body)))),
+                let answer = match inbox::decode(entry.row, &self.labels, self.max_decompressed) {
+                    Ok(Stored::Write(write)) => Handed::Write(Box::pin(engine.submit(write))),
+                    Ok(Stored::Schedule(change)) => {
+                        Handed::Schedule(Box::pin(engine.schedule(change)))
+                    }
                     Err(e) => {
                         // Stored by a replica that checked it: only by hand.
                         tracing::error!(id, "inbox entry not billed, removed: {e}");
-                        answers.push((id, None));
+                        Handed::Refused
                     }
-                }
+                };
+                answers.push((id, answer));
             }
             if !full {
                 break;
@@ -329,23 +324,25 @@ impl Replica {
             tokio::spawn(async move {
                 let mut billed = Vec::with_capacity(answers.len());
                 for (id, answer) in answers {
-                    match answer {
-                        Some(answer) => match answer.await {
-                            WriteResult::Done(_) => billed.push(id),
-                            WriteResult::Scheduled(plan) => {
+                    let failed = match answer {
+                        Handed::Write(answer) => answer.await.err(),
+                        Handed::Schedule(answer) => match answer.await {
+                            Ok(plan) => {
                                 for why in &plan.refused {
                                     tracing::error!("price schedule change refused: {why}");
                                 }
-                                billed.push(id);
+                                None
                             }
-                            WriteResult::Failed(e) => {
-                                tracing::warn!(
-                                    "inbox entry not billed yet (handed over again): {e}"
-                                );
-                                rehand.store(true, Ordering::SeqCst);
-                            }
+                            Err(e) => Some(e),
                         },
+                        Handed::Refused => None,
+                    };
+                    match failed {
                         None => billed.push(id),
+                        Some(e) => {
+                            tracing::warn!("inbox entry not billed yet (handed over again): {e}");
+                            rehand.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
                 let settled = tokio::task::spawn_blocking(move || store.settle(&billed)).await;
@@ -478,20 +475,61 @@ impl Replica {
     }
 }
 
-/// A schedule request as a follower stores it for the leader (modules by
-/// SHA-256: their bytes are in the ledger already).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ScheduleRequest {
-    wanted: Vec<Wanted>,
-    complete: bool,
+/// What a replica did with a schedule change.
+#[derive(Debug)]
+pub enum Scheduled {
+    /// Planned and committed by this replica (it leads): the entries
+    /// added, and why any wanted entry was refused.
+    Planned(Plan),
+    /// Stored in the inbox for the leader, which plans it.
+    Stored,
+}
+
+/// Why a replica took nothing of a write or schedule change.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The engine refused it (nothing of it was stored).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The leader could not read what followers stored before it.
+    #[error("cannot read the inbox: {0}")]
+    Inbox(LedgerError),
+    /// A follower could not store it for the leader.
+    #[error("cannot store the write for the leader: {0}")]
+    Store(LedgerError),
+    /// Neither leading nor on a replicated ledger.
+    #[error("the billing engine is not running")]
+    NotRunning,
+    /// A blocking task failed (it panicked, or the runtime stops).
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Where a replica sends a job.
+enum Route<'a> {
+    /// It leads: the job goes to the engine while the hand-over is held
+    /// (the engine commits on the connection that holds the lock: a leader
+    /// that lost it cannot commit, and answers 5xx).
+    Lead(Arc<Engine>, tokio::sync::MutexGuard<'a, i64>),
+    /// It follows: the job is stored in this inbox for the leader.
+    Follow(Arc<Replication>),
+}
+
+/// An inbox entry handed to the engine, its answer to come.
+enum Handed {
+    Write(std::pin::Pin<Box<dyn std::future::Future<Output = Written> + Send>>),
+    Schedule(std::pin::Pin<Box<dyn std::future::Future<Output = Planned> + Send>>),
+    /// Not billable: removed.
+    Refused,
 }
 
 /// What a scoped writer's body would have refused, decoded off the async
-/// threads (`None` for a writer of every site, or a schedule request): a
-/// follower answers as the leader would, and counts what it refused.
-async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
-    match inbound {
-        Body::Lines {
+/// threads (`None` for a writer of every site): a follower answers as the
+/// leader would, and counts what it refused. The follower's one decoding
+/// of a line-protocol body.
+async fn checked_scope(write: &Write) -> Result<Option<FeedReport>, AcceptError> {
+    match write {
+        Write::Lines {
             text,
             precision,
             received,
@@ -505,9 +543,9 @@ async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
             })
             .await
             .map(Some)
-            .map_err(|e| e.to_string())
+            .map_err(|e| AcceptError::Task(e.to_string()))
         }
-        Body::RemoteWrite {
+        Write::RemoteWrite {
             request,
             labels,
             scope: Some(scope),
@@ -517,42 +555,6 @@ async fn checked_scope(inbound: &Body) -> Result<Option<FeedReport>, String> {
             Ok(Some(Scoped::new(items, Some(scope)).refusals()))
         }
         _ => Ok(None),
-    }
-}
-
-/// What an inbox entry asks the engine to bill, decoded as the handler
-/// decodes (the same size limit).
-fn body(entry: InboxEntry, labels: &Arc<Labels>, limit: usize) -> Result<Body, String> {
-    let scope = entry
-        .writer
-        .as_ref()
-        .map(|(writer, sites)| Arc::new(Scope::from_text(writer, sites)));
-    match entry.kind.as_str() {
-        "remote_write" => {
-            let request = remote_write::decode(&entry.body, limit).map_err(|e| e.to_string())?;
-            Ok(Body::RemoteWrite {
-                raw: Bytes::from(entry.body),
-                request: Box::new(request),
-                labels: labels.clone(),
-                received: entry.received,
-                scope,
-            })
-        }
-        "lines" => Precision::parse(&entry.precision)
-            .map(|precision| Body::Lines {
-                text: Bytes::from(entry.body),
-                precision,
-                received: entry.received,
-                scope,
-            })
-            .ok_or_else(|| format!("unknown precision {:?}", entry.precision)),
-        "schedule" => serde_json::from_slice::<ScheduleRequest>(&entry.body)
-            .map(|request| Body::Schedule {
-                wanted: request.wanted,
-                complete: request.complete,
-            })
-            .map_err(|e| format!("schedule request: {e}")),
-        other => Err(format!("unknown kind {other:?}")),
     }
 }
 

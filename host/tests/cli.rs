@@ -3,20 +3,14 @@
 
 mod common;
 
+use common::os_credits;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 use common::{repo_file, wasm};
 use rust_decimal::Decimal;
 use serde_json::Value;
-
-fn os_credits(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .expect("os-credits runs")
-}
 
 fn stdout(output: &Output) -> String {
     assert!(
@@ -281,7 +275,7 @@ fn the_service_starts_with_default_env_as_it_is() {
         .text()
         .unwrap();
     assert_eq!(pong, "Pong");
-    assert!(service.log().contains("alerts are off"));
+    assert_eq!(service.stats()["mail"]["enabled"], false);
 }
 
 #[test]

@@ -73,18 +73,16 @@ fn active_sha(state: &Value) -> String {
         .to_owned()
 }
 
-fn os_credits(args: &[&str]) -> Value {
+fn json_of(args: &[&str]) -> Value {
     // The ledger the command reads: the service's (its data folder, or its
     // database when the tests run against PostgreSQL).
     let data = args
         .iter()
         .position(|a| *a == "--data-dir")
         .map(|i| std::path::PathBuf::from(args[i + 1]));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .args(args)
-        .envs(data.map(|d| common::ledger_env(&d)).unwrap_or_default())
-        .output()
-        .unwrap();
+    let env = data.map(|d| common::ledger_env(&d)).unwrap_or_default();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = common::os_credits_in(&common::root(), args, &env);
     assert!(
         output.status.success(),
         "{}",
@@ -157,7 +155,7 @@ fn twenty_swaps_under_load_lose_no_request_and_never_activate_a_broken_module() 
     // nothing; the parts of a step add up to its 1 credit.
     let mut used = BTreeSet::new();
     for p in 0..20 {
-        let charges = os_credits(&[
+        let charges = json_of(&[
             "ledger",
             "charges",
             "--project",
@@ -456,7 +454,7 @@ fn rerating_the_examples_with_the_tariff_policy_shows_what_its_prices_imply() {
     let config = repo_file("examples/tariff.toml");
     let dir = data.path().to_str().unwrap();
     let (tariff, config) = (tariff.to_str().unwrap(), config.to_str().unwrap());
-    let rerated = os_credits(&[
+    let rerated = json_of(&[
         "policy",
         "rerate",
         tariff,
@@ -486,7 +484,7 @@ fn rerating_the_examples_with_the_tariff_policy_shows_what_its_prices_imply() {
         .collect();
     assert_eq!(billed, wanted);
     // would be: exactly what the tariff policy bills on the same measurements
-    let run = os_credits(&[
+    let run = json_of(&[
         "policy",
         "run",
         tariff,
@@ -508,7 +506,7 @@ fn rerating_the_examples_with_the_tariff_policy_shows_what_its_prices_imply() {
     }
     assert_ne!(rerate["difference"], "0");
     // A period without charges re-rates nothing.
-    let empty = os_credits(&[
+    let empty = json_of(&[
         "policy",
         "rerate",
         tariff,

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use os_credits::account::{Account, Key, State};
-use os_credits::ledger::replication::Replication;
+use os_credits::ledger::replication::{InboxBody, InboxRow, InboxWriter, Replication};
 use os_credits::ledger::sql::Keepalive;
 use os_credits::ledger::{
     Adjustment, AdjustmentKind, Batch, Booking, ChargeRecord, CorrectionLine, CorrectionRecord,
@@ -802,11 +802,7 @@ fn one_leader_at_a_time_and_a_stale_one_is_deposed_and_fenced() {
     // The old leader, awake: its session is gone; it commits nothing.
     assert!(first.store().commit(&batch).is_err());
     assert!(first.renew(epoch, Duration::ZERO).is_err());
-    assert!(
-        first
-            .store_inbox("lines", b"x", "n", 1, "first", None)
-            .is_err()
-    );
+    assert!(first.store_inbox(&lines_row("x", "n", 1), "first").is_err());
     assert_eq!(second.store().charges("a").unwrap().len(), 1);
     // The new leader commits, and its fence holds.
     second.store().commit(&batch).unwrap();
@@ -837,6 +833,18 @@ fn a_leader_whose_epoch_was_taken_commits_nothing() {
     assert!(leader.store().accounts().unwrap().is_empty());
 }
 
+/// A line-protocol inbox row of a writer of every site.
+fn lines_row(text: &str, precision: &str, received: i64) -> InboxRow {
+    InboxRow {
+        body: InboxBody::Lines {
+            text: text.as_bytes().to_vec(),
+            precision: precision.into(),
+        },
+        received,
+        writer: None,
+    }
+}
+
 #[test]
 #[cfg_attr(not(feature = "programs"), ignore = "needs PostgreSQL: make test")]
 fn the_inbox_keeps_arrival_order_and_settles_what_was_billed() {
@@ -845,7 +853,7 @@ fn the_inbox_keeps_arrival_order_and_settles_what_was_billed() {
     let ids: Vec<i64> = (0..5)
         .map(|i| {
             replica
-                .store_inbox("lines", format!("m v={i}").as_bytes(), "s", i, "r", None)
+                .store_inbox(&lines_row(&format!("m v={i}"), "s", i), "r")
                 .unwrap()
         })
         .collect();
@@ -855,11 +863,44 @@ fn the_inbox_keeps_arrival_order_and_settles_what_was_billed() {
         entries.iter().map(|e| e.id).collect::<Vec<_>>(),
         vec![ids[2], ids[3]]
     );
-    assert_eq!(entries[0].body, b"m v=2");
+    assert_eq!(entries[0].row, lines_row("m v=2", "s", 2));
+    assert_eq!(entries[0].replica, "r");
+    // Every kind reads back as it was stored, its writer too.
+    let others = [
+        InboxRow {
+            body: InboxBody::RemoteWrite {
+                snappy: vec![0, 1, 2],
+            },
+            received: 7,
+            writer: Some(InboxWriter {
+                name: "site-a".into(),
+                sites: "8676".into(),
+            }),
+        },
+        InboxRow {
+            body: InboxBody::Schedule {
+                json: b"{}".to_vec(),
+            },
+            received: 8,
+            writer: None,
+        },
+    ];
+    let stored: Vec<i64> = others
+        .iter()
+        .map(|row| replica.store_inbox(row, "r").unwrap())
+        .collect();
+    let read = replica.inbox_entries(ids[4], 10).unwrap();
     assert_eq!(
-        (entries[0].precision.as_str(), entries[0].received),
-        ("s", 2)
+        read.iter()
+            .map(|e| (e.id, e.row.clone()))
+            .collect::<Vec<_>>(),
+        stored
+            .iter()
+            .copied()
+            .zip(others.clone())
+            .collect::<Vec<_>>()
     );
+    replica.settle(&stored).unwrap();
     replica.settle(&ids[..3]).unwrap();
     assert_eq!(replica.inbox_depth().unwrap(), 2);
     let left = replica.inbox_entries(0, 10).unwrap();

@@ -11,15 +11,6 @@ use common::postgres::Postgres;
 use common::{Service, await_until, policy_dir};
 use serde_json::Value;
 
-fn os_credits(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("OS_CREDITS_DATABASE_URL")
-        .output()
-        .unwrap()
-}
-
 fn charges(location: &[&str]) -> Value {
     let mut args = vec![
         "ledger",
@@ -30,7 +21,7 @@ fn charges(location: &[&str]) -> Value {
         "json",
     ];
     args.extend_from_slice(location);
-    let output = os_credits(&args, &[]);
+    let output = common::os_credits_in(&common::root(), &args, &[]);
     assert!(
         output.status.success(),
         "{}",
@@ -73,7 +64,8 @@ fn a_sqlite_ledger_copied_to_postgresql_answers_the_same() {
     }
     let postgres = Postgres::start();
     let url = postgres.database("copied");
-    let output = os_credits(
+    let output = common::os_credits_in(
+        &common::root(),
         &["ledger", "copy", "--data-dir", data_dir, "--to", &url],
         &[],
     );
@@ -123,7 +115,8 @@ fn a_sqlite_ledger_copied_to_postgresql_answers_the_same() {
     assert_eq!(again, before[3]);
 
     // The target is not empty any more: a second copy is refused.
-    let output = os_credits(
+    let output = common::os_credits_in(
+        &common::root(),
         &["ledger", "copy", "--data-dir", data_dir, "--to", &url],
         &[],
     );

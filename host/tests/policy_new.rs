@@ -87,14 +87,6 @@ fn make(root: &Path, args: &[&str]) -> Output {
     command.output().expect("make runs")
 }
 
-fn os_credits(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_os-credits"))
-        .current_dir(root)
-        .args(args)
-        .output()
-        .expect("os-credits runs")
-}
-
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -123,7 +115,7 @@ fn policy_test(root: &Path, name: &str, folder: &str, extra: &[&str]) -> Output 
         &expected,
     ];
     args.extend_from_slice(extra);
-    os_credits(root, &args)
+    common::os_credits_in(root, &args, &[])
 }
 
 /// The exit status of a failed `policy test` run, and its table (stdout).
@@ -163,7 +155,7 @@ fn a_new_rust_policy_builds_passes_its_examples_and_fails_them_when_a_price_chan
     let (_dir, root) = workspace();
     let created = succeeds(
         "policy new",
-        os_credits(&root, &["policy", "new", "my-site"]),
+        common::os_credits_in(&root, &["policy", "new", "my-site"], &[]),
     );
     assert!(created.contains("policies/my-site"), "{created}");
     for file in [
@@ -183,7 +175,7 @@ fn a_new_rust_policy_builds_passes_its_examples_and_fails_them_when_a_price_chan
         &["policy", "new", "my-site"][..],
         &["policy", "new", "my-site", "--python"],
     ] {
-        let again = os_credits(&root, args);
+        let again = common::os_credits_in(&root, args, &[]);
         assert_eq!(again.status.code(), Some(1), "{}", text(&again));
         assert!(text(&again).contains("exists already"), "{}", text(&again));
     }
@@ -212,7 +204,11 @@ fn a_new_rust_policy_builds_passes_its_examples_and_fails_them_when_a_price_chan
     succeeds("rustfmt --check", fmt.output().unwrap());
     let check = succeeds(
         "policy check",
-        os_credits(&root, &["policy", "check", "policies/dist/my-site.wasm"]),
+        common::os_credits_in(
+            &root,
+            &["policy", "check", "policies/dist/my-site.wasm"],
+            &[],
+        ),
     );
     assert!(check.contains("policy    my-site 0.1.0"), "{check}");
     assert!(check.contains("self-test passed"), "{check}");
@@ -273,7 +269,7 @@ fn a_new_python_policy_builds_passes_its_examples_and_fails_them_when_a_price_ch
     let (_dir, root) = workspace();
     let created = succeeds(
         "policy new --python",
-        os_credits(&root, &["policy", "new", "lab-gpu", "--python"]),
+        common::os_credits_in(&root, &["policy", "new", "lab-gpu", "--python"], &[]),
     );
     let folder = root.join("policies/python/lab-gpu");
     assert!(created.contains("policies/python/lab-gpu"), "{created}");
@@ -287,7 +283,7 @@ fn a_new_python_policy_builds_passes_its_examples_and_fails_them_when_a_price_ch
         assert!(folder.join(file).is_file(), "{file}");
     }
     assert!(!root.join("policies/lab-gpu").exists());
-    let again = os_credits(&root, &["policy", "new", "lab-gpu"]);
+    let again = common::os_credits_in(&root, &["policy", "new", "lab-gpu"], &[]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
 
     // pytest, as `make test` runs it.
@@ -345,7 +341,7 @@ fn a_new_python_policy_builds_passes_its_examples_and_fails_them_when_a_price_ch
 fn policy_new_refuses_bad_names_and_folders_that_are_not_a_workspace() {
     let (_dir, root) = workspace();
     for name in ["My-Site", "a_b", "dist", "2fast"] {
-        let refused = os_credits(&root, &["policy", "new", name]);
+        let refused = common::os_credits_in(&root, &["policy", "new", name], &[]);
         assert_eq!(refused.status.code(), Some(1), "{name}: {}", text(&refused));
         assert!(
             text(&refused).contains(&format!("{name:?}")),
@@ -355,7 +351,7 @@ fn policy_new_refuses_bad_names_and_folders_that_are_not_a_workspace() {
     }
     let elsewhere = tempfile::tempdir().unwrap();
     std::fs::create_dir(elsewhere.path().join("policies")).unwrap();
-    let refused = os_credits(elsewhere.path(), &["policy", "new", "my-site"]);
+    let refused = common::os_credits_in(elsewhere.path(), &["policy", "new", "my-site"], &[]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(
         text(&refused).contains("not the policies folder of an os-credits workspace"),

@@ -41,10 +41,11 @@ use os_credits_core::sync::Locked;
 /// Writes applied in one transaction at most.
 const MAX_GROUP: usize = 512;
 
-/// A write as it arrived, from either ingest path: the one envelope from
-/// the request handler through a follower's inbox to the billing thread.
+/// A write as it arrived, from either ingest path: what the request
+/// handler hands to the billing thread (directly, or through a follower's
+/// inbox).
 #[derive(Debug, Clone)]
-pub enum Body {
+pub enum Write {
     /// InfluxDB line protocol as received (decoded on the billing thread).
     Lines {
         /// The body.
@@ -70,40 +71,91 @@ pub enum Body {
         /// The sites its writer may bill (`None`: every site).
         scope: Option<Arc<Scope>>,
     },
-    /// Entries wanted in the price schedule (a policy folder changed, an
-    /// upload): planned against the book as the writes before left it.
-    Schedule {
-        /// What is wanted.
-        wanted: Vec<Wanted>,
-        /// Whether `wanted` is a whole folder (sites it does not name go
-        /// back to the default; upcoming changes it no longer names are
-        /// withdrawn).
-        complete: bool,
-    },
 }
 
-/// How a write ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteResult {
-    /// Applied and committed; what each line did.
-    Done(FeedReport),
-    /// A schedule request committed: the entries added, and why any
-    /// wanted entry was refused.
-    Scheduled(Plan),
-    /// Nothing of it was stored.
-    Failed(String),
+impl Write {
+    /// The sites its writer may bill (`None`: every site).
+    pub fn scope(&self) -> Option<&Arc<Scope>> {
+        match self {
+            Write::Lines { scope, .. } | Write::RemoteWrite { scope, .. } => scope.as_ref(),
+        }
+    }
 }
+
+/// Entries wanted in the price schedule (a policy folder changed, an
+/// upload): planned against the book as the writes before it left it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleChange {
+    /// What is wanted.
+    pub wanted: Vec<Wanted>,
+    /// Whether `wanted` is a whole folder (sites it does not name go back
+    /// to the default; upcoming changes it no longer names are withdrawn).
+    pub complete: bool,
+}
+
+/// Why the engine applied nothing of a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The service stops and takes no new jobs.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// The billing thread ended before it answered.
+    #[error("the billing engine stopped")]
+    Stopped,
+    /// The ledger refused the transaction (nothing of it was stored).
+    #[error("ledger write failed: {0}")]
+    Ledger(String),
+}
+
+/// How a write ended: what each line did, once committed.
+pub type Written = Result<FeedReport, EngineError>;
+
+/// How a schedule change ended: the entries added and why any wanted
+/// entry was refused, once committed.
+pub type Planned = Result<Plan, EngineError>;
 
 enum Job {
     Write {
-        request: Body,
-        reply: oneshot::Sender<WriteResult>,
+        write: Write,
+        reply: oneshot::Sender<Written>,
+    },
+    Schedule {
+        change: ScheduleChange,
+        reply: oneshot::Sender<Planned>,
     },
     Rebase {
         project: String,
         floors: Vec<Floor>,
-        reply: oneshot::Sender<Result<usize, String>>,
+        reply: oneshot::Sender<Result<usize, EngineError>>,
     },
+}
+
+/// A job of the group applied in one transaction.
+enum Grouped {
+    Write(Write, oneshot::Sender<Written>),
+    Schedule(ScheduleChange, oneshot::Sender<Planned>),
+}
+
+/// What a grouped job did, answered once the transaction commits.
+enum Answer {
+    Written(oneshot::Sender<Written>, FeedReport),
+    Planned(oneshot::Sender<Planned>, Plan),
+}
+
+impl Answer {
+    /// Answers the job: its outcome once committed, or why nothing of it
+    /// was stored.
+    fn send(self, committed: Result<(), &EngineError>) {
+        // The asker may have gone (a client hung up): nothing to tell.
+        let _ = match self {
+            Answer::Written(reply, report) => reply
+                .send(committed.map(|()| report).map_err(Clone::clone))
+                .is_ok(),
+            Answer::Planned(reply, plan) => reply
+                .send(committed.map(|()| plan).map_err(Clone::clone))
+                .is_ok(),
+        };
+    }
 }
 
 type Jobs = Arc<Mutex<Option<Sender<Job>>>>;
@@ -125,7 +177,7 @@ impl Rebaser {
     /// before: charges of steps that started at or before a floor are
     /// reversed, keys not newer wait for a newer point as their baseline.
     /// Returns how many charges were reversed.
-    pub async fn rebase(&self, project: &str, floors: Vec<Floor>) -> Result<usize, String> {
+    pub async fn rebase(&self, project: &str, floors: Vec<Floor>) -> Result<usize, EngineError> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Rebase {
             project: project.to_owned(),
@@ -133,11 +185,9 @@ impl Rebaser {
             reply,
         };
         if !send(&self.jobs, job) {
-            return Err("the service is shutting down".into());
+            return Err(EngineError::ShuttingDown);
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the billing engine stopped".into()))
+        answer.await.unwrap_or(Err(EngineError::Stopped))
     }
 }
 
@@ -237,22 +287,38 @@ impl Engine {
         })
     }
 
-    /// Queues a write now (writes submitted one after the other are applied
+    /// Queues a write now (jobs submitted one after the other are applied
     /// in that order); the answer comes when it is committed (or failed).
-    pub fn submit(&self, request: Body) -> impl std::future::Future<Output = WriteResult> + use<> {
+    pub fn submit(&self, write: Write) -> impl std::future::Future<Output = Written> + use<> {
         let (reply, answer) = oneshot::channel();
+        self.queue(Job::Write { write, reply }, answer)
+    }
+
+    /// Queues a change of the price schedule, in order with the writes
+    /// queued before it; the answer comes when it is committed (or failed).
+    pub fn schedule(
+        &self,
+        change: ScheduleChange,
+    ) -> impl std::future::Future<Output = Planned> + use<> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Job::Schedule { change, reply }, answer)
+    }
+
+    fn queue<T: Send + 'static>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<T, EngineError>>,
+    ) -> impl std::future::Future<Output = Result<T, EngineError>> + use<T> {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        let sent = send(&self.jobs, Job::Write { request, reply });
+        let sent = send(&self.jobs, job);
         if !sent {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         async move {
             if !sent {
-                return WriteResult::Failed("the service is shutting down".into());
+                return Err(EngineError::ShuttingDown);
             }
-            answer
-                .await
-                .unwrap_or_else(|_| WriteResult::Failed("the billing engine stopped".into()))
+            answer.await.unwrap_or(Err(EngineError::Stopped))
         }
     }
 
@@ -307,36 +373,47 @@ impl Worker {
                     let _ = reply.send(self.rebase(&project, &floors));
                     next = jobs.recv().ok();
                 }
-                Job::Write { request, reply } => {
-                    let mut group = vec![(request, reply)];
-                    while group.len() < MAX_GROUP {
-                        match jobs.try_recv() {
-                            Ok(Job::Write { request, reply }) => group.push((request, reply)),
-                            Ok(rebase) => {
-                                next = Some(rebase);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.queued.fetch_sub(group.len(), Ordering::Relaxed);
-                    self.apply(group);
-                    if next.is_none() {
-                        next = jobs.recv().ok();
-                    }
+                Job::Write { write, reply } => {
+                    self.group(Grouped::Write(write, reply), &jobs, &mut next)
+                }
+                Job::Schedule { change, reply } => {
+                    self.group(Grouped::Schedule(change, reply), &jobs, &mut next)
                 }
             }
         }
         tracing::info!("billing engine stopped");
     }
 
+    /// Applies `first` with the writes and schedule changes queued after
+    /// it (up to [`MAX_GROUP`]) in one transaction; a rebase queued among
+    /// them ends the group and comes `next`.
+    fn group(&mut self, first: Grouped, jobs: &Receiver<Job>, next: &mut Option<Job>) {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(Job::Write { write, reply }) => group.push(Grouped::Write(write, reply)),
+                Ok(Job::Schedule { change, reply }) => group.push(Grouped::Schedule(change, reply)),
+                Ok(rebase) => {
+                    *next = Some(rebase);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.queued.fetch_sub(group.len(), Ordering::Relaxed);
+        self.apply(group);
+        if next.is_none() {
+            *next = jobs.recv().ok();
+        }
+    }
+
     /// Adopts `floors` for `project`: book first, then the ledger in one
     /// transaction; if that fails the book is rebuilt from the ledger.
-    fn rebase(&mut self, project: &str, floors: &[Floor]) -> Result<usize, String> {
+    fn rebase(&mut self, project: &str, floors: &[Floor]) -> Result<usize, EngineError> {
         let reversible = self
             .ledger
             .reversible(project, floors)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| EngineError::Ledger(e.to_string()))?;
         let book = self.intake.book_mut();
         let states: Vec<_> = floors
             .iter()
@@ -357,7 +434,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(project, "cannot store the floors adopted from Perun: {e}");
                 self.reload();
-                Err(e.to_string())
+                Err(EngineError::Ledger(e.to_string()))
             }
         }
     }
@@ -390,27 +467,32 @@ impl Worker {
         schedule.plan(wanted, complete, now, &billed_until)
     }
 
-    fn apply(&mut self, group: Vec<(Body, oneshot::Sender<WriteResult>)>) {
+    fn apply(&mut self, group: Vec<Grouped>) {
         let installed = self.prices.current();
         let mut schedule = Arc::clone(&installed);
         let mut batch = Batch::default();
-        let mut reports = Vec::with_capacity(group.len());
-        for (request, _) in &group {
-            if let Body::Schedule { wanted, complete } = request {
-                let plan = self.plan(&schedule, wanted, *complete);
-                if !plan.entries.is_empty() {
-                    schedule = Arc::new(self.prices.extended(&schedule, &plan.entries, wanted));
-                    batch.schedule.extend(plan.entries.iter().cloned());
+        let writes = group.len();
+        let mut answers = Vec::with_capacity(writes);
+        for job in group {
+            let (write, reply) = match job {
+                Grouped::Schedule(ScheduleChange { wanted, complete }, reply) => {
+                    let plan = self.plan(&schedule, &wanted, complete);
+                    if !plan.entries.is_empty() {
+                        schedule =
+                            Arc::new(self.prices.extended(&schedule, &plan.entries, &wanted));
+                        batch.schedule.extend(plan.entries.iter().cloned());
+                    }
+                    answers.push(Answer::Planned(reply, plan));
+                    continue;
                 }
-                reports.push(WriteResult::Scheduled(plan));
-                continue;
-            }
+                Grouped::Write(write, reply) => (write, reply),
+            };
             let policies = schedule.as_ref();
             let record = |sample: &Sample<'_>, outcome: &Outcome, book: &Book| {
                 record(&mut batch, sample, outcome, book)
             };
-            let report = match request {
-                Body::Lines {
+            let report = match &write {
+                Write::Lines {
                     text,
                     precision,
                     received,
@@ -420,7 +502,7 @@ impl Worker {
                     self.intake
                         .feed_scoped(policies, items, scope.as_deref(), record)
                 }
-                Body::RemoteWrite {
+                Write::RemoteWrite {
                     request,
                     labels,
                     scope,
@@ -430,9 +512,8 @@ impl Worker {
                     self.intake
                         .feed_scoped(policies, items, scope.as_deref(), record)
                 }
-                Body::Schedule { .. } => continue,
             };
-            reports.push(WriteResult::Done(report));
+            answers.push(Answer::Written(reply, report));
         }
         let committed = self.ledger.commit(&batch);
         let mut stats = self.stats.locked();
@@ -443,7 +524,7 @@ impl Worker {
                 }
                 stats.ledger_failing = false;
                 stats.commits += 1;
-                stats.writes += group.len() as u64;
+                stats.writes += writes as u64;
                 stats.seen = self.intake.seen().clone();
                 stats.keys = self.intake.book().len();
                 drop(stats);
@@ -453,8 +534,8 @@ impl Worker {
                     }
                     self.prices.install(schedule);
                 }
-                for ((_, reply), report) in group.into_iter().zip(reports) {
-                    let _ = reply.send(report);
+                for answer in answers {
+                    answer.send(Ok(()));
                 }
             }
             Err(e) => {
@@ -463,10 +544,11 @@ impl Worker {
                 let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 stats.last_ledger_error = Some((e.to_string(), at));
                 drop(stats);
-                tracing::error!("ledger commit failed, {} writes refused: {e}", group.len());
+                tracing::error!("ledger commit failed, {writes} writes refused: {e}");
                 self.reload();
-                for (_, reply) in group {
-                    let _ = reply.send(WriteResult::Failed(format!("ledger write failed: {e}")));
+                let failed = EngineError::Ledger(e.to_string());
+                for answer in answers {
+                    answer.send(Err(&failed));
                 }
             }
         }

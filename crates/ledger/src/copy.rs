@@ -237,24 +237,22 @@ pub fn sqlite_to_postgres(
                     &format!("SELECT {} FROM {table}", names.join(", ")),
                     &[],
                     |row| {
-                        let mut values = Vec::with_capacity(columns.len());
+                        // Each value read, owned until it is bound.
+                        let mut values: Vec<Param<'static>> = Vec::with_capacity(columns.len());
                         for (index, (_, kind)) in columns.iter().enumerate() {
                             values.push(match kind {
-                                Text => row.opt_text(index)?.map_or(Value::Null, Value::Text),
-                                Int => row.opt_int(index)?.map_or(Value::Null, Value::Int),
-                                Bool => Value::Bool(row.bool(index)?),
-                                Bytes => Value::Bytes(row.bytes(index)?),
-                                Numeric => match row.opt_decimal(index)? {
-                                    Some(value) => {
-                                        sums[index] += value;
-                                        Value::Decimal(value)
-                                    }
-                                    None => Value::Null,
-                                },
+                                Text => row.opt_text(index)?.into(),
+                                Int => row.opt_int(index)?.into(),
+                                Bool => Param::Bool(row.bool(index)?),
+                                Bytes => row.bytes(index)?.into(),
+                                Numeric => {
+                                    let value = row.opt_decimal(index)?;
+                                    sums[index] += value.unwrap_or_default();
+                                    value.into()
+                                }
                             });
                         }
-                        let params: Vec<Param<'_>> = values.iter().map(Value::param).collect();
-                        to.execute(&insert, &params)?;
+                        to.execute(&insert, &values)?;
                         count += 1;
                         Ok(())
                     },
@@ -296,27 +294,4 @@ pub fn sqlite_to_postgres(
             Ok(copied)
         })
     })
-}
-
-/// One value read, owned until it is bound.
-enum Value {
-    Null,
-    Int(i64),
-    Text(String),
-    Decimal(Decimal),
-    Bool(bool),
-    Bytes(Vec<u8>),
-}
-
-impl Value {
-    fn param(&self) -> Param<'_> {
-        match self {
-            Value::Null => Param::Null,
-            Value::Int(v) => Param::Int(*v),
-            Value::Text(v) => Param::Text(v),
-            Value::Decimal(v) => Param::Decimal(*v),
-            Value::Bool(v) => Param::Bool(*v),
-            Value::Bytes(v) => Param::Bytes(v),
-        }
-    }
 }

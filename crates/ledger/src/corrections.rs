@@ -83,7 +83,7 @@ impl Corrections for Store {
         let mut db = self.reader();
         let head = head(&mut db)?;
         let (filter, extra): (&str, Vec<Param<'_>>) = match &scope.site {
-            Some(site) => ("AND location_id = ?3", vec![Param::Text(site)]),
+            Some(site) => ("AND location_id = ?3", vec![Param::text(site)]),
             None => ("", Vec::new()),
         };
         let mut charges = Vec::new();
@@ -157,22 +157,22 @@ impl Corrections for Store {
                      config, policy_name, policy_version, total, answer, booked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 &[
-                    Param::Text(&record.id),
-                    Param::Text(&record.reason),
+                    Param::text(&record.id),
+                    Param::text(&record.reason),
                     Param::Int(record.scope.from),
                     Param::Int(record.scope.to),
                     record
                         .scope
                         .site
                         .as_deref()
-                        .map_or(Param::Null, Param::Text),
-                    projects.as_deref().map_or(Param::Null, Param::Text),
-                    Param::Text(&record.policy.sha256),
-                    Param::Text(&record.config),
-                    Param::Text(&record.policy.name),
-                    Param::Text(&record.policy.version),
+                        .map_or(Param::Null, Param::text),
+                    projects.as_deref().map_or(Param::Null, Param::text),
+                    Param::text(&record.policy.sha256),
+                    Param::text(&record.config),
+                    Param::text(&record.policy.name),
+                    Param::text(&record.policy.version),
                     Param::Decimal(record.total),
-                    Param::Text(&record.answer),
+                    Param::text(&record.answer),
                     Param::Int(now),
                 ],
             )?;
@@ -180,11 +180,11 @@ impl Corrections for Store {
             let mut totals: std::collections::BTreeMap<&str, Decimal> = Default::default();
             for line in lines {
                 values.extend([
-                    Param::Text(&line.correction),
+                    Param::text(&line.correction),
                     Param::Int(line.charge),
-                    Param::Text(&line.key.project),
-                    Param::Text(&line.key.location_id),
-                    Param::Text(&line.key.metric),
+                    Param::text(&line.key.project),
+                    Param::text(&line.key.location_id),
+                    Param::text(&line.key.metric),
                     Param::Int(line.start),
                     Param::Int(line.end),
                     Param::Decimal(line.before),
@@ -307,7 +307,7 @@ impl Corrections for Store {
     ) -> Result<StatementBasis, LedgerError> {
         let mut db = self.reader();
         let (filter, extra): (&str, Vec<Param<'_>>) = match project {
-            Some(project) => ("AND project = ?3", vec![Param::Text(project)]),
+            Some(project) => ("AND project = ?3", vec![Param::text(project)]),
             None => ("", Vec::new()),
         };
         // Whole days from the roll-up; the rest from the charges.
@@ -427,16 +427,16 @@ fn add_days(db: &mut Db, charges: &[ChargeRecord]) -> Result<(), LedgerError> {
     let mut values = Vec::with_capacity(added.len() * 10);
     for ((key, version, day), (policy, credits, quantity)) in &added {
         values.extend([
-            Param::Text(&key.project),
-            Param::Text(&key.location_id),
-            Param::Text(&key.metric),
-            Param::Text(version),
+            Param::text(&key.project),
+            Param::text(&key.location_id),
+            Param::text(&key.metric),
+            Param::text(version),
             Param::Int(*day),
             Param::Decimal(*credits),
             Param::Decimal(*quantity),
-            Param::Text(&policy.name),
-            Param::Text(&policy.version),
-            Param::Text(&policy.sha256),
+            Param::text(&policy.name),
+            Param::text(&policy.version),
+            Param::text(&policy.sha256),
         ]);
     }
     // Added to the day's totals where they exist, in the statement.

@@ -32,11 +32,11 @@ fn upsert_keys(db: &mut Db, states: &[(Key, Account)]) -> Result<(), LedgerError
     let mut values = Vec::with_capacity(last.len() * 7);
     for (key, account) in last {
         values.extend([
-            Param::Text(&key.project),
-            Param::Text(&key.location_id),
-            Param::Text(&key.metric),
+            Param::text(&key.project),
+            Param::text(&key.location_id),
+            Param::text(&key.metric),
             Param::Int(account.state.timestamp),
-            Param::Text(&account.state.text),
+            Param::text(&account.state.text),
             Param::Decimal(account.charged),
             Param::Bool(account.awaiting_baseline),
         ]);
@@ -61,11 +61,11 @@ fn charged_totals(
     let mut queued = Vec::with_capacity(totals.len() * 2);
     for (project, charged) in totals {
         values.extend([
-            Param::Text(project),
+            Param::text(project),
             Param::Decimal(*charged),
             Param::Int(now),
         ]);
-        queued.extend([Param::Text(project), Param::Int(now)]);
+        queued.extend([Param::text(project), Param::Int(now)]);
     }
     db.upsert(
         "INSERT INTO projects (project, charged, updated_at)",
@@ -86,18 +86,18 @@ fn write_batch(db: &mut Db, batch: &Batch) -> Result<(), LedgerError> {
     let mut totals: BTreeMap<&str, Decimal> = BTreeMap::new();
     for charge in &batch.charges {
         values.extend([
-            Param::Text(&charge.key.project),
-            Param::Text(&charge.key.location_id),
-            Param::Text(&charge.key.metric),
+            Param::text(&charge.key.project),
+            Param::text(&charge.key.location_id),
+            Param::text(&charge.key.metric),
             Param::Int(charge.previous.0),
-            Param::Text(&charge.previous.1),
+            Param::text(&charge.previous.1),
             Param::Int(charge.current.0),
-            Param::Text(&charge.current.1),
+            Param::text(&charge.current.1),
             Param::Decimal(charge.credits),
             Param::Decimal(charge.charged_after),
-            Param::Text(&charge.policy.name),
-            Param::Text(&charge.policy.version),
-            Param::Text(&charge.policy.sha256),
+            Param::text(&charge.policy.name),
+            Param::text(&charge.policy.version),
+            Param::text(&charge.policy.sha256),
             Param::Int(now),
             charge.schedule_entry.map_or(Param::NullInt, Param::Int),
         ]);
@@ -122,20 +122,20 @@ fn write_schedule(db: &mut Db, entries: &[Entry]) -> Result<(), LedgerError> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             &[
                 Param::Int(entry.id),
-                Param::Text(&entry.site),
+                Param::text(&entry.site),
                 Param::Int(entry.from),
-                Param::Text(entry.kind.as_str()),
-                Param::Text(&entry.file),
-                Param::Text(&entry.sha256),
-                Param::Text(&entry.config),
+                Param::text(entry.kind.as_str()),
+                Param::text(&entry.file),
+                Param::text(&entry.sha256),
+                Param::text(&entry.config),
                 limit(entry.memory_mb),
                 limit(entry.timeout_ms),
                 Param::Int(entry.added_at),
-                Param::Text(&entry.origin),
+                Param::text(&entry.origin),
                 entry
                     .correction_reason
                     .as_deref()
-                    .map_or(Param::Null, Param::Text),
+                    .map_or(Param::Null, Param::text),
             ],
         )?;
     }

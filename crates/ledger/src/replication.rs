@@ -26,24 +26,89 @@ use os_credits_core::sync::Locked;
 /// The session advisory lock the leader holds, on the engine's connection.
 const LEADER_LOCK: i64 = 7_401_002;
 
-/// A write a replica stored for the leader.
+/// What a replica stored for the leader, as the inbox keeps it: the body
+/// by its kind, with what each kind needs to be read again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxBody {
+    /// InfluxDB line protocol as received.
+    Lines {
+        /// The body.
+        text: Vec<u8>,
+        /// The unit of its timestamps, as the writer named it (`n`, `s`, ...).
+        precision: String,
+    },
+    /// A Prometheus remote-write request as received (snappy protobuf).
+    RemoteWrite {
+        /// The body.
+        snappy: Vec<u8>,
+    },
+    /// A change of the price schedule (JSON; its modules are in the ledger
+    /// already, named by SHA-256).
+    Schedule {
+        /// The change.
+        json: Vec<u8>,
+    },
+}
+
+/// The scoped writer that sent an inbox entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxWriter {
+    /// The writer's name.
+    pub name: String,
+    /// The sites it may bill, comma-separated.
+    pub sites: String,
+}
+
+/// A row of the inbox before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRow {
+    /// What was received.
+    pub body: InboxBody,
+    /// When it was received (ns).
+    pub received: i64,
+    /// The scoped writer that sent it (`None`: a writer of every site, or
+    /// a schedule change).
+    pub writer: Option<InboxWriter>,
+}
+
+/// A row of the inbox as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxEntry {
     /// Its id: the order of arrival.
     pub id: i64,
-    /// `lines` (line protocol) or `remote_write` (snappy protobuf).
-    pub kind: String,
-    /// The body as received.
-    pub body: Vec<u8>,
-    /// The line protocol's precision (`n`, `s`, ...).
-    pub precision: String,
-    /// When it was received (ns).
-    pub received: i64,
     /// The replica that stored it.
     pub replica: String,
-    /// The scoped writer that sent it and the sites it may bill
-    /// (comma-separated); `None`: every site.
-    pub writer: Option<(String, String)>,
+    /// What it holds.
+    pub row: InboxRow,
+}
+
+impl InboxBody {
+    /// The columns `kind`, `body` and `precision` (empty where the kind
+    /// has none).
+    fn columns(&self) -> (&'static str, &[u8], &str) {
+        match self {
+            InboxBody::Lines { text, precision } => ("lines", text, precision),
+            InboxBody::RemoteWrite { snappy } => ("remote_write", snappy, ""),
+            InboxBody::Schedule { json } => ("schedule", json, ""),
+        }
+    }
+
+    /// Reads the columns [`InboxBody::columns`] wrote.
+    fn from_columns(kind: &str, body: Vec<u8>, precision: String) -> Result<Self, LedgerError> {
+        Ok(match kind {
+            "lines" => InboxBody::Lines {
+                text: body,
+                precision,
+            },
+            "remote_write" => InboxBody::RemoteWrite { snappy: body },
+            "schedule" => InboxBody::Schedule { json: body },
+            other => {
+                return Err(LedgerError::Corrupt(format!(
+                    "an inbox entry of unknown kind {other:?}"
+                )));
+            }
+        })
+    }
 }
 
 /// The lease as the database holds it.
@@ -216,30 +281,23 @@ impl Replication {
         &self.session
     }
 
-    /// Stores a write for the leader; durable once this returns.
-    /// `writer` is the scoped writer that sent it and the sites it may
-    /// bill (`None`: every site).
-    pub fn store_inbox(
-        &self,
-        kind: &str,
-        body: &[u8],
-        precision: &str,
-        received: i64,
-        replica: &str,
-        writer: Option<(&str, &str)>,
-    ) -> Result<i64, LedgerError> {
-        let (writer, sites) = (writer.map(|w| w.0), writer.map(|w| w.1));
+    /// Stores `row` for the leader, as received by `replica`; durable once
+    /// this returns. Answers its id.
+    pub fn store_inbox(&self, row: &InboxRow, replica: &str) -> Result<i64, LedgerError> {
+        let (kind, body, precision) = row.body.columns();
+        let writer = row.writer.as_ref();
+        let (writer, sites) = (writer.map(|w| &w.name), writer.map(|w| &w.sites));
         self.inbox
             .locked()
             .query_one(
                 "INSERT INTO inbox (kind, body, precision, received, replica, writer, sites)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-                params![kind, body, precision, received, replica, writer, sites],
+                params![kind, body, precision, row.received, replica, writer, sites],
             )?
             .int(0)
     }
 
-    /// The oldest `limit` writes waiting in the inbox after id `after`, in
+    /// The oldest `limit` entries waiting in the inbox after id `after`, in
     /// arrival order.
     pub fn inbox_entries(&self, after: i64, limit: i64) -> Result<Vec<InboxEntry>, LedgerError> {
         self.inbox.locked().map(
@@ -249,14 +307,14 @@ impl Replication {
             |row| {
                 Ok(InboxEntry {
                     id: row.int(0)?,
-                    kind: row.text(1)?,
-                    body: row.bytes(2)?,
-                    precision: row.text(3)?,
-                    received: row.int(4)?,
                     replica: row.text(5)?,
-                    writer: match (row.opt_text(6)?, row.opt_text(7)?) {
-                        (Some(writer), Some(sites)) => Some((writer, sites)),
-                        _ => None,
+                    row: InboxRow {
+                        body: InboxBody::from_columns(&row.text(1)?, row.bytes(2)?, row.text(3)?)?,
+                        received: row.int(4)?,
+                        writer: match (row.opt_text(6)?, row.opt_text(7)?) {
+                            (Some(name), Some(sites)) => Some(InboxWriter { name, sites }),
+                            _ => None,
+                        },
                     },
                 })
             },

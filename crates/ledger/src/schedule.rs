@@ -51,8 +51,8 @@ impl Schedules for Store {
             "INSERT INTO policy_modules (sha256, bytes, added_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (sha256) DO NOTHING",
             &[
-                Param::Text(sha256),
-                Param::Bytes(bytes),
+                Param::text(sha256),
+                Param::bytes(bytes),
                 Param::Int(now_ns()),
             ],
         )?;

@@ -21,6 +21,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use std::borrow::Cow;
+
 use rust_decimal::Decimal;
 
 use super::LedgerError;
@@ -35,23 +37,35 @@ pub enum Dialect {
 }
 
 /// A value bound to a statement.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Param<'a> {
     /// An integer (`BIGINT`, or `INTEGER` where the column is one).
     Int(i64),
-    /// Text.
-    Text(&'a str),
+    /// Text (borrowed, or owned by a copy that read it).
+    Text(Cow<'a, str>),
     /// An exact decimal (`NUMERIC` in PostgreSQL, text in SQLite).
     Decimal(Decimal),
     /// A boolean (0/1 in SQLite).
     Bool(bool),
-    /// Bytes.
-    Bytes(&'a [u8]),
+    /// Bytes (borrowed, or owned by a copy that read them).
+    Bytes(Cow<'a, [u8]>),
     /// SQL `NULL`.
     Null,
     /// SQL `NULL` for an integer column: in a multi-row write its column
     /// stays an integer array even when every value is `NULL`.
     NullInt,
+}
+
+impl<'a> Param<'a> {
+    /// Borrowed text.
+    pub fn text(value: &'a str) -> Self {
+        Param::Text(Cow::Borrowed(value))
+    }
+
+    /// Borrowed bytes.
+    pub fn bytes(value: &'a [u8]) -> Self {
+        Param::Bytes(Cow::Borrowed(value))
+    }
 }
 
 impl From<i64> for Param<'_> {
@@ -80,19 +94,37 @@ impl From<Decimal> for Param<'_> {
 
 impl<'a> From<&'a str> for Param<'a> {
     fn from(value: &'a str) -> Self {
-        Param::Text(value)
+        Param::Text(Cow::Borrowed(value))
     }
 }
 
 impl<'a> From<&'a String> for Param<'a> {
     fn from(value: &'a String) -> Self {
-        Param::Text(value)
+        Param::Text(Cow::Borrowed(value))
+    }
+}
+
+impl From<String> for Param<'_> {
+    fn from(value: String) -> Self {
+        Param::Text(Cow::Owned(value))
     }
 }
 
 impl<'a> From<&'a [u8]> for Param<'a> {
     fn from(value: &'a [u8]) -> Self {
-        Param::Bytes(value)
+        Param::Bytes(Cow::Borrowed(value))
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Param<'a> {
+    fn from(value: &'a Vec<u8>) -> Self {
+        Param::Bytes(Cow::Borrowed(value))
+    }
+}
+
+impl From<Vec<u8>> for Param<'_> {
+    fn from(value: Vec<u8>) -> Self {
+        Param::Bytes(Cow::Owned(value))
     }
 }
 
@@ -113,11 +145,11 @@ pub(crate) use params;
 impl rusqlite::ToSql for Param<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-        Ok(match *self {
-            Param::Int(v) => ToSqlOutput::Owned(Value::Integer(v)),
+        Ok(match self {
+            Param::Int(v) => ToSqlOutput::Owned(Value::Integer(*v)),
             Param::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
             Param::Decimal(v) => ToSqlOutput::Owned(Value::Text(v.to_string())),
-            Param::Bool(v) => ToSqlOutput::Owned(Value::Integer(i64::from(v))),
+            Param::Bool(v) => ToSqlOutput::Owned(Value::Integer(i64::from(*v))),
             Param::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
             Param::Null | Param::NullInt => ToSqlOutput::Owned(Value::Null),
         })
@@ -130,20 +162,20 @@ impl ToSql for Param<'_> {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match *self {
+        match self {
             Param::Int(v) => match *ty {
-                Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
-                Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
-                Type::NUMERIC => Decimal::from(v).to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::NUMERIC => Decimal::from(*v).to_sql(ty, out),
                 _ => v.to_sql(ty, out),
             },
-            Param::Text(v) => v.to_sql(ty, out),
+            Param::Text(v) => v.as_ref().to_sql(ty, out),
             Param::Decimal(v) => match *ty {
                 Type::NUMERIC => v.to_sql(ty, out),
                 _ => v.to_string().to_sql(ty, out),
             },
             Param::Bool(v) => v.to_sql(ty, out),
-            Param::Bytes(v) => v.to_sql(ty, out),
+            Param::Bytes(v) => v.as_ref().to_sql(ty, out),
             Param::Null | Param::NullInt => Ok(IsNull::Yes),
         }
     }
@@ -686,7 +718,7 @@ impl ToSql for Column<'_> {
 /// The columns of rows of `width` values, each typed by its first value
 /// that is not `NULL` (a column of `NULL`s only is text, or an integer
 /// array when they are [`Param::NullInt`]).
-fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, LedgerError> {
+fn columns<'b>(width: usize, values: &'b [Param<'_>]) -> Result<Vec<Column<'b>>, LedgerError> {
     (0..width)
         .map(|column| {
             let cells = || values.iter().skip(column).step_by(width);
@@ -694,10 +726,10 @@ fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, Le
             fn gather<'b, 'a: 'b, T>(
                 cells: impl Iterator<Item = &'b Param<'a>>,
                 column: usize,
-                pick: impl Fn(Param<'a>) -> Option<T>,
+                pick: impl Fn(&'b Param<'a>) -> Option<T>,
             ) -> Result<Vec<Option<T>>, LedgerError> {
                 cells
-                    .map(|p| match *p {
+                    .map(|p| match p {
                         Param::Null | Param::NullInt => Ok(None),
                         other => pick(other).map(Some).ok_or_else(|| {
                             corrupt(format!("column {column} mixes types: {other:?}"))
@@ -712,23 +744,23 @@ fn columns<'a>(width: usize, values: &[Param<'a>]) -> Result<Vec<Column<'a>>, Le
             };
             Ok(match typed {
                 Some(Param::Int(_)) => Column::Int(gather(cells(), column, |p| match p {
-                    Param::Int(v) => Some(v),
+                    Param::Int(v) => Some(*v),
                     _ => None,
                 })?),
                 Some(Param::Decimal(_)) => Column::Decimal(gather(cells(), column, |p| match p {
-                    Param::Decimal(v) => Some(v),
+                    Param::Decimal(v) => Some(*v),
                     _ => None,
                 })?),
                 Some(Param::Bool(_)) => Column::Bool(gather(cells(), column, |p| match p {
-                    Param::Bool(v) => Some(v),
+                    Param::Bool(v) => Some(*v),
                     _ => None,
                 })?),
                 Some(Param::Bytes(_)) => Column::Bytes(gather(cells(), column, |p| match p {
-                    Param::Bytes(v) => Some(v),
+                    Param::Bytes(v) => Some(v.as_ref()),
                     _ => None,
                 })?),
                 _ => Column::Text(gather(cells(), column, |p| match p {
-                    Param::Text(v) => Some(v),
+                    Param::Text(v) => Some(v.as_ref()),
                     _ => None,
                 })?),
             })

@@ -80,7 +80,7 @@ pub struct LimitOverrides {
 impl LimitOverrides {
     /// The limits, or which one is out of its bounds (1 to
     /// [`MAX_MEMORY_MB`], 1 to [`MAX_TIMEOUT_MS`]).
-    pub fn check(self) -> Result<Self, String> {
+    pub fn check(self) -> Result<Self, MappingError> {
         for (what, value, max) in [
             ("memory_mb", self.memory_mb, MAX_MEMORY_MB),
             ("timeout_ms", self.timeout_ms, MAX_TIMEOUT_MS),
@@ -88,7 +88,9 @@ impl LimitOverrides {
             if let Some(value) = value
                 && (value == 0 || value > max)
             {
-                return Err(format!("{what} = {value} is not between 1 and {max}"));
+                return Err(MappingError(format!(
+                    "{what} = {value} is not between 1 and {max}"
+                )));
             }
         }
         Ok(self)
@@ -162,8 +164,19 @@ pub fn inside_folder(path: &str) -> bool {
             .any(|c| matches!(c, Component::Normal(_)))
 }
 
+/// What is wrong with a mapping: the entry (`site 8676`, `changes[0]
+/// (site default)`) and what, as a person reads it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MappingError(pub String);
+
 /// Reads a mapping: the default first, then the sites by location id.
-pub fn parse(text: &str) -> Result<Vec<Mapped>, String> {
+pub fn parse(text: &str) -> Result<Vec<Mapped>, MappingError> {
+    entries(text).map_err(MappingError)
+}
+
+/// [`parse`], its errors as the texts they show.
+fn entries(text: &str) -> Result<Vec<Mapped>, String> {
     let mapping: Mapping = toml::from_str(text).map_err(|e| e.to_string())?;
     let default = mapping
         .default
@@ -290,7 +303,7 @@ mod tests {
                 "[default]\nmodule = \"p.wasm\"\nsha256 = \"{bad}\"\n"
             ))
             .unwrap_err();
-            assert!(err.contains("is not a SHA-256"), "{err}");
+            assert!(err.0.contains("is not a SHA-256"), "{err}");
         }
     }
 
@@ -312,7 +325,7 @@ mod tests {
             "timeout_ms = 600000",
         ] {
             let error = parse(&format!("[default]\nmodule = \"p.wasm\"\n{bad}\n")).unwrap_err();
-            assert!(error.contains("not between"), "{bad}: {error}");
+            assert!(error.0.contains("not between"), "{bad}: {error}");
         }
         assert!(parse("[default]\nmodule = \"p.wasm\"\nmemory_mb = \"lots\"\n").is_err());
     }
@@ -322,7 +335,7 @@ mod tests {
         for path in ["../denbi.wasm", "/etc/passwd", "a/../../b.wasm", "", "."] {
             assert!(!inside_folder(path), "{path}");
             let error = parse(&format!("[default]\nmodule = {path:?}\n")).unwrap_err();
-            assert!(error.contains("not inside the policy folder"), "{error}");
+            assert!(error.0.contains("not inside the policy folder"), "{error}");
         }
         for path in ["denbi.wasm", "./denbi.wasm", "sub/denbi.wasm"] {
             assert!(inside_folder(path), "{path}");
@@ -331,7 +344,7 @@ mod tests {
             "[default]\nmodule = \"denbi.wasm\"\n[sites.\"1\"]\nmodule = \"d.wasm\"\nconfig_file = \"/etc/shadow\"\n",
         )
         .unwrap_err();
-        assert!(error.contains("config_file"), "{error}");
+        assert!(error.0.contains("config_file"), "{error}");
     }
 
     #[test]
@@ -391,15 +404,15 @@ mod tests {
             ))
             .unwrap_err();
             assert!(
-                error.contains(why) && error.contains("changes[0]"),
+                error.0.contains(why) && error.0.contains("changes[0]"),
                 "{bad}: {error}"
             );
         }
         let twice =
             "[[changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nsite = \"1\"\nmodule = \"p.wasm\"\n";
         let error = parse(&format!("[default]\nmodule = \"p.wasm\"\n{twice}{twice}")).unwrap_err();
-        assert!(error.contains("a second change"), "{error}");
+        assert!(error.0.contains("a second change"), "{error}");
         let error = parse("[default]\nmodule = \"p.wasm\"\n[[changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nsite = \"1\"\nmodule = \"../p.wasm\"\n").unwrap_err();
-        assert!(error.contains("not inside the policy folder"), "{error}");
+        assert!(error.0.contains("not inside the policy folder"), "{error}");
     }
 }

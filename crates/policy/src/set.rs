@@ -174,7 +174,7 @@ pub fn assignments_in(folder: &Path, mapping_path: &Path) -> Result<Vec<Assignme
     };
     let text = std::fs::read_to_string(mapping_path).map_err(|e| mapping_error(e.to_string()))?;
     mapping::parse(&text)
-        .map_err(mapping_error)?
+        .map_err(|e| mapping_error(e.0))?
         .into_iter()
         .map(|mapped| {
             let config = match &mapped.config {

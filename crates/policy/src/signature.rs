@@ -30,6 +30,90 @@ pub fn signature_path(module: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// Why a key, a signature or a module's signature is not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    /// A line of the trusted keys is no public key.
+    #[error("line {line}: not an OpenSSH public key: {error}")]
+    PublicKey {
+        /// Its number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        error: ssh_key::Error,
+    },
+    /// A trusted key is not Ed25519.
+    #[error(
+        "line {line}: a {algorithm} key; policy signatures are Ed25519 (ssh-keygen -t ed25519)"
+    )]
+    PublicNotEd25519 {
+        /// Its number, from 1.
+        line: usize,
+        /// Its algorithm.
+        algorithm: Algorithm,
+    },
+    /// The trusted keys hold none.
+    #[error("no public key in it")]
+    NoKey,
+    /// The trusted keys' file cannot be read.
+    #[error("cannot read trusted keys {}: {error}", path.display())]
+    ReadKeys {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// The trusted keys' file holds a bad line.
+    #[error("trusted keys {}: {error}", path.display())]
+    Keys {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: Box<SignatureError>,
+    },
+    /// The signature is not SSHSIG text.
+    #[error("not an SSH signature: {0}")]
+    NotSignature(ssh_key::Error),
+    /// The signature was made for something else.
+    #[error("signed for {0:?}, not for {NAMESPACE:?}")]
+    Namespace(String),
+    /// The signer is not trusted (its fingerprint).
+    #[error("signed by {0}, which is not a trusted key")]
+    Untrusted(String),
+    /// The signature is over other bytes.
+    #[error("the signature does not match the module's bytes")]
+    Mismatch,
+    /// The module has no signature file beside it (its name).
+    #[error("unsigned: no {0} (trusted keys are required)")]
+    Unsigned(String),
+    /// The signature file cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    ReadSignature {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        error: std::io::Error,
+    },
+    /// No key could be made or written.
+    #[error("cannot make a key: {0}")]
+    Keygen(ssh_key::Error),
+    /// The signing key is not an OpenSSH private key.
+    #[error("not an OpenSSH private key: {0}")]
+    PrivateKey(ssh_key::Error),
+    /// The signing key is encrypted.
+    #[error(
+        "the key is encrypted: sign with `ssh-keygen -Y sign -n {NAMESPACE} -f KEY MODULE`, or use an unencrypted copy"
+    )]
+    Encrypted,
+    /// The signing key is not Ed25519.
+    #[error(
+        "a {0} key; policy signatures are Ed25519 (os-credits policy keygen, or ssh-keygen -t ed25519)"
+    )]
+    PrivateNotEd25519(Algorithm),
+    /// Signing failed.
+    #[error("cannot sign: {0}")]
+    Sign(ssh_key::Error),
+}
+
 /// The public keys whose signatures are trusted.
 #[derive(Debug, Clone)]
 pub struct TrustedKeys {
@@ -39,35 +123,41 @@ pub struct TrustedKeys {
 impl TrustedKeys {
     /// Reads keys, one per line (`ssh-ed25519 AAAA… comment`); blank lines
     /// and `#` comments are skipped. Only Ed25519 keys are accepted.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
         let mut keys = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let key = PublicKey::from_openssh(line)
-                .map_err(|e| format!("line {}: not an OpenSSH public key: {e}", number + 1))?;
+            let key = PublicKey::from_openssh(line).map_err(|error| SignatureError::PublicKey {
+                line: number + 1,
+                error,
+            })?;
             if key.algorithm() != Algorithm::Ed25519 {
-                return Err(format!(
-                    "line {}: a {} key; policy signatures are Ed25519 (ssh-keygen -t ed25519)",
-                    number + 1,
-                    key.algorithm()
-                ));
+                return Err(SignatureError::PublicNotEd25519 {
+                    line: number + 1,
+                    algorithm: key.algorithm(),
+                });
             }
             keys.push(key);
         }
         if keys.is_empty() {
-            return Err("no public key in it".into());
+            return Err(SignatureError::NoKey);
         }
         Ok(TrustedKeys { keys })
     }
 
     /// Reads the file at `path` (see [`TrustedKeys::parse`]).
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read trusted keys {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("trusted keys {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, SignatureError> {
+        let text = std::fs::read_to_string(path).map_err(|error| SignatureError::ReadKeys {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::parse(&text).map_err(|e| SignatureError::Keys {
+            path: path.to_owned(),
+            error: Box::new(e),
+        })
     }
 
     /// How many keys are trusted.
@@ -83,14 +173,10 @@ impl TrustedKeys {
     /// Checks `signature` (SSHSIG text) over `module`: made in this
     /// namespace by a trusted key. Returns the signer's fingerprint and
     /// comment, or why not.
-    pub fn verify(&self, module: &[u8], signature: &str) -> Result<String, String> {
-        let signature =
-            SshSig::from_pem(signature).map_err(|e| format!("not an SSH signature: {e}"))?;
+    pub fn verify(&self, module: &[u8], signature: &str) -> Result<String, SignatureError> {
+        let signature = SshSig::from_pem(signature).map_err(SignatureError::NotSignature)?;
         if signature.namespace() != NAMESPACE {
-            return Err(format!(
-                "signed for {:?}, not for {NAMESPACE:?}",
-                signature.namespace()
-            ));
+            return Err(SignatureError::Namespace(signature.namespace().to_owned()));
         }
         let Some(key) = self
             .keys
@@ -98,25 +184,29 @@ impl TrustedKeys {
             .find(|key| key.key_data() == signature.public_key())
         else {
             let signer = PublicKey::from(signature.public_key().clone());
-            return Err(format!(
-                "signed by {}, which is not a trusted key",
-                signer.fingerprint(HashAlg::Sha256)
+            return Err(SignatureError::Untrusted(
+                signer.fingerprint(HashAlg::Sha256).to_string(),
             ));
         };
         key.verify(NAMESPACE, module, &signature)
-            .map_err(|_| "the signature does not match the module's bytes".to_owned())?;
+            .map_err(|_| SignatureError::Mismatch)?;
         Ok(describe(key))
     }
 
     /// Checks the signature file beside `module` (whose bytes are `bytes`).
-    pub fn verify_file(&self, module: &Path, bytes: &[u8]) -> Result<String, String> {
+    pub fn verify_file(&self, module: &Path, bytes: &[u8]) -> Result<String, SignatureError> {
         let path = signature_path(module);
-        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "unsigned: no {} (trusted keys are required)",
-                path.file_name().unwrap_or_default().to_string_lossy()
+        let text = std::fs::read_to_string(&path).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => SignatureError::Unsigned(
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
             ),
-            _ => format!("cannot read {}: {e}", path.display()),
+            _ => SignatureError::ReadSignature {
+                path: path.clone(),
+                error,
+            },
         })?;
         self.verify(bytes, &text)
     }
@@ -132,15 +222,18 @@ fn describe(key: &PublicKey) -> String {
 
 /// A new Ed25519 key pair: the private key in OpenSSH's format and the
 /// public key's line, both carrying `comment`.
-pub fn keygen(comment: &str) -> Result<(String, String), String> {
+pub fn keygen(comment: &str) -> Result<(String, String), SignatureError> {
     let mut key = PrivateKey::random(&mut rand_core_os(), Algorithm::Ed25519)
-        .map_err(|e| format!("cannot make a key: {e}"))?;
+        .map_err(SignatureError::Keygen)?;
     key.set_comment(comment);
     let private = key
         .to_openssh(LineEnding::LF)
-        .map_err(|e| e.to_string())?
+        .map_err(SignatureError::Keygen)?
         .to_string();
-    let public = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(SignatureError::Keygen)?;
     Ok((private, public))
 }
 
@@ -152,26 +245,20 @@ fn rand_core_os() -> ssh_key::rand_core::OsRng {
 /// Signs `module` with the OpenSSH private key `key` (its text): the
 /// SSHSIG text to write beside the module. An encrypted key is refused
 /// with the way around it.
-pub fn sign(module: &[u8], key: &str) -> Result<String, String> {
-    let key =
-        PrivateKey::from_openssh(key).map_err(|e| format!("not an OpenSSH private key: {e}"))?;
+pub fn sign(module: &[u8], key: &str) -> Result<String, SignatureError> {
+    let key = PrivateKey::from_openssh(key).map_err(SignatureError::PrivateKey)?;
     if key.is_encrypted() {
-        return Err(format!(
-            "the key is encrypted: sign with `ssh-keygen -Y sign -n {NAMESPACE} -f KEY MODULE`, or use an unencrypted copy"
-        ));
+        return Err(SignatureError::Encrypted);
     }
     if key.algorithm() != Algorithm::Ed25519 {
-        return Err(format!(
-            "a {} key; policy signatures are Ed25519 (os-credits policy keygen, or ssh-keygen -t ed25519)",
-            key.algorithm()
-        ));
+        return Err(SignatureError::PrivateNotEd25519(key.algorithm()));
     }
     let signature = key
         .sign(NAMESPACE, HashAlg::Sha512, module)
-        .map_err(|e| format!("cannot sign: {e}"))?;
+        .map_err(SignatureError::Sign)?;
     signature
         .to_pem(LineEnding::LF)
-        .map_err(|e| format!("cannot write the signature: {e}"))
+        .map_err(SignatureError::Sign)
 }
 
 #[cfg(test)]
@@ -191,14 +278,18 @@ mod tests {
         assert!(signer.starts_with("SHA256:") && signer.ends_with("(author@example)"));
         // Other bytes.
         let tampered = trusted.verify(b"\0asm module bytes!", &signature);
+        let tampered = tampered.unwrap_err();
+        assert!(matches!(tampered, SignatureError::Mismatch), "{tampered}");
         assert_eq!(
-            tampered.unwrap_err(),
+            tampered.to_string(),
             "the signature does not match the module's bytes"
         );
         // Another key.
         let stranger = trusted.verify(module, &sign(module, &other_private).unwrap());
+        let stranger = stranger.unwrap_err();
         assert!(
-            stranger.unwrap_err().contains("which is not a trusted key"),
+            matches!(&stranger, SignatureError::Untrusted(_))
+                && stranger.to_string().contains("which is not a trusted key"),
             "{other_public}"
         );
         // Not a signature at all.
@@ -207,16 +298,13 @@ mod tests {
 
     #[test]
     fn trusted_keys_are_ed25519_public_keys() {
+        assert!(matches!(TrustedKeys::parse(""), Err(SignatureError::NoKey)));
+        let bad = TrustedKeys::parse("ssh-ed25519 not-base64").unwrap_err();
         assert!(
-            TrustedKeys::parse("")
-                .unwrap_err()
-                .contains("no public key")
+            matches!(bad, SignatureError::PublicKey { line: 1, .. }),
+            "{bad}"
         );
-        assert!(
-            TrustedKeys::parse("ssh-ed25519 not-base64")
-                .unwrap_err()
-                .contains("line 1")
-        );
+        assert!(bad.to_string().starts_with("line 1: "), "{bad}");
         let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 x";
         assert!(TrustedKeys::parse(rsa).is_err());
     }

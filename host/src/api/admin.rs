@@ -11,10 +11,11 @@ use subtle::ConstantTimeEq;
 use super::{AppState, blocking, error};
 use axum::extract::{FromRequest, Multipart};
 
-use crate::billing::engine::{Body, WriteResult};
+use crate::billing::engine::ScheduleChange;
 use crate::billing::prices::{Prices, Wanted};
 use crate::policy::mapping::LimitOverrides;
 use crate::policy::set::Failure;
+use crate::replica::Scheduled;
 use crate::schedule::{Entry, Kind, show_time};
 use sha2::{Digest, Sha256};
 
@@ -278,16 +279,16 @@ pub async fn upload(
     let entry = wanted.entry.clone();
     let answer = app
         .replica
-        .accept(Body::Schedule {
+        .schedule(ScheduleChange {
             wanted: vec![wanted],
             complete: false,
         })
         .await;
     match answer {
-        WriteResult::Scheduled(plan) if plan.entries.is_empty() && !plan.refused.is_empty() => {
+        Ok(Scheduled::Planned(plan)) if plan.entries.is_empty() && !plan.refused.is_empty() => {
             error(StatusCode::CONFLICT, plan.refused.join("; "))
         }
-        WriteResult::Scheduled(plan) => {
+        Ok(Scheduled::Planned(plan)) => {
             for added in &plan.entries {
                 tracing::info!(entry = added.id, site = %added.site, from = %show_time(added.from), sha256 = %added.sha256, "price schedule: entry uploaded");
             }
@@ -303,15 +304,14 @@ pub async fn upload(
                 .collect();
             Json(serde_json::json!({ "added": added, "refused": plan.refused })).into_response()
         }
-        // A follower stored it for the leader.
-        WriteResult::Done(_) => (
+        Ok(Scheduled::Stored) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({
                 "stored_for_the_leader": true, "site": entry.site, "sha256": entry.sha256,
             })),
         )
             .into_response(),
-        WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -391,7 +391,7 @@ fn vet_upload(
         timeout_ms: upload.timeout_ms,
     }
     .check()
-    .map_err(bad)?;
+    .map_err(|e| bad(e.0))?;
     let config = match upload.config {
         None => String::new(),
         Some(object) => {
@@ -413,7 +413,8 @@ fn vet_upload(
         let signature = signature.ok_or_else(|| {
             unusable("modules need a signature by a trusted key: give a \"signature\" part".into())
         })?;
-        keys.verify(&module, &signature).map_err(unusable)?;
+        keys.verify(&module, &signature)
+            .map_err(|e| unusable(e.to_string()))?;
     }
     let loaded = runtime
         .load_bytes_with(&module, &config, runtime.limits().with(overrides))

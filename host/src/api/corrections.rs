@@ -284,7 +284,7 @@ fn folder_module(app: &AppState, file: &str) -> Result<Vec<u8>, Refusal> {
             )
         })?;
         keys.verify(&bytes, &signature)
-            .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     }
     Ok(bytes)
 }

@@ -268,6 +268,18 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "Failed attempts to publish to Perun",
         perun.errors,
     );
+    counter(
+        &mut registry,
+        "perun_hand_edits",
+        "Values changed in Perun by hand, recorded as adjustments",
+        perun.hand_edits,
+    );
+    gauge(
+        &mut registry,
+        "perun_not_groups",
+        "Projects that are not a Perun group (kept pending)",
+        perun.not_groups as i64,
+    );
     let mail = app
         .notifier
         .as_ref()

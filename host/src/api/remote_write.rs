@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::{AppState, auth, blocking, error};
-use crate::billing::engine::{Body, WriteResult};
+use crate::billing::engine::Write;
 use crate::ingest::remote_write;
 
 /// The header Prometheus sends with the protocol version.
@@ -101,15 +101,15 @@ pub async fn remote_write(
         }
     };
     let series = request.timeseries.len();
-    let inbound = Body::RemoteWrite {
+    let write = Write::RemoteWrite {
         raw,
         request: Box::new(request),
         labels: app.remote_write.labels.clone(),
         received: crate::time::now_ns(),
         scope: writer.scope.clone(),
     };
-    match app.replica.accept(inbound).await {
-        WriteResult::Done(report) => {
+    match app.replica.write(write).await {
+        Ok(report) => {
             if let Some(forbidden) = auth::refused(&app, &writer, &report) {
                 return forbidden;
             }
@@ -134,11 +134,7 @@ pub async fn remote_write(
             StatusCode::NO_CONTENT.into_response()
         }
         // 5xx: Prometheus keeps the samples and retries.
-        WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
-        WriteResult::Scheduled(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "a write was answered as a schedule change",
-        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

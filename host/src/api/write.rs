@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{AppState, auth, error};
-use crate::billing::engine::{Body, WriteResult};
+use crate::billing::engine::Write;
 use crate::ingest::Precision;
 
 /// The query of an InfluxDB 1.x write; `db`, `rp`, `consistency` are
@@ -48,31 +48,28 @@ pub async fn write(
     };
     let received = crate::time::now_ns();
     let bytes = body.len();
-    let inbound = Body::Lines {
+    let write = Write::Lines {
         text: body,
         precision,
         received,
         scope: writer.scope.clone(),
     };
-    let result = app.replica.accept(inbound).await;
-    if let WriteResult::Done(report) = &result
-        && let Some(forbidden) = auth::refused(&app, &writer, report)
-    {
+    let report = match app.replica.write(write).await {
+        Ok(report) => report,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Some(forbidden) = auth::refused(&app, &writer, &report) {
         return forbidden;
     }
-    if let WriteResult::Done(report) = &result {
-        tracing::debug!(
-            bytes,
-            lines = report.lines,
-            billed = report.billed,
-            "write applied"
-        );
-    }
-    match result {
-        WriteResult::Done(report) if report.rejected_count == 0 => {
-            StatusCode::NO_CONTENT.into_response()
-        }
-        WriteResult::Done(report) => {
+    tracing::debug!(
+        bytes,
+        lines = report.lines,
+        billed = report.billed,
+        "write applied"
+    );
+    match report {
+        report if report.rejected_count == 0 => StatusCode::NO_CONTENT.into_response(),
+        report => {
             let summary = format!(
                 "{} of {} lines rejected; the other lines were applied",
                 report.rejected_count, report.lines
@@ -81,10 +78,5 @@ pub async fn write(
             let body = serde_json::json!({ "error": summary, "lines": report.rejected });
             (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
-        WriteResult::Failed(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
-        WriteResult::Scheduled(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "a write was answered as a schedule change",
-        ),
     }
 }

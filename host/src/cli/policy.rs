@@ -593,7 +593,7 @@ pub fn rerate(
 /// owner only; refuses to overwrite either file.
 pub fn keygen(out: &Path, comment: &str) -> anyhow::Result<ExitCode> {
     use std::io::Write;
-    let (private, public) = signature::keygen(comment).map_err(anyhow::Error::msg)?;
+    let (private, public) = signature::keygen(comment)?;
     let public_path = {
         let mut path = out.as_os_str().to_owned();
         path.push(".pub");
@@ -638,7 +638,7 @@ pub fn sign(module: &Path, key: &Path) -> anyhow::Result<ExitCode> {
 
 /// `policy verify`: exit 0 with the signer, 1 with why not.
 pub fn verify(module: &Path, trusted_keys: &Path) -> anyhow::Result<ExitCode> {
-    let keys = signature::TrustedKeys::load(trusted_keys).map_err(anyhow::Error::msg)?;
+    let keys = signature::TrustedKeys::load(trusted_keys)?;
     let bytes =
         std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
     match keys.verify_file(module, &bytes) {

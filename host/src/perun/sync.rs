@@ -71,6 +71,16 @@ pub struct SyncStatus {
     pub calls: u64,
     /// Failed publishing attempts since start.
     pub errors: u64,
+    /// Projects found not to be a Perun group (kept pending, retried
+    /// hourly).
+    pub not_groups: u64,
+    /// Projects whose value in Perun was unset or unreadable when read
+    /// back (published again, not taken for a hand edit).
+    pub unset_values: u64,
+    /// Values changed in Perun by hand, recorded as adjustments.
+    pub hand_edits: u64,
+    /// Projects whose timestamps were adopted from the service we replace.
+    pub adopted: u64,
 }
 
 /// Where the timestamps adopted from the service we replace go: the
@@ -83,8 +93,11 @@ pub trait Rebase: Send + std::marker::Sync {
         &'a self,
         project: &'a str,
         floors: Vec<Floor>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, RebaseError>> + Send + 'a>>;
 }
+
+/// Why floors were not adopted (the engine's own error, behind the port).
+pub type RebaseError = Box<dyn std::error::Error + Send + std::marker::Sync>;
 
 /// Publishes the outbox to Perun.
 pub struct Publisher {
@@ -144,6 +157,8 @@ impl Publisher {
     pub fn status(&self) -> SyncStatus {
         let mut status = self.status.locked().clone();
         status.calls = self.client.calls();
+        status.not_groups = self.missing_warned.locked().len() as u64;
+        status.unset_values = self.unset_warned.locked().len() as u64;
         status
     }
 
@@ -244,7 +259,8 @@ impl Publisher {
             .rebaser
             .rebase(project, floors)
             .await
-            .map_err(PerunError::Local)?;
+            .map_err(|e| PerunError::Local(e.to_string()))?;
+        self.status.locked().adopted += 1;
         tracing::info!(
             project,
             keys = count,
@@ -371,6 +387,7 @@ impl Publisher {
                         tracing::info!(project, credits = %adjustment.amount, "adopted credits used from Perun")
                     }
                     AdjustmentKind::ManualEdit | AdjustmentKind::Correction => {
+                        self.status.locked().hand_edits += 1;
                         tracing::warn!(project, difference = %adjustment.amount, perun = %value, modified_at, "credits used were changed in Perun by hand: recorded as an adjustment, continuing from Perun's value")
                     }
                 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{AppState, LogFilter, router};
-use crate::billing::engine::{Body, Engine, WriteResult};
+use crate::billing::engine::{Engine, Planned, ScheduleChange};
 use crate::billing::prices::{Prices, Schedule};
 use crate::config::{LedgerPlace, ServeConfig};
 use crate::ledger::replication::Replication;
@@ -24,12 +24,13 @@ use crate::ledger::{Floor, Ledger, Store};
 use crate::notify::webhook::Deliverer;
 use crate::notify::{AlertLedger, Notifier};
 use crate::perun::client::PerunClient;
-use crate::perun::sync::{Publisher, Rebase};
+use crate::perun::sync::{Publisher, Rebase, RebaseError};
 use crate::policy::PolicyRuntime;
 use crate::policy::registry::Registry;
 use crate::policy::schedule::wanted_of;
 use crate::policy::set::Failure;
 use crate::policy::signature::TrustedKeys;
+use crate::replica::{AcceptError, Scheduled};
 use crate::replica::{Replica, Timing};
 use crate::writers::Writers;
 use anyhow::Context;
@@ -267,8 +268,8 @@ async fn start(
             // while it was stopped takes effect now.
             let first = prices.current().is_empty();
             let origin = if first { "folder" } else { "folder at start" };
-            let answer = engine.submit(folder_request(&registry, origin));
-            scheduled(answer.await, &registry);
+            let answer = engine.schedule(folder_change(&registry, origin));
+            scheduled(planned(answer.await), &registry);
             Arc::new(Replica::single(engine))
         }
         Some(store) => {
@@ -385,8 +386,8 @@ async fn start(
                 if schedule.is_empty() {
                     // The first leader of a new ledger gives it its
                     // schedule: this folder, from the beginning of time.
-                    let answer = engine.submit(folder_request(&registry, "folder"));
-                    handle.spawn(async move { scheduled(answer.await, &registry) });
+                    let answer = engine.schedule(folder_change(&registry, "folder"));
+                    handle.spawn(async move { scheduled(planned(answer.await), &registry) });
                 } else {
                     // Any other folder changes nothing by becoming leader.
                     report_differences(&schedule, &registry);
@@ -429,13 +430,13 @@ async fn start(
                 return;
             }
             let now = crate::time::now_ns();
-            let request = Body::Schedule {
+            let change = ScheduleChange {
                 wanted: wanted_of(&folder, "folder", now),
                 complete: true,
             };
             let (replica, weak) = (replica.clone(), weak.clone());
             handle.spawn(async move {
-                let answer = replica.accept(request).await;
+                let answer = replica.schedule(change).await;
                 if let Some(registry) = weak.upgrade() {
                     scheduled(answer, &registry);
                 }
@@ -486,18 +487,23 @@ async fn start(
     })
 }
 
-/// The whole policy folder as a schedule request.
-fn folder_request(registry: &Registry, origin: &str) -> Body {
+/// The whole policy folder as a schedule change.
+fn folder_change(registry: &Registry, origin: &str) -> ScheduleChange {
     let now = crate::time::now_ns();
-    Body::Schedule {
+    ScheduleChange {
         wanted: wanted_of(&registry.policies().load(), origin, now),
         complete: true,
     }
 }
 
-/// Logs what a schedule request did; refusals are kept as the folder's
+/// The engine's answer to a schedule change, as a replica gives it.
+fn planned(answer: Planned) -> Result<Scheduled, AcceptError> {
+    Ok(Scheduled::Planned(answer?))
+}
+
+/// Logs what a schedule change did; refusals are kept as the folder's
 /// failures (shown by `/api/policies` and `/stats`).
-fn scheduled(answer: WriteResult, registry: &Registry) {
+fn scheduled(answer: Result<Scheduled, AcceptError>, registry: &Registry) {
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let failure = |error: String| Failure {
         site: "schedule".into(),
@@ -507,17 +513,18 @@ fn scheduled(answer: WriteResult, registry: &Registry) {
         at: at.clone(),
     };
     match answer {
-        WriteResult::Scheduled(plan) => {
+        Ok(Scheduled::Planned(plan)) => {
             for why in &plan.refused {
                 tracing::error!("price schedule change refused: {why}");
             }
             registry.report(plan.refused.into_iter().map(failure).collect());
         }
-        WriteResult::Failed(why) => {
+        Err(why) => {
             tracing::error!("price schedule change not stored: {why}");
             registry.report(vec![failure(format!("not stored: {why}"))]);
         }
-        WriteResult::Done(_) => {}
+        // The leader plans it and reports what it refused.
+        Ok(Scheduled::Stored) => {}
     }
 }
 
@@ -549,11 +556,11 @@ impl Rebase for EngineFloors {
         &'a self,
         project: &'a str,
         floors: Vec<Floor>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, String>> + Send + 'a>>
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, RebaseError>> + Send + 'a>>
     {
         Box::pin(async move {
             match self.0.engine() {
-                Some(engine) => engine.rebaser().rebase(project, floors).await,
+                Some(engine) => Ok(engine.rebaser().rebase(project, floors).await?),
                 None => Err("not the leader".into()),
             }
         })

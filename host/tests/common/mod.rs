@@ -282,6 +282,24 @@ pub fn copy_tree(from: &Path, to: &Path, skipped: &[&str]) {
     }
 }
 
+/// Runs the `os-credits` binary with `args` in `dir`, with `env` added
+/// (and no ledger URL inherited from the test's own environment): what it
+/// printed and how it ended.
+pub fn os_credits_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_os-credits"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("OS_CREDITS_DATABASE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .expect("os-credits runs")
+}
+
+/// [`os_credits_in`] at the repository's root, with no extra environment.
+pub fn os_credits(args: &[&str]) -> std::process::Output {
+    os_credits_in(&root(), args, &[])
+}
+
 /// Runs `os-credits serve` on `data_dir` and `policy_dir` with extra
 /// environment `env`, expecting it to stop at start (a setting it refuses,
 /// a database it cannot use); returns what it wrote to standard error.
