@@ -19,7 +19,7 @@ use os_credits::account::{Account, Key, State};
 use os_credits::billing::correction::{Request, reprice, statement};
 use os_credits::ledger::{
     Batch, ChargeRecord, CorrectionRecord, CorrectionScope, Corrections, EngineStore, Forecasts,
-    Outbox, PolicyStamp, Store,
+    PerunStore, PolicyStamp, Store,
 };
 use os_credits::policy::{Limits, PolicyRuntime};
 use rust_decimal::Decimal;

@@ -413,7 +413,7 @@ impl ServeConfig {
 
     /// The alert settings, or `None` (alerts off) without an SMTP server
     /// and without a webhook receiver.
-    pub fn alerts(&self) -> anyhow::Result<Option<crate::notify::AlertConfig>> {
+    pub fn alerts(&self) -> anyhow::Result<Option<crate::alerts::AlertConfig>> {
         let (name, text) = match (&self.mail_thresholds, &self.notify_thresholds) {
             (Some(text), _) => ("OS_CREDITS_MAIL_THRESHOLDS", text.as_str()),
             (None, Some(text)) => ("OS_CREDITS_NOTIFY_THRESHOLDS", text.as_str()),
@@ -444,7 +444,7 @@ impl ServeConfig {
         if mail.is_none() && !webhooks {
             return Ok(None);
         }
-        Ok(Some(crate::notify::AlertConfig {
+        Ok(Some(crate::alerts::AlertConfig {
             thresholds,
             runout_warning: (self.runout_warning_days > 0)
                 .then(|| i64::from(self.runout_warning_days) * crate::period::DAY),
@@ -455,7 +455,7 @@ impl ServeConfig {
     }
 
     /// The webhook settings, or `None` (webhooks off) without a URL.
-    pub fn webhook(&self) -> anyhow::Result<Option<crate::notify::webhook::WebhookConfig>> {
+    pub fn webhook(&self) -> anyhow::Result<Option<crate::alerts::webhook::WebhookConfig>> {
         let url = self.webhook_url.trim();
         if url.is_empty() {
             return Ok(None);
@@ -471,7 +471,7 @@ impl ServeConfig {
                 "OS_CREDITS_WEBHOOK_URL is set but OS_CREDITS_WEBHOOK_SECRET is not: events are always signed"
             );
         }
-        Ok(Some(crate::notify::webhook::WebhookConfig {
+        Ok(Some(crate::alerts::webhook::WebhookConfig {
             url,
             secret: self.webhook_secret.trim().to_owned(),
             timeout: Duration::from_secs(self.webhook_timeout_seconds.max(1)),
@@ -479,8 +479,8 @@ impl ServeConfig {
     }
 
     /// The mail settings, or `None` (mails off) without a server.
-    pub fn mail(&self) -> anyhow::Result<Option<crate::notify::MailConfig>> {
-        use crate::notify::{MailConfig, Templates};
+    pub fn mail(&self) -> anyhow::Result<Option<crate::alerts::MailConfig>> {
+        use crate::alerts::{MailConfig, Templates};
         let server = self.mail_smtp_server.trim();
         if server.is_empty() {
             return Ok(None);

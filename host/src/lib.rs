@@ -4,7 +4,7 @@
 //! project usage exporter publishes. Data flows one way:
 //!
 //! ```text
-//! api -> replica (leader or follower) -> billing (rules, exact decimals) -> ledger -> perun / notify
+//! api -> replica (leader or follower) -> billing (rules, exact decimals) -> ledger -> perun / alerts
 //!                                          |  uses ingest (line protocol, remote write)
 //!                                          Pricer port -> policy (Wasm pricing modules)
 //! ```
@@ -20,12 +20,12 @@
 //! - [`ledger`]: the durable truth, one role trait per client, each
 //!   written once over SQLite and PostgreSQL;
 //! - [`perun`]: the outbox published to Perun, adoption from the old service;
-//! - [`notify`]: alerts (thresholds, run-out warnings) by mail and webhook;
+//! - [`alerts`]: alerts (thresholds, run-out warnings) by mail and webhook;
 //! - [`forecast`]: when a project's credits run out at its recent pace,
 //!   from the ledger;
 //! - [`schedule`]: the price schedule's entries as the ledger keeps them (a leaf);
 //! - [`account`]: the key, state and account billing and the ledger share (a leaf);
-//! - [`credits`]: how totals are shown (rounding), for api, perun and notify;
+//! - [`credits`]: how totals are shown (rounding), for api, perun and alerts;
 //! - [`http`]: the HTTP client of the service's own requests (a leaf);
 //! - [`writers`]: who may write measurements (credentials, site scopes);
 //! - [`watch`]: re-reading files when they change (a leaf).
@@ -41,12 +41,12 @@ pub use os_credits_ingest as ingest;
 pub use os_credits_ledger as ledger;
 pub use os_credits_policy as policy;
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod forecast;
 pub mod http;
 pub mod leader;
-pub mod notify;
 pub mod perun;
 pub mod replica;
 pub mod service;

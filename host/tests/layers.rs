@@ -157,7 +157,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Perun and the alerts read the ledger and show totals.
     ("perun", &["ledger", "credits", "http", "leader"]),
     (
-        "notify",
+        "alerts",
         &["ledger", "credits", "forecast", "http", "leader"],
     ),
     // Who may write: credentials and their site scopes.
@@ -256,7 +256,7 @@ fn the_module_rule_catches_perun_naming_billing() {
             "perun/sync.rs:4: `perun` must not name `crate::api`".to_owned(),
         ]
     );
-    assert!(violations("perun", "perun/sync.rs", "use crate::ledger::Outbox;").is_empty());
+    assert!(violations("perun", "perun/sync.rs", "use crate::ledger::PerunStore;").is_empty());
     assert_eq!(
         violations("replica", "replica.rs", "use crate::perun::Publisher;").len(),
         1

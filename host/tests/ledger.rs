@@ -15,7 +15,7 @@ use os_credits::ledger::sql::Keepalive;
 use os_credits::ledger::{
     Adjustment, AdjustmentKind, Batch, Booking, ChargeRecord, CorrectionLine, CorrectionRecord,
     CorrectionScope, Corrections, Durability, EngineStore, Floor, Forecasts, LedgerError,
-    Notifications, Outbox, PerunRecord, PolicyStamp, Reads, Schedules, Store, ValueSource,
+    Notifications, PerunRecord, PerunStore, PolicyStamp, Reads, Schedules, Store, ValueSource,
     WebhookEvent, Webhooks,
 };
 use os_credits::schedule::{BEGINNING, Entry, Kind};

@@ -229,7 +229,7 @@ fn corrections_reach_perun_and_the_thresholds_a_drop_below_re_arms_a_mail() {
     // another event (another Message-ID).
     correct_cpu_price(&service, "1");
     published("90");
-    await_until("the re-arm", || service.log().contains("re-armed"));
+    await_until("the re-arm", || mail_stats(&service)["rearmed"] == 1);
     settle(&service);
     assert_eq!(sink.mails().len(), 1, "falling below mails nothing");
     use_up_to(&service, 110, 2);

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::book::{Book, Outcome};
 use super::intake::{FeedReport, Intake};
-use super::prices::Prices;
+use super::prices::LiveSchedule;
 use super::scope::Scope;
 use os_credits_ingest::remote_write::{self, Labels};
 use os_credits_ingest::{Precision, Sample};
@@ -255,7 +255,7 @@ impl Engine {
     /// Restores the book from `ledger` and starts the engine thread.
     pub fn start(
         ledger: Arc<dyn EngineStore>,
-        prices: Arc<Prices>,
+        prices: Arc<LiveSchedule>,
         options: Options,
     ) -> Result<Self, StartError> {
         prices.refresh()?;
@@ -354,7 +354,7 @@ impl Engine {
 
 struct Worker {
     ledger: Arc<dyn EngineStore>,
-    prices: Arc<Prices>,
+    prices: Arc<LiveSchedule>,
     intake: Intake,
     queued: Arc<AtomicUsize>,
     stats: Arc<Mutex<EngineStats>>,

@@ -16,7 +16,7 @@ use os_credits_policy::set::PolicySet;
 use os_credits_policy::{Module, PolicyRuntime};
 
 /// The schedule in force and where it comes from.
-pub struct Prices {
+pub struct LiveSchedule {
     runtime: Arc<PolicyRuntime>,
     store: Arc<dyn Schedules>,
     live: Arc<ArcSwap<Schedule>>,
@@ -26,10 +26,10 @@ pub struct Prices {
     offered: Mutex<Vec<Arc<Module>>>,
 }
 
-impl Prices {
-    /// Prices from the ledger behind `store` (empty until [`Self::refresh`]).
+impl LiveSchedule {
+    /// The schedule of the ledger behind `store` (empty until [`Self::refresh`]).
     pub fn new(runtime: Arc<PolicyRuntime>, store: Arc<dyn Schedules>) -> Self {
-        Prices {
+        LiveSchedule {
             runtime,
             store,
             live: Arc::new(ArcSwap::from_pointee(Schedule::default())),

@@ -13,7 +13,7 @@
 //! out of date. The ledger has five clients, each with its role trait:
 //! the billing engine writes it in batches ([`EngineStore`], one
 //! transaction each), the APIs read it ([`Reads`]), the Perun sync works
-//! the outbox ([`Outbox`]), the mails record what they sent
+//! the Perun role with its outbox ([`PerunStore`]), the mails record what they sent
 //! ([`Notifications`]) and the price schedule keeps its entries and
 //! modules ([`Schedules`]; entries are appended with a billing batch).
 //!
@@ -463,7 +463,7 @@ pub trait Reads: Send + Sync {
 }
 
 /// What the Perun sync reads and records.
-pub trait Outbox: Send + Sync {
+pub trait PerunStore: Send + Sync {
     /// Outbox entries due at `now` (ns), oldest first.
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError>;
 
@@ -508,7 +508,7 @@ pub trait Outbox: Send + Sync {
     /// Records the intent to write `value` (with the sites' `timestamps`)
     /// to Perun, before the write: read back later, it is recognised as
     /// ours even if the answer never came. Returns
-    /// the intent's id for [`Outbox::confirm_write`].
+    /// the intent's id for [`PerunStore::confirm_write`].
     fn record_intent(
         &self,
         project: &str,
@@ -823,14 +823,21 @@ pub trait Leadership: Send + Sync {
 }
 
 /// Every role at once: what [`Store`] implements, over either database.
-/// Each client holds only its role (`Arc<dyn Outbox>` …), upcast from this.
+/// Each client holds only its role (`Arc<dyn PerunStore>` …), upcast from this.
 pub trait Ledger:
-    EngineStore + Reads + Outbox + Notifications + Schedules + Corrections + Forecasts + Webhooks
+    EngineStore + Reads + PerunStore + Notifications + Schedules + Corrections + Forecasts + Webhooks
 {
 }
 
 impl<
-    T: EngineStore + Reads + Outbox + Notifications + Schedules + Corrections + Forecasts + Webhooks,
+    T: EngineStore
+        + Reads
+        + PerunStore
+        + Notifications
+        + Schedules
+        + Corrections
+        + Forecasts
+        + Webhooks,
 > Ledger for T
 {
 }

@@ -9,12 +9,12 @@ use rust_decimal::Decimal;
 use super::sql::params;
 use super::store::{Store, WAITING, add_to_adopted};
 use super::{
-    Adjustment, KnownValue, LedgerError, Outbox, OutboxEntry, PerunRecord, Publishable, Reads,
+    Adjustment, KnownValue, LedgerError, OutboxEntry, PerunRecord, PerunStore, Publishable, Reads,
     ValueSource,
 };
 use os_credits_core::time::now_ns;
 
-impl Outbox for Store {
+impl PerunStore for Store {
     fn due(&self, now: i64, limit: usize) -> Result<Vec<OutboxEntry>, LedgerError> {
         self.reader().map(
             &format!(

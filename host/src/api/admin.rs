@@ -12,7 +12,7 @@ use super::{AppState, blocking, error};
 use axum::extract::{FromRequest, Multipart};
 
 use crate::billing::engine::ScheduleChange;
-use crate::billing::prices::{Prices, Wanted};
+use crate::billing::prices::{LiveSchedule, Wanted};
 use crate::policy::mapping::LimitOverrides;
 use crate::policy::set::Failure;
 use crate::replica::Scheduled;
@@ -214,9 +214,13 @@ pub async fn logconfig(State(app): State<AppState>, _: Admin, body: axum::body::
             tracing::info!(filter = %config.filter, "log filter changed");
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => error(
+        Err(e @ super::LogFilterError::Parse(_)) => error(
             StatusCode::BAD_REQUEST,
             format!("invalid filter {:?}: {e}", config.filter),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot change the log filter: {e}"),
         ),
     }
 }
@@ -363,7 +367,7 @@ type Refusal = (StatusCode, String);
 /// Checks an upload as a folder entry is checked, loads its module and
 /// keeps its bytes in the ledger; what the engine is asked to add.
 fn vet_upload(
-    prices: &Prices,
+    prices: &LiveSchedule,
     upload: Upload,
     module: Vec<u8>,
     signature: Option<String>,

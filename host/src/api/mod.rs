@@ -35,7 +35,18 @@ use crate::policy::schedule::Schedule;
 use crate::replica::Replica;
 
 /// Replaces the tracing filter with new `EnvFilter` directives, or says why not.
-pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub type LogFilter = Arc<dyn Fn(&str) -> Result<(), LogFilterError> + Send + Sync>;
+
+/// Why a log filter was not put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    /// The directives do not parse.
+    #[error(transparent)]
+    Parse(#[from] tracing_subscriber::filter::ParseError),
+    /// The running subscriber is gone.
+    #[error(transparent)]
+    Reload(#[from] tracing_subscriber::reload::Error),
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,15 +58,15 @@ pub struct AppState {
     /// The price schedule in force (from the ledger).
     pub schedule: Arc<ArcSwap<Schedule>>,
     /// Where it comes from.
-    pub prices: Arc<crate::billing::prices::Prices>,
+    pub prices: Arc<crate::billing::prices::LiveSchedule>,
     /// Where they come from (hot reload).
     pub registry: Arc<Registry>,
     /// The Perun sync, when configured.
     pub perun: Option<Arc<crate::perun::sync::Publisher>>,
     /// The alerts (mails, webhook events), when configured.
-    pub notifier: Option<Arc<crate::notify::Notifier>>,
+    pub notifier: Option<Arc<crate::alerts::Notifier>>,
     /// The webhooks' delivery, when configured.
-    pub webhooks: Option<Arc<crate::notify::webhook::Deliverer>>,
+    pub webhooks: Option<Arc<crate::alerts::webhook::Deliverer>>,
     /// What forecasts read.
     pub forecasts: Arc<dyn crate::ledger::Forecasts>,
     /// The forecasts' default window, in hours.

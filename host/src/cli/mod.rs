@@ -318,8 +318,8 @@ pub fn init_tracing(cli: &Cli) -> os_credits::api::LogFilter {
         )
         .init();
     std::sync::Arc::new(move |directives: &str| {
-        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
+        let filter = EnvFilter::try_new(directives)?;
+        Ok(handle.reload(filter)?)
     })
 }
 

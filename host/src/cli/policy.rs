@@ -30,7 +30,7 @@ const PROGRESS_MIN_BYTES: usize = 4 << 20;
 /// What prices in `run`, `test` and `rerate`: one module, or the schedule
 /// of a mapping (`--mapping`: its entries from the beginning of time, its
 /// `[[changes]]` from their `from`, as a ledger's first schedule).
-enum Prices {
+enum Pricing {
     Module(Module),
     Schedule {
         schedule: Schedule,
@@ -39,17 +39,17 @@ enum Prices {
     },
 }
 
-impl Prices {
+impl Pricing {
     fn info(&self) -> &Arc<ModuleInfo> {
         match self {
-            Prices::Module(module) => module.info(),
-            Prices::Schedule { shown, .. } => shown,
+            Pricing::Module(module) => module.info(),
+            Pricing::Schedule { shown, .. } => shown,
         }
     }
 
     /// Prints the schedule's entries (a mapping's), one per line.
     fn describe(&self) {
-        if let Prices::Schedule { schedule, .. } = self {
+        if let Pricing::Schedule { schedule, .. } = self {
             for version in schedule.entries() {
                 let entry = &version.entry;
                 println!(
@@ -66,7 +66,7 @@ impl Prices {
 
 /// Loads `path`: a module, or with `mapping` a `policies.toml` and every
 /// module it names (beside it).
-fn prices(path: &Path, mapping: bool, options: &PolicyOptions) -> anyhow::Result<Prices> {
+fn prices(path: &Path, mapping: bool, options: &PolicyOptions) -> anyhow::Result<Pricing> {
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     if !mapping {
         anyhow::ensure!(
@@ -74,7 +74,7 @@ fn prices(path: &Path, mapping: bool, options: &PolicyOptions) -> anyhow::Result
             "{} is a mapping: give --mapping to price with its schedule",
             path.display()
         );
-        return load(path, options).map(Prices::Module);
+        return load(path, options).map(Pricing::Module);
     }
     anyhow::ensure!(
         options.config.is_none(),
@@ -98,7 +98,7 @@ fn prices(path: &Path, mapping: bool, options: &PolicyOptions) -> anyhow::Result
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let shown = Arc::clone(set.default_module().info());
-    Ok(Prices::Schedule {
+    Ok(Pricing::Schedule {
         schedule: Schedule::of_folder(&set, "mapping", now),
         shown,
     })
@@ -196,7 +196,7 @@ fn bill(
     options: &PolicyOptions,
     precision: &str,
     decimals: u32,
-) -> anyhow::Result<(Prices, Report)> {
+) -> anyhow::Result<(Pricing, Report)> {
     let precision = Precision::parse(precision)
         .with_context(|| format!("unknown precision {precision:?} (n, u, ms, s, m or h)"))?;
     let policy = prices(module, mapping, options)?;
@@ -220,8 +220,8 @@ fn bill(
     let items = os_credits::ingest::lines(&body, precision, received);
     let progress = |done: usize| bar.set_position(done as u64);
     match &policy {
-        Prices::Module(module) => intake.feed(module, items, progress, |_, _, _| {}),
-        Prices::Schedule { schedule, .. } => intake.feed(schedule, items, progress, |_, _, _| {}),
+        Pricing::Module(module) => intake.feed(module, items, progress, |_, _, _| {}),
+        Pricing::Schedule { schedule, .. } => intake.feed(schedule, items, progress, |_, _, _| {}),
     };
     bar.finish_and_clear();
 
@@ -528,8 +528,8 @@ pub fn rerate(
     let charges = location.open()?.charges_between(start, end)?;
     let policy = prices(module, mapping, options)?;
     let result = match &policy {
-        Prices::Module(module) => os_credits::billing::rerate::rerate(&charges, module),
-        Prices::Schedule { schedule, .. } => {
+        Pricing::Module(module) => os_credits::billing::rerate::rerate(&charges, module),
+        Pricing::Schedule { schedule, .. } => {
             os_credits::billing::rerate::rerate(&charges, schedule)
         }
     };

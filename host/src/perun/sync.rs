@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::client::{AttributeDef, PerunClient, PerunError};
 use super::reconcile::{Reading, Verdict, judge};
 use crate::credits::round;
-use crate::ledger::{AdjustmentKind, Floor, Leadership, LedgerError, Outbox, OutboxEntry};
+use crate::ledger::{AdjustmentKind, Floor, Leadership, LedgerError, OutboxEntry, PerunStore};
 use crate::sync::Locked;
 use crate::time::now_ns;
 
@@ -102,7 +102,7 @@ pub type RebaseError = Box<dyn std::error::Error + Send + std::marker::Sync>;
 /// Publishes the outbox to Perun.
 pub struct Publisher {
     client: PerunClient,
-    ledger: Arc<dyn Outbox>,
+    ledger: Arc<dyn PerunStore>,
     rebaser: Arc<dyn Rebase>,
     leadership: Arc<dyn Leadership>,
     config: SyncConfig,
@@ -131,7 +131,7 @@ impl Publisher {
     /// to Perun unless `leadership` says this process leads right then.
     pub fn new(
         client: PerunClient,
-        ledger: Arc<dyn Outbox>,
+        ledger: Arc<dyn PerunStore>,
         rebaser: Arc<dyn Rebase>,
         leadership: Arc<dyn Leadership>,
         config: SyncConfig,
@@ -286,7 +286,7 @@ impl Publisher {
 
     async fn on_ledger<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&dyn Outbox) -> Result<T, LedgerError> + Send + 'static,
+        work: impl FnOnce(&dyn PerunStore) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, PerunError> {
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || work(ledger.as_ref()))
@@ -537,29 +537,35 @@ impl Publisher {
 /// When a project ends, from its end attribute's value: a date
 /// (`YYYY-MM-DD` or `DD.MM.YYYY`, the project running through that day,
 /// UTC: its end is the next midnight) or an RFC 3339 instant; `Ok(None)`
-/// when unset, `Err` (the value) when unreadable.
-pub fn end_of(value: Option<&Value>) -> Result<Option<i64>, String> {
+/// when unset.
+pub fn end_of(value: Option<&Value>) -> Result<Option<i64>, UnreadableEnd> {
     let text = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
         Some(Value::String(text)) => text.trim(),
-        Some(other) => return Err(other.to_string()),
+        Some(other) => return Err(UnreadableEnd(other.to_string())),
     };
+    let unreadable = || UnreadableEnd(text.to_owned());
     if let Ok(instant) = chrono::DateTime::parse_from_rfc3339(text) {
         return instant
             .timestamp_nanos_opt()
             .map(Some)
-            .ok_or_else(|| text.to_owned());
+            .ok_or_else(unreadable);
     }
     let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .or_else(|_| chrono::NaiveDate::parse_from_str(text, "%d.%m.%Y"))
-        .map_err(|_| text.to_owned())?;
+        .map_err(|_| unreadable())?;
     date.succ_opt()
         .and_then(|next| next.and_hms_opt(0, 0, 0))
         .and_then(|midnight| midnight.and_utc().timestamp_nanos_opt())
         .map(Some)
-        .ok_or_else(|| text.to_owned())
+        .ok_or_else(unreadable)
 }
+
+/// An end attribute's value that is no date nor instant (the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnreadableEnd(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -583,7 +589,10 @@ mod tests {
         assert_eq!(read(Value::from("")), Ok(None));
         assert_eq!(end_of(None), Ok(None));
         assert_eq!(read(Value::Null), Ok(None));
-        assert_eq!(read(Value::from("soon")), Err("soon".to_owned()));
+        assert_eq!(
+            read(Value::from("soon")),
+            Err(UnreadableEnd("soon".to_owned()))
+        );
         assert!(read(Value::from(5)).is_err());
     }
 }

@@ -14,15 +14,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::alerts::webhook::Deliverer;
+use crate::alerts::{AlertLedger, Notifier};
 use crate::api::{AppState, LogFilter, router};
 use crate::billing::engine::{Engine, Planned, ScheduleChange};
-use crate::billing::prices::{Prices, Schedule};
+use crate::billing::prices::{LiveSchedule, Schedule};
 use crate::config::{LedgerPlace, ServeConfig};
 use crate::ledger::replication::Replication;
 use crate::ledger::sql::Keepalive;
 use crate::ledger::{Floor, Ledger, Store};
-use crate::notify::webhook::Deliverer;
-use crate::notify::{AlertLedger, Notifier};
 use crate::perun::client::PerunClient;
 use crate::perun::sync::{Publisher, Rebase, RebaseError};
 use crate::policy::PolicyRuntime;
@@ -249,7 +249,7 @@ async fn start(
     let remote_write = config.remote_write()?;
     // The price schedule lives in the ledger; this folder's modules go
     // there too, so that whichever replica bills can load them.
-    let prices = Arc::new(Prices::new(policy_runtime.clone(), ledger.clone()));
+    let prices = Arc::new(LiveSchedule::new(policy_runtime.clone(), ledger.clone()));
     {
         let (prices, folder) = (prices.clone(), registry.policies().load_full());
         prices.offer(&folder);

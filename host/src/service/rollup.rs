@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::billing::prices::Prices;
+use crate::billing::prices::LiveSchedule;
 use crate::ledger::Ledger;
 
 /// What the roll-up thread has done since start (`/stats` `statements`):
@@ -62,7 +62,7 @@ const ROLL_UP_PATIENCE: Duration = Duration::from_secs(10);
 /// books the correction of each back-dated schedule entry that has none yet.
 pub(super) fn roll_up_days(
     ledger: Arc<dyn Ledger>,
-    prices: Arc<Prices>,
+    prices: Arc<LiveSchedule>,
     webhook: bool,
     status: Arc<RollUpStatus>,
 ) {
@@ -105,7 +105,7 @@ pub(super) fn roll_up_days(
 /// book it once. `done`: entries settled in this process.
 fn book_back_dated(
     ledger: &dyn Ledger,
-    prices: &Prices,
+    prices: &LiveSchedule,
     done: &mut std::collections::HashSet<i64>,
     webhook: bool,
     status: &RollUpStatus,

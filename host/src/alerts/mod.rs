@@ -234,6 +234,9 @@ pub struct NotifyStatus {
     pub last_error: Option<String>,
     /// Passes over the ledger so far.
     pub passes: u64,
+    /// Thresholds re-armed: credits used fell below one alerted before
+    /// (its next crossing alerts again).
+    pub rearmed: u64,
 }
 
 /// An alert that is due: a project past a threshold (or warned of its
@@ -366,6 +369,8 @@ pub struct Notifier {
     config: AlertConfig,
     mailer: Option<Mailer>,
     status: Mutex<NotifyStatus>,
+    /// Thresholds re-armed so far (counted as the ledger records each).
+    rearmed: Arc<std::sync::atomic::AtomicU64>,
     /// No send before this instant (SMTP failed); and the failures in a row.
     backoff: Mutex<(Option<Instant>, u32)>,
 }
@@ -390,13 +395,16 @@ impl Notifier {
             }),
             mailer,
             config,
+            rearmed: Arc::default(),
             backoff: Mutex::new((None, 0)),
         })
     }
 
     /// Alerts raised, mails sent and failed.
     pub fn status(&self) -> NotifyStatus {
-        self.status.locked().clone()
+        let mut status = self.status.locked().clone();
+        status.rearmed = self.rearmed.load(std::sync::atomic::Ordering::Relaxed);
+        status
     }
 
     /// Runs forever: one pass a second.
@@ -427,7 +435,9 @@ impl Notifier {
         let ledger = self.ledger.clone();
         let config = self.config.clone();
         let forecasts = pass % RUNOUT_EVERY == 1;
-        let due = tokio::task::spawn_blocking(move || dues(&ledger, &config, forecasts)).await;
+        let rearmed = self.rearmed.clone();
+        let due =
+            tokio::task::spawn_blocking(move || dues(&ledger, &config, forecasts, &rearmed)).await;
         let due = match due {
             Ok(Ok(due)) => due,
             Ok(Err(e)) => return tracing::error!("alerts: cannot read the ledger: {e}"),
@@ -522,10 +532,12 @@ impl Notifier {
 
 /// Every alert due now: thresholds (re-arming those used fell below), and
 /// with `forecasts`, run-out warnings; each with its project's forecast.
+/// Counts each threshold re-armed in `rearmed`.
 fn dues(
     ledger: &AlertLedger,
     config: &AlertConfig,
     forecasts: bool,
+    rearmed: &std::sync::atomic::AtomicU64,
 ) -> Result<Vec<Due>, crate::ledger::LedgerError> {
     let window = crate::forecast::window_ns(config.window_hours);
     let projects = ledger.notifications.notifiable()?;
@@ -547,6 +559,7 @@ fn dues(
         let name = &n.project.project;
         for threshold in rearmable(&n.project, &n.mailed) {
             ledger.notifications.rearm(name, threshold)?;
+            rearmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(project = %name, threshold, "credits used fell below a threshold alerted before: re-armed");
         }
         for mut d in due(&n.project, &config.thresholds, &n.mailed) {
