@@ -473,7 +473,7 @@ type Group = (String, String, String, u8, String);
 pub fn statement(
     basis: &StatementBasis,
     (from, to): (i64, i64),
-) -> Result<Vec<StatementLine>, String> {
+) -> Result<Vec<StatementLine>, os_credits_ledger::LedgerError> {
     let mut groups: BTreeMap<Group, StatementLine> = BTreeMap::new();
     fn group<'g>(
         groups: &'g mut BTreeMap<Group, StatementLine>,
@@ -518,7 +518,7 @@ pub fn statement(
         if a >= b {
             continue;
         }
-        let used = charge.usage().map_err(|e| e.to_string())?;
+        let used = charge.usage()?;
         let line = group(&mut groups, &charge.key, version_of(charge), &charge.policy);
         line.credits += share(charge.credits, (t0, t1), (a, b));
         if let Some(quantity) = &mut line.quantity {

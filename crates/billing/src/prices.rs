@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use os_credits_core::schedule::Entry;
 use os_credits_core::sync::Locked;
 use os_credits_ledger::{LedgerError, Schedules};
-use os_credits_policy::schedule::ModuleLoader;
+use os_credits_policy::schedule::{LoadFailure, ModuleLoader};
 pub use os_credits_policy::schedule::{Plan, Schedule, Wanted};
 use os_credits_policy::set::PolicySet;
 use os_credits_policy::{Module, PolicyRuntime};
@@ -131,8 +131,8 @@ impl LiveSchedule {
         Schedule::build(entries, &mut |entry: &Entry| {
             let loaded = loader.load(entry, |sha256| match store.module(sha256) {
                 Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(format!("the ledger holds no module with sha256 {sha256}")),
-                Err(e) => Err(e.to_string()),
+                Ok(None) => Err(LoadFailure::Missing(sha256.to_owned())),
+                Err(e) => Err(LoadFailure::Ledger(e.to_string())),
             });
             if let Err(why) = &loaded {
                 tracing::error!(entry = entry.id, site = %entry.site, file = %entry.file, "schedule entry cannot be loaded: {why}");

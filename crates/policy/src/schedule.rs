@@ -26,7 +26,32 @@ pub struct Version {
     pub entry: Entry,
     /// Its module (configured, with its limits), or why it cannot be
     /// loaded now: steps it prices then fail and wait, one key at a time.
-    pub policy: Result<Arc<Module>, String>,
+    pub policy: Result<Arc<Module>, LoadFailure>,
+}
+
+/// Why a schedule entry has no module now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadFailure {
+    /// The entry names none (it inherits the default, or withdraws).
+    #[error("no module")]
+    NoModule,
+    /// The ledger holds no module with this SHA-256.
+    #[error("the ledger holds no module with sha256 {0}")]
+    Missing(String),
+    /// The module could not be read from the ledger.
+    #[error("{0}")]
+    Ledger(String),
+    /// The ledger's bytes are not the module the entry names.
+    #[error("the ledger's module {expected} has sha256 {found}")]
+    Checksum {
+        /// The SHA-256 the entry names.
+        expected: String,
+        /// The SHA-256 of the bytes the ledger holds.
+        found: String,
+    },
+    /// The runtime refused the module (its error).
+    #[error("{0}")]
+    Load(String),
 }
 
 impl Version {
@@ -47,7 +72,7 @@ pub struct Schedule {
 }
 
 /// The module of an entry: its bytes, vetted elsewhere, loaded (or reused).
-pub type Loader<'a> = dyn FnMut(&Entry) -> Result<Arc<Module>, String> + 'a;
+pub type Loader<'a> = dyn FnMut(&Entry) -> Result<Arc<Module>, LoadFailure> + 'a;
 
 /// The last version of `line` whose `from` is at or before `t`.
 fn last_at(line: &[Arc<Version>], t: i64) -> Option<&Arc<Version>> {
@@ -112,7 +137,7 @@ impl Schedule {
             .map(|entry| {
                 let policy = match entry.kind {
                     Kind::Module => load(&entry),
-                    Kind::Inherit | Kind::Withdrawn => Err("no module".to_owned()),
+                    Kind::Inherit | Kind::Withdrawn => Err(LoadFailure::NoModule),
                 };
                 Arc::new(Version { entry, policy })
             })
@@ -158,10 +183,7 @@ impl Schedule {
             modules.insert(entry.id, Arc::clone(&active.policy));
         }
         Schedule::build(entries, &mut |entry: &Entry| {
-            modules
-                .get(&entry.id)
-                .cloned()
-                .ok_or_else(|| "no module".to_owned())
+            modules.get(&entry.id).cloned().ok_or(LoadFailure::NoModule)
         })
     }
 
@@ -576,8 +598,8 @@ impl<'a> ModuleLoader<'a> {
     pub fn load(
         &mut self,
         entry: &Entry,
-        bytes: impl FnOnce(&str) -> Result<Vec<u8>, String>,
-    ) -> Result<Arc<Module>, String> {
+        bytes: impl FnOnce(&str) -> Result<Vec<u8>, LoadFailure>,
+    ) -> Result<Arc<Module>, LoadFailure> {
         let limits = self.runtime.limits().with(super::mapping::LimitOverrides {
             memory_mb: entry.memory_mb,
             timeout_ms: entry.timeout_ms,
@@ -593,15 +615,15 @@ impl<'a> ModuleLoader<'a> {
         let bytes = bytes(&entry.sha256)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if sha256 != entry.sha256 {
-            return Err(format!(
-                "the ledger's module {} has sha256 {sha256}",
-                entry.sha256
-            ));
+            return Err(LoadFailure::Checksum {
+                expected: entry.sha256.clone(),
+                found: sha256,
+            });
         }
         let module = Arc::new(
             self.runtime
                 .load_bytes_with(&bytes, &entry.config, limits)
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| LoadFailure::Load(e.to_string()))?,
         );
         self.known.push(Arc::clone(&module));
         Ok(module)
@@ -637,7 +659,7 @@ mod tests {
 
     fn schedule(entries: Vec<Entry>) -> Schedule {
         Schedule::build(entries, &mut |_: &Entry| {
-            Err("not loaded in this test".into())
+            Err(LoadFailure::Load("not loaded in this test".into()))
         })
     }
 

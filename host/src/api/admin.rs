@@ -161,7 +161,7 @@ fn view(app: &AppState) -> PoliciesView {
                 origin: entry.origin.clone(),
                 correction_reason: entry.correction_reason.clone(),
                 error: match (&version.policy, entry.kind) {
-                    (Err(why), Kind::Module) => Some(why.clone()),
+                    (Err(why), Kind::Module) => Some(why.to_string()),
                     _ => None,
                 },
             }

@@ -497,16 +497,14 @@ pub async fn statements(
     };
     let ledger = app.corrections.clone();
     let units = units(&app);
-    let made = blocking(move || -> Result<_, String> {
-        let basis = ledger
-            .statement_basis(from, to, project.as_deref())
-            .map_err(|e| e.to_string())?;
+    let made = blocking(move || {
+        let basis = ledger.statement_basis(from, to, project.as_deref())?;
         statement(&basis, (from, to))
     })
     .await;
     let lines = match made {
         Ok(Ok(lines)) => lines,
-        Ok(Err(message)) => return error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(response) => return response,
     };
     let (start, end) = (show_time(from), show_time(to));
