@@ -61,6 +61,10 @@ fn new_keys(batch: usize) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "programs"),
+    ignore = "needs unprivileged user namespaces (unshare): make test"
+)]
 fn a_full_disk_refuses_writes_with_5xx_and_recovers_by_itself() {
     let (mountpoint, policies) = (tempfile::tempdir().unwrap(), policy_dir(&[]));
     let service = start(mountpoint.path(), policies.path());
