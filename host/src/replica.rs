@@ -244,8 +244,7 @@ impl Replica {
             }
             Route::Follow(store) => store,
         };
-        let row = inbox::schedule_row(&change, crate::time::now_ns())
-            .map_err(|e| AcceptError::Task(e.to_string()))?;
+        let row = inbox::schedule_row(&change, crate::time::now_ns())?;
         self.store(store, row).await?;
         Ok(Scheduled::Stored)
     }
@@ -500,6 +499,9 @@ pub enum AcceptError {
     /// Neither leading nor on a replicated ledger.
     #[error("the billing engine is not running")]
     NotRunning,
+    /// A schedule change could not be encoded for the inbox.
+    #[error("cannot encode the schedule change for the leader: {0}")]
+    Encode(#[from] serde_json::Error),
     /// A blocking task failed (it panicked, or the runtime stops).
     #[error("{0}")]
     Task(String),

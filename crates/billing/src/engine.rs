@@ -123,17 +123,32 @@ enum Job {
         change: ScheduleChange,
         reply: oneshot::Sender<Planned>,
     },
-    Rebase {
-        project: String,
-        floors: Vec<Floor>,
-        reply: oneshot::Sender<Result<usize, EngineError>>,
-    },
+    Rebase(RebaseJob),
+}
+
+/// Floors to adopt, applied alone between groups.
+struct RebaseJob {
+    project: String,
+    floors: Vec<Floor>,
+    reply: oneshot::Sender<Result<usize, EngineError>>,
 }
 
 /// A job of the group applied in one transaction.
 enum Grouped {
     Write(Write, oneshot::Sender<Written>),
     Schedule(ScheduleChange, oneshot::Sender<Planned>),
+}
+
+impl Job {
+    /// The job as a member of a group, or the rebase that is applied
+    /// alone.
+    fn grouped(self) -> Result<Grouped, RebaseJob> {
+        match self {
+            Job::Write { write, reply } => Ok(Grouped::Write(write, reply)),
+            Job::Schedule { change, reply } => Ok(Grouped::Schedule(change, reply)),
+            Job::Rebase(rebase) => Err(rebase),
+        }
+    }
 }
 
 /// What a grouped job did, answered once the transaction commits.
@@ -179,11 +194,11 @@ impl Rebaser {
     /// Returns how many charges were reversed.
     pub async fn rebase(&self, project: &str, floors: Vec<Floor>) -> Result<usize, EngineError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Rebase {
+        let job = Job::Rebase(RebaseJob {
             project: project.to_owned(),
             floors,
             reply,
-        };
+        });
         if !send(&self.jobs, job) {
             return Err(EngineError::ShuttingDown);
         }
@@ -364,20 +379,15 @@ impl Worker {
     fn run(mut self, jobs: Receiver<Job>) {
         let mut next = jobs.recv().ok();
         while let Some(job) = next.take() {
-            match job {
-                Job::Rebase {
+            match job.grouped() {
+                Ok(first) => self.group(first, &jobs, &mut next),
+                Err(RebaseJob {
                     project,
                     floors,
                     reply,
-                } => {
+                }) => {
                     let _ = reply.send(self.rebase(&project, &floors));
                     next = jobs.recv().ok();
-                }
-                Job::Write { write, reply } => {
-                    self.group(Grouped::Write(write, reply), &jobs, &mut next)
-                }
-                Job::Schedule { change, reply } => {
-                    self.group(Grouped::Schedule(change, reply), &jobs, &mut next)
                 }
             }
         }
@@ -390,14 +400,13 @@ impl Worker {
     fn group(&mut self, first: Grouped, jobs: &Receiver<Job>, next: &mut Option<Job>) {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(Job::Write { write, reply }) => group.push(Grouped::Write(write, reply)),
-                Ok(Job::Schedule { change, reply }) => group.push(Grouped::Schedule(change, reply)),
-                Ok(rebase) => {
-                    *next = Some(rebase);
+            let Ok(job) = jobs.try_recv() else { break };
+            match job.grouped() {
+                Ok(job) => group.push(job),
+                Err(rebase) => {
+                    *next = Some(Job::Rebase(rebase));
                     break;
                 }
-                Err(_) => break,
             }
         }
         self.queued.fetch_sub(group.len(), Ordering::Relaxed);

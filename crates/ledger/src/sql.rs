@@ -116,12 +116,6 @@ impl<'a> From<&'a [u8]> for Param<'a> {
     }
 }
 
-impl<'a> From<&'a Vec<u8>> for Param<'a> {
-    fn from(value: &'a Vec<u8>) -> Self {
-        Param::Bytes(Cow::Borrowed(value))
-    }
-}
-
 impl From<Vec<u8>> for Param<'_> {
     fn from(value: Vec<u8>) -> Self {
         Param::Bytes(Cow::Owned(value))

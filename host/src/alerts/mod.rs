@@ -368,9 +368,9 @@ pub struct Notifier {
     leadership: Arc<dyn Leadership>,
     config: AlertConfig,
     mailer: Option<Mailer>,
-    status: Mutex<NotifyStatus>,
-    /// Thresholds re-armed so far (counted as the ledger records each).
-    rearmed: Arc<std::sync::atomic::AtomicU64>,
+    /// Shared with the pass's blocking read, which counts the re-arms as
+    /// the ledger records each.
+    status: Arc<Mutex<NotifyStatus>>,
     /// No send before this instant (SMTP failed); and the failures in a row.
     backoff: Mutex<(Option<Instant>, u32)>,
 }
@@ -388,23 +388,20 @@ impl Notifier {
         Ok(Notifier {
             ledger,
             leadership,
-            status: Mutex::new(NotifyStatus {
+            status: Arc::new(Mutex::new(NotifyStatus {
                 enabled: true,
                 mails: mailer.is_some(),
                 ..NotifyStatus::default()
-            }),
+            })),
             mailer,
             config,
-            rearmed: Arc::default(),
             backoff: Mutex::new((None, 0)),
         })
     }
 
     /// Alerts raised, mails sent and failed.
     pub fn status(&self) -> NotifyStatus {
-        let mut status = self.status.locked().clone();
-        status.rearmed = self.rearmed.load(std::sync::atomic::Ordering::Relaxed);
-        status
+        self.status.locked().clone()
     }
 
     /// Runs forever: one pass a second.
@@ -435,9 +432,9 @@ impl Notifier {
         let ledger = self.ledger.clone();
         let config = self.config.clone();
         let forecasts = pass % RUNOUT_EVERY == 1;
-        let rearmed = self.rearmed.clone();
+        let status = self.status.clone();
         let due =
-            tokio::task::spawn_blocking(move || dues(&ledger, &config, forecasts, &rearmed)).await;
+            tokio::task::spawn_blocking(move || dues(&ledger, &config, forecasts, &status)).await;
         let due = match due {
             Ok(Ok(due)) => due,
             Ok(Err(e)) => return tracing::error!("alerts: cannot read the ledger: {e}"),
@@ -532,12 +529,12 @@ impl Notifier {
 
 /// Every alert due now: thresholds (re-arming those used fell below), and
 /// with `forecasts`, run-out warnings; each with its project's forecast.
-/// Counts each threshold re-armed in `rearmed`.
+/// Counts each threshold re-armed in `status`.
 fn dues(
     ledger: &AlertLedger,
     config: &AlertConfig,
     forecasts: bool,
-    rearmed: &std::sync::atomic::AtomicU64,
+    status: &Mutex<NotifyStatus>,
 ) -> Result<Vec<Due>, crate::ledger::LedgerError> {
     let window = crate::forecast::window_ns(config.window_hours);
     let projects = ledger.notifications.notifiable()?;
@@ -559,7 +556,7 @@ fn dues(
         let name = &n.project.project;
         for threshold in rearmable(&n.project, &n.mailed) {
             ledger.notifications.rearm(name, threshold)?;
-            rearmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            status.locked().rearmed += 1;
             tracing::info!(project = %name, threshold, "credits used fell below a threshold alerted before: re-armed");
         }
         for mut d in due(&n.project, &config.thresholds, &n.mailed) {

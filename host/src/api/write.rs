@@ -67,16 +67,14 @@ pub async fn write(
         billed = report.billed,
         "write applied"
     );
-    match report {
-        report if report.rejected_count == 0 => StatusCode::NO_CONTENT.into_response(),
-        report => {
-            let summary = format!(
-                "{} of {} lines rejected; the other lines were applied",
-                report.rejected_count, report.lines
-            );
-            tracing::warn!("write: {summary}");
-            let body = serde_json::json!({ "error": summary, "lines": report.rejected });
-            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
-        }
+    if report.rejected_count == 0 {
+        return StatusCode::NO_CONTENT.into_response();
     }
+    let summary = format!(
+        "{} of {} lines rejected; the other lines were applied",
+        report.rejected_count, report.lines
+    );
+    tracing::warn!("write: {summary}");
+    let body = serde_json::json!({ "error": summary, "lines": report.rejected });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
